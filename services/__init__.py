@@ -1,0 +1,1 @@
+"""Deployables: each module runs as its own process (or Serve application)."""

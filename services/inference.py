@@ -1,0 +1,111 @@
+"""The inference application on Ray Serve: VisionEncoder and LlmDecoder, composed by handle.
+
+``Pipeline`` is the ingress the worker calls; it only routes, so the two model stages scale
+(and, in production, sit on GPUs) independently. The encoder's output goes to the decoder as a
+Ray object reference, never through the ingress.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from skyeye.adapters import serve as serve_adapter
+from skyeye.model import TextDecoder, VisionEncoder, ensure_model
+from skyeye.settings import DeploymentSettings, Settings
+from skyeye.stack import resolve
+
+log = logging.getLogger(__name__)
+
+
+def _configure_threads(stage: DeploymentSettings) -> None:
+    # torch defaults to every core per process; replicas sharing a node must not oversubscribe.
+    torch.set_num_threads(max(1, round(stage.num_cpus)))
+
+
+@serve.deployment
+class VisionEncoderDeployment:
+    """Pixels -> LLM-ready image embeddings (256 x LLM width per image), batched across tiles."""
+
+    def __init__(self, model_dir: str, device: str, stage: DeploymentSettings) -> None:
+        _configure_threads(stage)
+        self._encoder = VisionEncoder.load(Path(model_dir), device=device)
+        self.encode.set_max_batch_size(stage.max_batch_size)
+        self.encode.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
+
+    @serve.batch
+    async def encode(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        return list(self._encoder.encode(images))
+
+
+@serve.deployment
+class LlmDecoderDeployment:
+    """Image embeddings + task instructions -> one raw answer per instruction."""
+
+    def __init__(self, model_dir: str, device: str, stage: DeploymentSettings) -> None:
+        _configure_threads(stage)
+        self._decoder = TextDecoder.load(Path(model_dir), device=device)
+        self.generate.set_max_batch_size(stage.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
+
+    @serve.batch
+    async def generate(
+        self,
+        embeds: list[torch.Tensor],
+        instructions: list[list[str]],
+        max_new_tokens: list[int],
+    ) -> list[list[str]]:
+        return [
+            self._decoder.generate(e, i, max_new_tokens=n)
+            for e, i, n in zip(embeds, instructions, max_new_tokens, strict=True)
+        ]
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class Pipeline:
+    def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle) -> None:
+        self._encoder = encoder
+        self._decoder = decoder
+
+    async def infer(
+        self, image: np.ndarray, instructions: list[str], max_new_tokens: int
+    ) -> list[str]:
+        embeds = self._encoder.encode.remote(image)
+        return await self._decoder.generate.remote(embeds, instructions, max_new_tokens)
+
+
+def build_app(settings: Settings) -> serve.Application:
+    model_dir = str(settings.resolved_model_dir)
+
+    def stage(
+        deployment: serve.Deployment, name: str, cfg: DeploymentSettings
+    ) -> serve.Application:
+        return deployment.options(
+            name=name,
+            autoscaling_config=cfg.autoscaling_config(),
+            ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+            max_ongoing_requests=max(2 * cfg.max_batch_size, 4),
+        ).bind(model_dir, settings.device, cfg)
+
+    return Pipeline.bind(
+        stage(VisionEncoderDeployment, "VisionEncoder", settings.encoder),
+        stage(LlmDecoderDeployment, "LlmDecoder", settings.decoder),
+    )
+
+
+def deploy(settings: Settings) -> None:
+    """Build the default model if it is missing, then deploy (or update) the application."""
+    if settings.model_dir is None:
+        # built once here, before replicas start, so they never race to create it
+        ensure_model(settings.resolved_model_dir, settings.model_seed)
+    serve_adapter.deploy(build_app(settings), settings)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    deploy(resolve(Settings()))

@@ -1,0 +1,159 @@
+"""Worker: work items -> Serve inference -> parsed results in PostgreSQL.
+
+All items of one poll are decoded and submitted to the Serve app together, so the encoder and
+decoder can batch across tiles; each item's results are then written in one transaction, and the
+Kafka offsets are committed only after every item of the poll is stored (or recorded as failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from kafka.consumer.fetcher import ConsumerRecord
+from minio.error import S3Error
+from pydantic import ValidationError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from sqlalchemy.engine import Engine
+
+from skyeye import catalog, imagery, tasks
+from skyeye.adapters import postgres
+from skyeye.adapters import serve as serve_adapter
+from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
+from skyeye.contracts import WorkItem
+from skyeye.services._runtime import run_consumer, service_settings
+from skyeye.settings import Settings
+
+log = logging.getLogger("skyeye.worker")
+
+INFERENCE_ATTEMPTS = 3
+
+
+@dataclass
+class _Pending:
+    item: WorkItem
+    image: np.ndarray
+    instructions: list[str]
+    response: DeploymentResponse
+    attempt: int = 1
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, engine: Engine, store: ObjectStore, app: DeploymentHandle
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = store
+        self._app = app
+        self._model_name = settings.resolved_model_dir.name
+
+    def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
+        pending = [p for r in records if (p := self._submit_record(r)) is not None]
+        for job in pending:
+            self._finish(job)
+
+    def _submit_record(self, record: ConsumerRecord) -> _Pending | None:
+        source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
+        try:
+            item = WorkItem.model_validate_json(record.value)
+        except ValidationError as exc:
+            log.warning("%s: malformed work item: %s", source, exc.errors()[0]["msg"])
+            self._error(source, "malformed_work_item", str(exc.errors()[0]["msg"]))
+            return None
+        with self._engine.connect() as conn:
+            status = catalog.work_item_status(conn, item.work_item_id)
+        if status is None:
+            self._error(source, "unknown_work_item", f"no work item {item.work_item_id} planned")
+            return None
+        if status != "queued":
+            log.info("work item %s is %s; skipping redelivery", item.work_item_id, status)
+            return None
+        try:
+            data = self._store.read(
+                item.bucket, item.key, max_bytes=self._settings.max_object_bytes
+            )
+            image = imagery.read_tile(data, item.tile, max_pixels=self._settings.max_image_pixels)
+        except (imagery.UnreadableImage, ObjectTooLarge) as exc:
+            self._error(f"work_item:{item.work_item_id}", "unreadable_image", str(exc), item)
+            return None
+        except S3Error as exc:
+            message = f"{exc.code}: {exc.message}"
+            self._error(f"work_item:{item.work_item_id}", "object_unavailable", message, item)
+            return None
+        instructions = [tasks.instruction(t) for t in item.tasks]
+        return _Pending(item, image, instructions, self._call(image, instructions))
+
+    def _call(self, image: np.ndarray, instructions: list[str]) -> DeploymentResponse:
+        return self._app.infer.remote(image, instructions, self._settings.max_new_tokens)
+
+    def _finish(self, job: _Pending) -> None:
+        while True:
+            try:
+                answers = job.response.result(timeout_s=self._settings.inference_timeout_s)
+                break
+            except Exception as exc:
+                if job.attempt >= INFERENCE_ATTEMPTS:
+                    self._error(
+                        f"work_item:{job.item.work_item_id}",
+                        "inference_failed",
+                        f"{type(exc).__name__}: {exc}"[:2000],
+                        job.item,
+                    )
+                    return
+                log.warning("inference attempt %d failed (%s); retrying", job.attempt, exc)
+                time.sleep(2**job.attempt)
+                job.attempt += 1
+                job.response = self._call(job.image, job.instructions)
+        outcomes = [
+            tasks.interpret(task, raw, job.item.tile)
+            for task, raw in zip(job.item.tasks, answers, strict=True)
+        ]
+        with self._engine.begin() as conn:
+            written = catalog.store_results(conn, job.item, outcomes, self._model_name)
+        log.info(
+            "work item %s of asset %s: %d result(s) stored",
+            job.item.work_item_id,
+            job.item.asset_id,
+            written,
+        )
+
+    def _error(self, source: str, kind: str, message: str, item: WorkItem | None = None) -> None:
+        log.warning("%s: %s: %s", source, kind, message)
+        asset_id: uuid.UUID | None = item.asset_id if item else None
+        with self._engine.begin() as conn:
+            catalog.record_error(
+                conn,
+                source=source,
+                stage="worker",
+                kind=kind,
+                message=message,
+                asset_id=asset_id,
+                work_item_id=item.work_item_id if item else None,
+            )
+
+
+def main() -> None:
+    settings = service_settings()
+    assert settings.database_url is not None  # resolve() fills every endpoint
+    worker = Worker(
+        settings,
+        postgres.create_engine(settings.database_url),
+        ObjectStore(settings),
+        serve_adapter.handle(settings),
+    )
+    run_consumer(
+        worker.handle_batch,
+        settings,
+        settings.topic_work,
+        settings.worker_group,
+        max_poll_records=8,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""SkyEye Stream: Earth-observation imagery streams through a vision-language model."""

@@ -1,0 +1,1 @@
+"""One small adapter module per external system (S3, Kafka, PostgreSQL, Ray Serve)."""

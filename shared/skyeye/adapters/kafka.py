@@ -1,0 +1,109 @@
+"""Kafka: producer and consumer construction with the delivery guarantees the pipeline relies on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterable
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import TopicAlreadyExistsError
+
+from skyeye.settings import Settings
+
+
+def _bootstrap(settings: Settings) -> list[str]:
+    if settings.kafka_bootstrap is None:
+        raise ValueError("kafka_bootstrap is unset; resolve the settings against a running stack")
+    return settings.kafka_bootstrap.split(",")
+
+
+def producer(settings: Settings) -> KafkaProducer:
+    # acks=all + idempotence: a publish that returns is durable and retries never duplicate.
+    return KafkaProducer(
+        bootstrap_servers=_bootstrap(settings),
+        acks="all",
+        enable_idempotence=True,
+        retries=10,
+        linger_ms=5,
+    )
+
+
+def publish_json(producer_: KafkaProducer, topic: str, key: str, payload: object) -> None:
+    """Publish and wait for the broker's acknowledgement."""
+    producer_.send(topic, key=key.encode(), value=json.dumps(payload).encode()).get(timeout=30)
+
+
+def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) -> KafkaConsumer:
+    # Offsets are committed by hand, only after the results they cover are stored.
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=_bootstrap(settings),
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        # inference of a batch may take a while on CPU
+        max_poll_interval_ms=max(300_000, int(settings.inference_timeout_s * 2000)),
+    )
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name=t, num_partitions=settings.topic_partitions, replication_factor=1)
+            for t in topics
+            if t not in existing
+        ]
+        if missing:
+            # another process may create them first
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+
+
+def lag(settings: Settings, topic: str, group: str) -> int | None:
+    """Messages of ``topic`` not yet committed by ``group`` (None if the topic is unknown)."""
+    admin = KafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+    probe = KafkaConsumer(bootstrap_servers=_bootstrap(settings), enable_auto_commit=False)
+    try:
+        partitions = probe.partitions_for_topic(topic)
+        if not partitions:
+            return None
+        tps = [TopicPartition(topic, p) for p in partitions]
+        ends = probe.end_offsets(tps)
+        committed = admin.list_consumer_group_offsets(group)
+        done = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+        return sum(ends[tp] - done.get(tp, 0) for tp in tps)
+    finally:
+        probe.close()
+        admin.close()
+
+
+def consume(
+    consumer_: KafkaConsumer,
+    handle_batch: Callable[[list[ConsumerRecord]], None],
+    stop: threading.Event,
+    poll_timeout_ms: int = 500,
+) -> None:
+    """Poll, hand each batch to ``handle_batch``, then commit: at-least-once delivery.
+
+    If ``handle_batch`` raises, nothing of that batch is committed and the error propagates, so
+    the process dies and a restart redelivers the batch (handlers are idempotent).
+    """
+    while not stop.is_set():
+        polled = consumer_.poll(timeout_ms=poll_timeout_ms)
+        records = [r for batch in polled.values() for r in batch]
+        if not records:
+            continue
+        records.sort(key=lambda r: (r.partition, r.offset))
+        handle_batch(records)
+        consumer_.commit()

@@ -1,0 +1,287 @@
+"""The catalog in PostgreSQL: assets, work items, results, detections and errors.
+
+Every write is idempotent (keyed by deterministic ids or natural keys), so a redelivered Kafka
+message never writes a row twice.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from skyeye.contracts import Task, WorkItem
+
+TERMINAL_ASSET_STATES = frozenset({"done", "error"})
+
+
+@dataclass(frozen=True)
+class AssetRecord:
+    asset_id: uuid.UUID
+    bucket: str
+    object_key: str
+    version: str
+    size_bytes: int | None
+    content_type: str | None
+    user_metadata: dict[str, str]
+    event_name: str
+    event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    task: Task
+    prompt: str
+    raw_text: str
+    parsed: bool
+    answer: dict[str, Any] | None
+    detections: list[Detection] = field(default_factory=list)
+
+
+def register_asset(conn: Connection, asset: AssetRecord) -> str:
+    """Insert the asset if new; returns its current status either way."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO assets (asset_id, bucket, object_key, version, size_bytes, content_type,"
+            " user_metadata, event_name, event_time)"
+            " VALUES (:asset_id, :bucket, :object_key, :version, :size_bytes, :content_type,"
+            " CAST(:user_metadata AS jsonb), :event_name, :event_time)"
+            " ON CONFLICT DO NOTHING"
+        ),
+        {**asset.__dict__, "user_metadata": json.dumps(asset.user_metadata)},
+    )
+    return conn.execute(
+        sa.text("SELECT status FROM assets WHERE asset_id = :id"), {"id": asset.asset_id}
+    ).scalar_one()
+
+
+def mark_planned(
+    conn: Connection,
+    asset_id: uuid.UUID,
+    media_format: str,
+    width: int,
+    height: int,
+    items: Sequence[WorkItem],
+) -> None:
+    for item in items:
+        conn.execute(
+            sa.text(
+                "INSERT INTO work_items (work_item_id, asset_id, tile_index, px_x, px_y,"
+                " px_width, px_height) VALUES (:id, :asset_id, :index, :x, :y, :w, :h)"
+                " ON CONFLICT DO NOTHING"
+            ),
+            {
+                "id": item.work_item_id,
+                "asset_id": asset_id,
+                "index": item.tile.index,
+                "x": item.tile.x,
+                "y": item.tile.y,
+                "w": item.tile.width,
+                "h": item.tile.height,
+            },
+        )
+    conn.execute(
+        sa.text(
+            "UPDATE assets SET status = 'planned', media_format = :fmt, width = :w, height = :h,"
+            " tiles_planned = :n, updated_at = now() WHERE asset_id = :id AND status = 'registered'"
+        ),
+        {"fmt": media_format, "w": width, "h": height, "n": len(items), "id": asset_id},
+    )
+
+
+def record_error(
+    conn: Connection,
+    *,
+    source: str,
+    stage: str,
+    kind: str,
+    message: str,
+    asset_id: uuid.UUID | None = None,
+    work_item_id: uuid.UUID | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record a failure once per (source, stage) and mark what it failed as errored."""
+    conn.execute(
+        sa.text(
+            "INSERT INTO errors (source, stage, kind, message, asset_id, work_item_id, detail)"
+            " VALUES (:source, :stage, :kind, :message, :asset_id, :work_item_id,"
+            " CAST(:detail AS jsonb)) ON CONFLICT (source, stage) DO NOTHING"
+        ),
+        {
+            "source": source,
+            "stage": stage,
+            "kind": kind,
+            "message": message,
+            "asset_id": asset_id,
+            "work_item_id": work_item_id,
+            "detail": json.dumps(detail or {}, default=str),
+        },
+    )
+    if work_item_id is not None:
+        conn.execute(
+            sa.text(
+                "UPDATE work_items SET status = 'error', completed_at = now()"
+                " WHERE work_item_id = :id AND status = 'queued'"
+            ),
+            {"id": work_item_id},
+        )
+        _settle_asset(conn, asset_id)
+    elif asset_id is not None:
+        conn.execute(
+            sa.text(
+                "UPDATE assets SET status = 'error', updated_at = now()"
+                " WHERE asset_id = :id AND status NOT IN ('done', 'error')"
+            ),
+            {"id": asset_id},
+        )
+
+
+def work_item_status(conn: Connection, work_item_id: uuid.UUID) -> str | None:
+    return conn.execute(
+        sa.text("SELECT status FROM work_items WHERE work_item_id = :id"), {"id": work_item_id}
+    ).scalar_one_or_none()
+
+
+def store_results(
+    conn: Connection, item: WorkItem, outcomes: Iterable[TaskOutcome], model: str
+) -> int:
+    """Write a work item's results and close it; returns the number of new result rows."""
+    written = 0
+    for outcome in outcomes:
+        result_id = conn.execute(
+            sa.text(
+                "INSERT INTO results (work_item_id, asset_id, task_key, task_kind, task_text,"
+                " prompt, raw_text, parsed, answer, model) VALUES (:wid, :aid, :key, :kind,"
+                " :text, :prompt, :raw, :parsed, CAST(:answer AS jsonb), :model)"
+                " ON CONFLICT (work_item_id, task_key) DO NOTHING RETURNING result_id"
+            ),
+            {
+                "wid": item.work_item_id,
+                "aid": item.asset_id,
+                "key": outcome.task.key,
+                "kind": outcome.task.kind.value,
+                "text": outcome.task.text,
+                "prompt": outcome.prompt,
+                "raw": outcome.raw_text,
+                "parsed": outcome.parsed,
+                "answer": None if outcome.answer is None else json.dumps(outcome.answer),
+                "model": model,
+            },
+        ).scalar_one_or_none()
+        if result_id is None:
+            continue
+        written += 1
+        for ordinal, det in enumerate(outcome.detections):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2)"
+                    " VALUES (:rid, :aid, :label, :ordinal, :x1, :y1, :x2, :y2)"
+                ),
+                {"rid": result_id, "aid": item.asset_id, "ordinal": ordinal, **det.__dict__},
+            )
+    conn.execute(
+        sa.text(
+            "UPDATE work_items SET status = 'done', completed_at = now()"
+            " WHERE work_item_id = :id AND status = 'queued'"
+        ),
+        {"id": item.work_item_id},
+    )
+    _settle_asset(conn, item.asset_id)
+    return written
+
+
+def _settle_asset(conn: Connection, asset_id: uuid.UUID | None) -> None:
+    """Close a planned asset once none of its work items is still queued."""
+    if asset_id is None:
+        return
+    conn.execute(
+        sa.text(
+            "UPDATE assets a SET updated_at = now(), status = CASE WHEN EXISTS ("
+            "  SELECT 1 FROM work_items w WHERE w.asset_id = a.asset_id AND w.status = 'error')"
+            "  THEN 'error' ELSE 'done' END"
+            " WHERE a.asset_id = :id AND a.status = 'planned' AND NOT EXISTS ("
+            "  SELECT 1 FROM work_items w WHERE w.asset_id = a.asset_id AND w.status = 'queued')"
+        ),
+        {"id": asset_id},
+    )
+
+
+def asset_states(conn: Connection, asset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    rows = conn.execute(
+        sa.text("SELECT asset_id, status FROM assets WHERE asset_id = ANY(:ids)"),
+        {"ids": list(asset_ids)},
+    )
+    return {row.asset_id: row.status for row in rows}
+
+
+def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT asset_id, bucket, object_key, version, media_format, width, height, status,"
+            " tiles_planned, created_at, updated_at FROM assets"
+            " WHERE CAST(:id AS uuid) IS NULL OR asset_id = CAST(:id AS uuid)"
+            " ORDER BY created_at, object_key"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT r.result_id, r.asset_id, w.tile_index, r.task_kind, r.task_text, r.prompt,"
+            " r.raw_text, r.parsed, r.answer, r.model, r.created_at,"
+            " COALESCE((SELECT json_agg(json_build_object('label', d.label, 'x1', d.x1,"
+            "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2) ORDER BY d.ordinal)"
+            "   FROM detections d WHERE d.result_id = r.result_id), '[]') AS detections"
+            " FROM results r JOIN work_items w USING (work_item_id)"
+            " WHERE CAST(:id AS uuid) IS NULL OR r.asset_id = CAST(:id AS uuid)"
+            " ORDER BY r.asset_id, w.tile_index, r.result_id"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def errors(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT error_id, source, stage, kind, message, asset_id, work_item_id, detail,"
+            " created_at FROM errors"
+            " WHERE CAST(:id AS uuid) IS NULL OR asset_id = CAST(:id AS uuid)"
+            " ORDER BY error_id"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    row = conn.execute(
+        sa.text(
+            "SELECT (SELECT count(*) FROM assets) AS assets,"
+            " (SELECT count(*) FROM assets WHERE status IN ('done', 'error')) AS assets_finished,"
+            " (SELECT count(*) FROM work_items) AS work_items,"
+            " (SELECT count(*) FROM work_items WHERE status = 'queued') AS work_items_queued,"
+            " (SELECT count(*) FROM results) AS results,"
+            " (SELECT count(*) FROM detections) AS detections,"
+            " (SELECT count(*) FROM errors) AS errors"
+        )
+    ).one()
+    return dict(row._mapping)

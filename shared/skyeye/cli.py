@@ -1,0 +1,251 @@
+"""``skyeye``: run the embedded stack, ingest imagery, read results and status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from skyeye import catalog, samples
+from skyeye.adapters import kafka, postgres
+from skyeye.ingest import ingest, wait_for
+from skyeye.pipeline import launch
+from skyeye.settings import Settings
+from skyeye.stack import StackError, StackNotRunning, read_state, resolve
+
+
+def _say(message: str) -> None:
+    print(f"[skyeye] {message}", file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(home=args.home) if args.home else Settings()
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    started = time.monotonic()
+    stack = launch(settings, progress=_say)
+    _say(f"stack up in {time.monotonic() - started:.1f} s; state in {settings.home}")
+    _say("ingest with `skyeye ingest FILE...` in another shell; Ctrl-C stops everything")
+    stack.run_forever()
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = resolve(_settings(args))
+    paths = [Path(p) for p in args.paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"skyeye ingest: not a file: {', '.join(missing)}")
+    done = ingest(settings, paths, prefix=args.prefix)
+    for item in done:
+        if not args.json:
+            print(f"{item.key}\t{item.asset_id}")
+    states: dict[uuid.UUID, str] = {}
+    if args.wait:
+        assert settings.database_url is not None
+        engine = postgres.create_engine(settings.database_url)
+        ids = [d.asset_id for d in done]
+
+        def progress(current: dict[uuid.UUID, str]) -> None:
+            finished = sum(s in catalog.TERMINAL_ASSET_STATES for s in current.values())
+            _say(f"{finished}/{len(ids)} asset(s) finished")
+
+        states = wait_for(engine, ids, timeout_s=args.timeout, progress=progress)
+    if args.json:
+        print(
+            _dump(
+                [
+                    {"path": str(d.path), "key": d.key, "asset_id": str(d.asset_id)}
+                    | ({"status": states[d.asset_id]} if args.wait else {})
+                    for d in done
+                ]
+            )
+        )
+    return 1 if any(s == "error" for s in states.values()) else 0
+
+
+def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool) -> None:
+    assert settings.database_url is not None
+    engine = postgres.create_engine(settings.database_url)
+    with engine.connect() as conn:
+        assets = catalog.assets(conn, asset_id)
+        results = catalog.results(conn, asset_id)
+        errors = catalog.errors(conn, asset_id)
+    if as_json:
+        print(_dump({"assets": assets, "results": results, "errors": errors}))
+        return
+    for asset in assets:
+        size = f"{asset['width']}x{asset['height']}" if asset["width"] else "?"
+        print(f"\n{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
+        rows = []
+        for r in (r for r in results if r["asset_id"] == asset["asset_id"]):
+            answer = r["raw_text"] if r["parsed"] else f"(unparsed) {r['raw_text']}"
+            if r["detections"]:
+                answer = "; ".join(
+                    f"{d['label']} ({d['x1']:.0f},{d['y1']:.0f})-({d['x2']:.0f},{d['y2']:.0f})"
+                    for d in r["detections"]
+                )
+            rows.append(
+                (r["tile_index"], r["task_kind"], _short(r["task_text"], 36), _short(answer))
+            )
+        if rows:
+            print(_table(rows, ("tile", "task", "asked", "answer")))
+        for e in (e for e in errors if e["asset_id"] == asset["asset_id"]):
+            print(f"  error ({e['stage']}/{e['kind']}): {e['message']}")
+    unattached = [e for e in errors if e["asset_id"] is None]
+    if unattached and asset_id is None:
+        print("\nerrors not tied to an asset:")
+        for e in unattached:
+            print(f"  {e['source']} ({e['stage']}/{e['kind']}): {_short(e['message'], 100)}")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    settings = resolve(_settings(args))
+    _print_results(settings, args.asset, args.json)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    state = read_state(settings.home)
+    report: dict[str, Any] = {"home": str(settings.home), "running": bool(state and state.alive)}
+    if state is not None:
+        report["components"] = [c.model_dump(mode="json") for c in state.components]
+    if report["running"]:
+        resolved = resolve(settings)
+        assert resolved.database_url is not None
+        with postgres.create_engine(resolved.database_url).connect() as conn:
+            report["counts"] = catalog.counts(conn)
+        report["lag"] = {
+            "planner": kafka.lag(resolved, resolved.topic_events, resolved.planner_group),
+            "worker": kafka.lag(resolved, resolved.topic_work, resolved.worker_group),
+        }
+    if args.json:
+        print(_dump(report))
+        return 0 if report["running"] else 3
+    print(f"state folder: {report['home']}")
+    if not report["running"]:
+        print("stack: not running (start it with `skyeye up`)")
+        return 3
+    rows = [
+        (
+            c["name"],
+            c.get("pid") or "-",
+            c.get("endpoint") or "-",
+            "up" if c.get("alive") else "DOWN",
+        )
+        for c in report["components"]
+    ]
+    print(_table(rows, ("component", "pid", "endpoint", "state")))
+    print("\n" + _table(sorted(report["counts"].items()), ("count", "value")))
+    print("\n" + _table(sorted(report["lag"].items()), ("consumer", "lag")))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    started = time.monotonic()
+    stack = launch(settings, progress=_say)
+    try:
+        _say(f"stack up in {time.monotonic() - started:.1f} s")
+        scene = samples.write_geotiff(settings.home / "samples" / "demo-scene-utm33n.tif")
+        files = [*samples.aerial_photos(), scene]
+        resolved = resolve(settings)
+        t0 = time.monotonic()
+        done = ingest(resolved, files, prefix="demo")
+        _say(f"ingested {len(done)} file(s); waiting for results")
+        assert resolved.database_url is not None
+        engine = postgres.create_engine(resolved.database_url)
+
+        def progress(current: dict[uuid.UUID, str]) -> None:
+            finished = sum(s in catalog.TERMINAL_ASSET_STATES for s in current.values())
+            _say(f"{finished}/{len(done)} asset(s) finished ({time.monotonic() - t0:.1f} s)")
+
+        wait_for(engine, [d.asset_id for d in done], timeout_s=args.timeout, progress=progress)
+        _say(f"all assets finished in {time.monotonic() - t0:.1f} s")
+        _print_results(resolved, None, as_json=False)
+    finally:
+        _say("stopping the stack")
+        stack.stop()
+    _say(f"demo finished in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    # SIGTERM takes the same orderly teardown path as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skyeye",
+        description="Watch Earth-observation imagery streams with a vision-language model.",
+        epilog="Settings come from SKYEYE_* environment variables (see README).",
+    )
+    parser.add_argument(
+        "--home", type=Path, help="state folder of the embedded stack (default: $SKYEYE_HOME)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start the embedded stack and the pipeline; Ctrl-C stops it")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("ingest", help="upload files and announce them to the pipeline")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files to ingest")
+    p.add_argument("--prefix", default="uploads", help="object key prefix (default: uploads)")
+    p.add_argument("--wait", action="store_true", help="return when every file is processed")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
+    p.add_argument("--json", action="store_true", help="print key and asset id per file as JSON")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("results", help="print stored results (and errors)")
+    p.add_argument("--asset", type=uuid.UUID, help="only this asset id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("status", help="components, pids, ports, topic lag, counts")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for results")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return args.func(args)
+    except (StackError, StackNotRunning, TimeoutError) as exc:
+        _say(f"error: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130

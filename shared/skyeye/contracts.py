@@ -1,0 +1,211 @@
+"""Messages that cross a process boundary: Kafka payloads and what the inference app returns.
+
+Two Kafka contracts:
+- :class:`ObjectEvent`: MinIO's own bucket-notification JSON (the ``notify_kafka`` format), which
+  the local ``skyeye ingest`` also emits because nanio sends no notifications;
+- :class:`WorkItem`: one tile of one asset, produced by the planner and consumed by the worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from urllib.parse import quote, unquote_plus
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "EventRecord",
+    "InvalidEvent",
+    "ObjectEvent",
+    "Task",
+    "TaskKind",
+    "Tile",
+    "WorkItem",
+    "asset_id_for",
+    "minio_created_event",
+    "work_item_id_for",
+]
+
+# Fixed namespace: asset ids are a pure function of the object version, so the same object
+# version always maps to the same asset, whichever process sees it first.
+_ASSET_NAMESPACE = uuid.UUID("5b0f6a53-6c1e-4b55-9d53-3f5d2b8f0a11")
+
+
+class InvalidEvent(ValueError):
+    """A Kafka message that is not a usable object-created event."""
+
+
+class _Minio(BaseModel):
+    # MinIO adds fields over time; ignore what we do not use rather than reject the event.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class S3Bucket(_Minio):
+    name: str = Field(min_length=1)
+
+
+class S3Object(_Minio):
+    key: str = Field(min_length=1, description="URL-encoded, as MinIO sends it")
+    size: int | None = Field(None, ge=0)
+    e_tag: str | None = Field(None, alias="eTag")
+    content_type: str | None = Field(None, alias="contentType")
+    user_metadata: dict[str, str] = Field(default_factory=dict, alias="userMetadata")
+    version_id: str | None = Field(None, alias="versionId")
+    sequencer: str | None = None
+
+    @property
+    def decoded_key(self) -> str:
+        return unquote_plus(self.key)
+
+
+class S3Entity(_Minio):
+    bucket: S3Bucket
+    object: S3Object
+
+
+class EventRecord(_Minio):
+    event_name: str = Field(alias="eventName")
+    event_time: str | None = Field(None, alias="eventTime")
+    s3: S3Entity
+
+
+class ObjectEvent(_Minio):
+    event_name: str = Field(alias="EventName")
+    key: str = Field(alias="Key")
+    records: list[EventRecord] = Field(alias="Records", min_length=1)
+
+    @property
+    def is_object_created(self) -> bool:
+        return self.event_name.startswith("s3:ObjectCreated:")
+
+    @classmethod
+    def parse(cls, raw: bytes, *, max_bytes: int) -> ObjectEvent:
+        """Decode a Kafka message value; any defect becomes :class:`InvalidEvent`."""
+        if len(raw) > max_bytes:
+            raise InvalidEvent(f"event of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "message"
+            raise InvalidEvent(f"malformed object event at {where}: {first['msg']}") from exc
+
+
+class Tile(BaseModel):
+    """A pixel window of an asset (for now one tile per image: the whole image)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0)
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+class TaskKind(StrEnum):
+    CAPTION = "caption"
+    GROUNDING = "grounding"
+    VQA = "vqa"
+
+
+class Task(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: TaskKind
+    text: str = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the task within a work item (idempotent result writes)."""
+        digest = hashlib.sha256(f"{self.kind}\0{self.text}".encode()).hexdigest()[:16]
+        return f"{self.kind}:{digest}"
+
+
+class WorkItem(BaseModel):
+    work_item_id: uuid.UUID
+    asset_id: uuid.UUID
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    image_width: int = Field(gt=0)
+    image_height: int = Field(gt=0)
+    tile: Tile
+    tasks: list[Task] = Field(min_length=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[Task]) -> list[Task]:
+        keys = [t.key for t in tasks]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate tasks in one work item")
+        return tasks
+
+
+def asset_id_for(bucket: str, key: str, version: str | None) -> uuid.UUID:
+    """Deterministic asset id of one object version (version id, else eTag)."""
+    return uuid.uuid5(_ASSET_NAMESPACE, f"{bucket}/{key}@{version or ''}")
+
+
+def work_item_id_for(asset_id: uuid.UUID, tile_index: int) -> uuid.UUID:
+    return uuid.uuid5(asset_id, f"tile/{tile_index}")
+
+
+def minio_created_event(
+    *,
+    bucket: str,
+    key: str,
+    size: int,
+    etag: str,
+    content_type: str,
+    metadata: dict[str, str],
+    version_id: str | None = None,
+    principal: str = "skyeye-ingest",
+) -> dict[str, object]:
+    """An ``s3:ObjectCreated:Put`` notification exactly as MinIO's Kafka target shapes it.
+
+    nanio sends no notifications, so the local ingest path emits this itself; empty fields are
+    omitted as MinIO omits them, so consumers see the same shapes in both worlds.
+    """
+    now = datetime.now(UTC)
+    obj: dict[str, object] = {"key": quote(key, safe=""), "sequencer": f"{time.time_ns():X}"}
+    if size:
+        obj["size"] = size
+    if etag:
+        obj["eTag"] = etag
+    if content_type:
+        obj["contentType"] = content_type
+    user_metadata = {f"X-Amz-Meta-{k.title()}": v for k, v in metadata.items()}
+    if content_type:
+        user_metadata["content-type"] = content_type
+    if user_metadata:
+        obj["userMetadata"] = user_metadata
+    if version_id:
+        obj["versionId"] = version_id
+    record = {
+        "eventVersion": "2.0",
+        "eventSource": "minio:s3",
+        "awsRegion": "",
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
+        "eventName": "s3:ObjectCreated:Put",
+        "userIdentity": {"principalId": principal},
+        "requestParameters": {"principalId": principal, "region": "", "sourceIPAddress": ""},
+        "responseElements": {},
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "configurationId": "Config",
+            "bucket": {
+                "name": bucket,
+                "ownerIdentity": {"principalId": principal},
+                "arn": f"arn:aws:s3:::{bucket}",
+            },
+            "object": obj,
+        },
+        "source": {"host": "", "port": "", "userAgent": "skyeye-stream"},
+    }
+    return {"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/{key}", "Records": [record]}

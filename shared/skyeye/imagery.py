@@ -1,0 +1,69 @@
+"""Image headers and pixels: what the planner and the worker need of an image file."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from skyeye.contracts import Tile
+
+# Pixel limits are enforced by probe() with a message naming the size; PIL's own bomb check
+# would fire first with a less useful one.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class UnreadableImage(ValueError):
+    """Not an image, a truncated or corrupt one, or one over the configured limits."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    media_format: str
+    width: int
+    height: int
+
+
+def probe(stream: BinaryIO, *, max_pixels: int) -> ImageInfo:
+    """Read only the header: format and size, refusing images over ``max_pixels``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableImage(f"not a readable image: {exc}") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise UnreadableImage(f"image has an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise UnreadableImage(
+            f"image of {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{max_pixels} pixels"
+        )
+    return ImageInfo(media_format=(image.format or "unknown").lower(), width=width, height=height)
+
+
+def whole_image_tiles(info: ImageInfo) -> list[Tile]:
+    return [Tile(index=0, x=0, y=0, width=info.width, height=info.height)]
+
+
+def read_tile(data: bytes, tile: Tile, *, max_pixels: int) -> np.ndarray:
+    """Decode fully (so truncation is caught here, not in the model) and cut out ``tile``.
+
+    Returns an H x W x 3 uint8 array.
+    """
+    info = probe(io.BytesIO(data), max_pixels=max_pixels)
+    if tile.x + tile.width > info.width or tile.y + tile.height > info.height:
+        raise UnreadableImage(f"tile {tile} lies outside the {info.width}x{info.height} image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"corrupt image data: {exc}") from exc
+    box = (tile.x, tile.y, tile.x + tile.width, tile.y + tile.height)
+    return np.asarray(rgb.crop(box), dtype=np.uint8)

@@ -1,0 +1,227 @@
+"""The SkyEye model folder: save, and load with every tensor checked.
+
+Layout::
+
+    skyeye.json          {"format_version": 1, "config": ModelConfig, "origin": {...}}
+    vision.safetensors   vision_model.* (ViT incl. post_layernorm = ln_vision), llama_proj.*
+    llm/                 a Hugging Face Llama folder: config.json, model.safetensors (or shards
+                         + model.safetensors.index.json), tokenizer files
+
+Loading never relies on ``strict=False``: the file's tensor names and shapes are compared with the
+modules the config builds, and any missing, unexpected or mis-shaped tensor is a
+:class:`CheckpointError` naming the key and both shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from skyeye.model.architecture import VisionStage
+from skyeye.model.config import ModelConfig
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "LLM_DIR",
+    "VISION_FILE",
+    "CheckpointError",
+    "ModelManifest",
+    "check_tensors",
+    "default_dtype",
+    "load_llm",
+    "load_vision",
+    "read_manifest",
+    "save_model",
+]
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "skyeye.json"
+VISION_FILE = "vision.safetensors"
+LLM_DIR = "llm"
+
+_LLM_WEIGHTS = "model.safetensors"
+_LLM_INDEX = "model.safetensors.index.json"
+# Old Llama conversions stored the rotary tables; they are recomputed from the config.
+_RECOMPUTED_LLM_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
+
+
+def default_dtype(device: str) -> torch.dtype:
+    # MiniGPT-v2 serves in fp16 on GPU; on CPU fp16 kernels are slow, so stay in fp32 there.
+    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+
+
+class CheckpointError(ValueError):
+    """A model folder that does not match what its config describes."""
+
+
+class ModelManifest(BaseModel):
+    """Contents of ``skyeye.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int
+    config: ModelConfig
+    origin: dict[str, Any] = {}
+
+
+def read_manifest(path: Path) -> ModelManifest:
+    file = path / CONFIG_FILE
+    try:
+        manifest = ModelManifest.model_validate_json(file.read_bytes())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path} is not a SkyEye model folder: no {CONFIG_FILE}") from exc
+    except ValidationError as exc:
+        raise CheckpointError(f"{file} is invalid: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} has format_version {manifest.format_version}; this code reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def check_tensors(
+    expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]], source: str
+) -> None:
+    """Raise unless ``found`` has exactly the keys of ``expected`` with the same shapes."""
+    problems = [
+        f"missing {key} (expected shape {list(shape)})"
+        for key, shape in expected.items()
+        if key not in found
+    ]
+    problems += [
+        f"unexpected {key} (shape {list(shape)}; the model has no such tensor)"
+        for key, shape in found.items()
+        if key not in expected
+    ]
+    problems += [
+        f"mis-shaped {key}: file has {list(found[key])}, model expects {list(shape)}"
+        for key, shape in expected.items()
+        if key in found and list(found[key]) != list(shape)
+    ]
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def _shapes(module: torch.nn.Module) -> dict[str, list[int]]:
+    return {key: list(t.shape) for key, t in module.state_dict().items()}
+
+
+def _file_shapes(files: Sequence[Path]) -> dict[str, list[int]]:
+    shapes: dict[str, list[int]] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                shapes[key] = list(f.get_slice(key).get_shape())
+    return shapes
+
+
+def save_model(
+    path: Path,
+    config: ModelConfig,
+    vision: VisionStage,
+    llm: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    origin: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a complete model folder (the caller makes it appear atomically if it needs to)."""
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {key: t.detach().contiguous().cpu() for key, t in vision.state_dict().items()}
+    save_file(tensors, str(path / VISION_FILE), metadata={"format": "pt"})
+    llm.save_pretrained(path / LLM_DIR)
+    tokenizer.save_pretrained(path / LLM_DIR)
+    manifest = ModelManifest(
+        format_version=FORMAT_VERSION, config=config, origin=dict(origin or {})
+    )
+    # Written last: its presence is what marks the folder complete.
+    (path / CONFIG_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+
+
+def load_vision(path: Path, device: str, dtype: torch.dtype) -> tuple[ModelConfig, VisionStage]:
+    config = read_manifest(path).config
+    with torch.device("meta"):
+        stage = VisionStage(config)
+    file = path / VISION_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{path}: missing {VISION_FILE}")
+    check_tensors(_shapes(stage), _file_shapes([file]), str(file))
+    with safe_open(str(file), framework="pt", device="cpu") as f:
+        tensors = {key: f.get_tensor(key).to(dtype) for key in f.keys()}  # noqa: SIM118
+    stage.load_state_dict(tensors, strict=True, assign=True)
+    # ln_vision keeps fp32 weights in MiniGPT-v2 even when the tower runs in fp16.
+    stage.vision_model.post_layernorm.float()
+    return config, stage.to(device).eval()
+
+
+def _llm_weight_files(folder: Path) -> list[Path]:
+    index = folder / _LLM_INDEX
+    if index.is_file():
+        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    if (folder / _LLM_WEIGHTS).is_file():
+        return [folder / _LLM_WEIGHTS]
+    raise CheckpointError(f"{folder}: no {_LLM_WEIGHTS} or {_LLM_INDEX}")
+
+
+def _check_llm_config(config: ModelConfig, llama: LlamaConfig, source: Path) -> None:
+    llm = config.llm
+    pairs = {
+        "hidden_size": (llm.hidden_size, llama.hidden_size),
+        "num_hidden_layers": (llm.num_layers, llama.num_hidden_layers),
+        "num_attention_heads": (llm.num_heads, llama.num_attention_heads),
+        "intermediate_size": (llm.intermediate_size, llama.intermediate_size),
+        "vocab_size": (llm.vocab_size, llama.vocab_size),
+    }
+    wrong = [f"{k}: {CONFIG_FILE} says {a}, llm says {b}" for k, (a, b) in pairs.items() if a != b]
+    if wrong:
+        raise CheckpointError(f"{source}: " + "; ".join(wrong))
+
+
+def load_llm(
+    path: Path, device: str, dtype: torch.dtype
+) -> tuple[ModelConfig, LlamaForCausalLM, PreTrainedTokenizerBase]:
+    config = read_manifest(path).config
+    folder = path / LLM_DIR
+    llama_config = LlamaConfig.from_pretrained(folder)
+    _check_llm_config(config, llama_config, folder / "config.json")
+    with torch.device("meta"):
+        skeleton = LlamaForCausalLM(llama_config)
+    expected = _shapes(skeleton)
+    if llama_config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    found = {
+        key: shape
+        for key, shape in _file_shapes(_llm_weight_files(folder)).items()
+        if not _RECOMPUTED_LLM_KEYS.search(key)
+    }
+    check_tensors(expected, found, str(folder))
+    llm = LlamaForCausalLM.from_pretrained(folder, config=llama_config, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if len(tokenizer) > llama_config.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {len(tokenizer)} tokens, "
+            f"the model only {llama_config.vocab_size}"
+        )
+    # A chat folder's generation_config.json (Llama-2-chat: sampling, top_p 0.9) would otherwise
+    # fill in whatever the caller leaves unset; decoding here is decided by the caller alone.
+    llm.generation_config = GenerationConfig(
+        bos_token_id=llama_config.bos_token_id,
+        eos_token_id=llama_config.eos_token_id,
+        pad_token_id=llama_config.pad_token_id,
+    )
+    return config, llm.to(device).eval(), tokenizer

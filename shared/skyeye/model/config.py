@@ -1,0 +1,117 @@
+"""Dimensions of a MiniGPT-v2-shaped model: EVA-style ViT, 1x4 token merge, Llama decoder."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from skyeye.model.vocabulary import tiny_vocabulary
+
+__all__ = ["LlmConfig", "ModelConfig", "VisionConfig"]
+
+
+class VisionConfig(BaseModel):
+    """The ViT (EVA ViT-g/14 in the published model) and its separate final LayerNorm."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_size: int = Field(448, gt=0)
+    patch_size: int = Field(14, gt=0)
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    mlp_hidden_size: int = Field(gt=0)
+    layer_norm_eps: float = Field(1e-6, gt=0)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VisionConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of {self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"vision hidden_size {self.hidden_size} not divisible by heads")
+        return self
+
+
+class LlmConfig(BaseModel):
+    """The Llama decoder (Llama-2-7b-chat in the published model)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    max_position_embeddings: int = Field(4096, gt=0)
+    rms_norm_eps: float = Field(1e-5, gt=0)
+    rope_theta: float = Field(10000.0, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LlmConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"llm hidden_size {self.hidden_size} not divisible by heads")
+        return self
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vision: VisionConfig
+    merge: int = Field(4, gt=0, description="consecutive patches of a row merged into one token")
+    llm: LlmConfig
+
+    @property
+    def max_image_tokens(self) -> int:
+        """LLM tokens one image becomes (256 at 448 px, patch 14, merge 4)."""
+        return self.vision.num_patches // self.merge
+
+    @property
+    def projector_in(self) -> int:
+        return self.vision.hidden_size * self.merge
+
+    @model_validator(mode="after")
+    def _merge_within_rows(self) -> ModelConfig:
+        # The merge is a plain view over row-major patches; if the grid width were not a multiple
+        # of it, one merged token would straddle two rows of the image.
+        if self.vision.grid_size % self.merge:
+            raise ValueError(
+                f"merge {self.merge} does not divide the patch grid width {self.vision.grid_size}"
+            )
+        return self
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """A few-MB model with the real preprocessing (448 px, patch 14) and the real 256 tokens."""
+        return cls(
+            vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_hidden_size=128),
+            llm=LlmConfig(
+                hidden_size=64,
+                num_layers=2,
+                num_heads=4,
+                intermediate_size=172,
+                vocab_size=len(tiny_vocabulary()),
+            ),
+        )
+
+    @classmethod
+    def published(cls) -> ModelConfig:
+        """EVA ViT-g/14 without its last block + Llama-2-7B, as SkyEyeGPT/MiniGPT-v2 ship them."""
+        return cls(
+            vision=VisionConfig(
+                hidden_size=1408, num_layers=39, num_heads=16, mlp_hidden_size=6144
+            ),
+            llm=LlmConfig(
+                hidden_size=4096,
+                num_layers=32,
+                num_heads=32,
+                intermediate_size=11008,
+                vocab_size=32000,
+            ),
+        )

@@ -1,0 +1,72 @@
+"""Instruction texts of SkyEyeGPT's tasks and MiniGPT-v2's single-turn chat template.
+
+An instruction is what follows the image in the prompt (task tag + text); :func:`wrap` places it
+in ``[INST] <Img><ImageHere></Img> {instruction} [/INST]``. BOS is not part of the text: the
+decoder adds it as a token (see :mod:`skyeye.model.decoder`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from skyeye.model.answers import Box
+
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "caption",
+    "classify",
+    "detailed_description",
+    "detection",
+    "identify",
+    "refer",
+    "video_caption",
+    "vqa",
+    "wrap",
+]
+
+IMAGE_PLACEHOLDER = "<ImageHere>"
+_IMAGE_SLOT = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
+
+
+def caption(text: str = "briefly describe the image") -> str:
+    return f"[caption] {text}"
+
+
+def detailed_description() -> str:
+    return "Describe this image in detail."
+
+
+def video_caption() -> str:
+    return caption("briefly describe the video frame image")
+
+
+def refer(expression: str) -> str:
+    return f"[refer] give me the location of {expression}"
+
+
+def detection(phrase: str) -> str:
+    return f"[detection] {phrase}"
+
+
+def identify(box: Box) -> str:
+    return f"[identify] this {box} is"
+
+
+def vqa(question: str) -> str:
+    return f"[vqa] {question}"
+
+
+def classify(classes: Sequence[str]) -> str:
+    return vqa(
+        f"Classify the image within one of the given classes: {', '.join(classes)}. "
+        "Answer it using the above category word or phrase."
+    )
+
+
+def wrap(instruction: str, n_images: int = 1) -> str:
+    """The full prompt text, one ``<Img><ImageHere></Img>`` per image (video frames in order)."""
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    if IMAGE_PLACEHOLDER in instruction:
+        raise ValueError(f"an instruction may not contain {IMAGE_PLACEHOLDER}")
+    return f"[INST] {_IMAGE_SLOT * n_images} {instruction} [/INST]"

@@ -1,0 +1,72 @@
+"""Bring the whole pipeline up on the embedded stack: servers, schema, Serve app, consumers.
+
+Used by ``skyeye up``, ``skyeye demo`` and the integration tests, so all three run the same
+processes the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+from skyeye.adapters import postgres
+from skyeye.settings import Settings
+from skyeye.stack import Endpoints, Stack, StackError
+
+SERVICES = ("planner", "worker")
+
+
+def service_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
+    """Environment for a child service: the parent's, with every endpoint pinned."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "SKYEYE_HOME": str(settings.home),
+            "SKYEYE_S3_ENDPOINT": endpoints.s3_endpoint,
+            "SKYEYE_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
+            "SKYEYE_DATABASE_URL": endpoints.database_url,
+            "SKYEYE_RAY_ADDRESS": endpoints.ray_address,
+        }
+    )
+    return env
+
+
+def _migrate(url: str) -> None:
+    engine = postgres.create_engine(url)
+    try:
+        postgres.migrate(engine)
+    finally:
+        engine.dispose()
+
+
+def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> Stack:
+    """Start everything and return the running stack; on any failure, nothing is left running."""
+    stack = Stack(settings)
+    stack.start(on_database_ready=_migrate, progress=progress)
+    try:
+        env = service_env(settings, stack.endpoints())
+        progress("deploying the Serve application (VisionEncoder, LlmDecoder)")
+        log_path = settings.home / "logs" / "deploy.log"
+        with log_path.open("ab") as log_file:
+            deployed = subprocess.run(
+                [sys.executable, "-m", "skyeye.services.inference"],
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                timeout=settings.inference_timeout_s,
+                check=False,
+            )
+        if deployed.returncode != 0:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise StackError(
+                f"Serve application failed to deploy; log: {log_path}\n" + "\n".join(tail)
+            )
+        for name in SERVICES:
+            progress(f"starting {name}")
+            stack.add_process(name, [sys.executable, "-m", f"skyeye.services.{name}"], env)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

@@ -1,0 +1,128 @@
+"""Every endpoint, credential, topic, bucket and model option, in one place.
+
+Values come from the environment (prefix ``SKYEYE_``, nested fields with ``__``, e.g.
+``SKYEYE_ENCODER__MAX_REPLICAS=4``). Endpoints left unset mean "the embedded stack": they are
+filled in from the state folder of a running ``skyeye up`` (see :func:`skyeye.stack.resolve`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DeploymentSettings(BaseModel):
+    """Resources, autoscaling and batching of one Ray Serve deployment."""
+
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    max_batch_size: int = Field(4, ge=1)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> DeploymentSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) > max_replicas ({self.max_replicas})"
+            )
+        return self
+
+    def autoscaling_config(self) -> dict[str, float | int]:
+        return {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+        }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SKYEYE_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(
+        default_factory=lambda: platformdirs.user_data_path("skyeye-stream"),
+        description="State folder of the embedded stack (data, logs, pids, ports).",
+    )
+
+    # --- object store (S3 API; MinIO in production, nanio embedded) ---
+    s3_endpoint: str | None = Field(None, description="host:port; unset = embedded nanio")
+    s3_secure: bool = False
+    s3_access_key: str = "skyeye"
+    s3_secret_key: SecretStr = SecretStr("skyeye-secret-key")
+    s3_region: str = "us-east-1"
+    bucket: str = "incoming"
+    kafka_storage_bucket: str = Field(
+        "kafka-log", description="bucket the embedded tansu broker keeps its log in"
+    )
+    max_object_bytes: int = Field(2 * 1024**3, gt=0)
+
+    # --- Kafka ---
+    kafka_bootstrap: str | None = Field(None, description="host:port[,...]; unset = embedded")
+    topic_events: str = "skyeye.object-events"
+    topic_work: str = "skyeye.work-items"
+    topic_partitions: int = Field(2, ge=1)
+    planner_group: str = "skyeye-planner"
+    worker_group: str = "skyeye-worker"
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
+    max_event_bytes: int = Field(1024 * 1024, gt=0)
+
+    # --- PostgreSQL ---
+    database_url: str | None = Field(None, description="SQLAlchemy URL; unset = embedded")
+
+    # --- Ray Serve ---
+    ray_address: str | None = Field(None, description="GCS host:port; unset = embedded head")
+    ray_num_cpus: int = Field(2, ge=1, description="CPUs the embedded Ray head offers")
+    serve_app: str = "skyeye"
+    encoder: DeploymentSettings = DeploymentSettings()
+    decoder: DeploymentSettings = DeploymentSettings(max_batch_size=8)
+    inference_timeout_s: float = Field(300.0, gt=0)
+
+    # --- model ---
+    model_dir: Path | None = Field(
+        None, description="a saved SkyEye model folder; unset = the tiny seeded model in home"
+    )
+    model_seed: int = 0
+    device: str = "cpu"
+    max_new_tokens: int = Field(24, ge=1, le=1024)
+
+    # --- work per tile ---
+    caption_prompt: str = "briefly describe the image"
+    grounding_phrases: list[str] = ["building", "road", "vehicle"]
+    vqa_questions: list[str] = [
+        "Is there any water in the image?",
+        "How many buildings are in the image?",
+    ]
+    max_question_chars: int = Field(512, ge=1)
+    max_image_pixels: int = Field(
+        64_000_000, gt=0, description="larger images are refused before decoding"
+    )
+
+    @field_validator("grounding_phrases", "vqa_questions")
+    @classmethod
+    def _no_blank(cls, values: list[str]) -> list[str]:
+        cleaned = [v.strip() for v in values]
+        if any(not v for v in cleaned):
+            raise ValueError("blank entries are not allowed")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _questions_fit(self) -> Settings:
+        for text in [*self.grounding_phrases, *self.vqa_questions, self.caption_prompt]:
+            if len(text) > self.max_question_chars:
+                raise ValueError(
+                    f"task text of {len(text)} chars exceeds max_question_chars="
+                    f"{self.max_question_chars}: {text[:40]!r}..."
+                )
+        return self
+
+    @property
+    def resolved_model_dir(self) -> Path:
+        return self.model_dir or self.home / "models" / f"skyeye-tiny-seed{self.model_seed}"

@@ -1,0 +1,160 @@
+"""The event path end to end on real components: S3 -> Kafka -> planner -> Serve -> PostgreSQL."""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from PIL import Image
+
+from skyeye import catalog, samples
+from skyeye.adapters import kafka
+from skyeye.contracts import Tile, WorkItem, minio_created_event
+from skyeye.ingest import ingest, wait_for
+from skyeye.tasks import default_tasks
+
+from .conftest import Pipeline
+
+WAIT_S = 300
+
+
+def _count(pipeline: Pipeline, table: str) -> int:
+    with pipeline.engine.connect() as conn:
+        return conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def _drain(pipeline: Pipeline) -> None:
+    """Wait until both consumer groups have committed everything published so far."""
+    s = pipeline.settings
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        lags = [
+            kafka.lag(s, s.topic_events, s.planner_group),
+            kafka.lag(s, s.topic_work, s.worker_group),
+        ]
+        if all(lag == 0 for lag in lags):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"consumers still lag: {lags}")
+
+
+@pytest.fixture(scope="module")
+def three_images(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> list:
+    scene = samples.write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", size=256)
+    done = ingest(pipeline.settings, [*samples.aerial_photos(), scene], prefix="it/three")
+    states = wait_for(pipeline.engine, [d.asset_id for d in done], timeout_s=WAIT_S)
+    assert set(states.values()) == {"done"}, states
+    return done
+
+
+def test_three_images_give_three_assets_and_their_results(
+    pipeline: Pipeline, three_images: list
+) -> None:
+    n_tasks = len(default_tasks(pipeline.settings))
+    with pipeline.engine.connect() as conn:
+        for item in three_images:
+            [asset] = catalog.assets(conn, item.asset_id)
+            assert asset["object_key"] == item.key
+            assert asset["tiles_planned"] == 1
+            rows = catalog.results(conn, item.asset_id)
+            assert len(rows) == n_tasks
+            assert {r["task_kind"] for r in rows} == {"caption", "grounding", "vqa"}
+            assert all(r["model"] == "skyeye-tiny-seed0" for r in rows)
+            for r in rows:
+                # every box parsed from a grounding answer became one detection row, in pixels
+                if r["task_kind"] == "grounding" and r["parsed"]:
+                    assert len(r["detections"]) == len(r["answer"]["boxes"])
+                    for d in r["detections"]:
+                        assert 0 <= d["x1"] <= d["x2"] <= asset["width"]
+                        assert 0 <= d["y1"] <= d["y2"] <= asset["height"]
+                else:
+                    assert r["detections"] == []
+    assert asset["media_format"] == "tiff" and asset["width"] == 256
+
+
+def test_redelivered_event_and_work_item_write_nothing_twice(
+    pipeline: Pipeline, three_images: list
+) -> None:
+    s = pipeline.settings
+    before = {t: _count(pipeline, t) for t in ("assets", "work_items", "results", "detections")}
+    # the same object-created event again (MinIO does duplicate), and the same work item again
+    with pipeline.engine.connect() as conn:
+        [asset] = catalog.assets(conn, three_images[0].asset_id)
+    producer = kafka.producer(s)
+    try:
+        event = minio_created_event(
+            bucket=asset["bucket"],
+            key=asset["object_key"],
+            size=1,
+            etag=asset["version"],
+            content_type="image/jpeg",
+            metadata={},
+        )
+        kafka.publish_json(
+            producer, s.topic_events, f"{asset['bucket']}/{asset['object_key']}", event
+        )
+        with pipeline.engine.connect() as conn:
+            work_item_id = conn.execute(
+                sa.text("SELECT work_item_id FROM work_items WHERE asset_id = :a"),
+                {"a": asset["asset_id"]},
+            ).scalar_one()
+        item = WorkItem(
+            work_item_id=work_item_id,
+            asset_id=asset["asset_id"],
+            bucket=asset["bucket"],
+            key=asset["object_key"],
+            etag=asset["version"],
+            image_width=asset["width"],
+            image_height=asset["height"],
+            tile=Tile(index=0, x=0, y=0, width=asset["width"], height=asset["height"]),
+            tasks=default_tasks(s),
+        )
+        kafka.publish_json(
+            producer, s.topic_work, str(asset["asset_id"]), item.model_dump(mode="json")
+        )
+    finally:
+        producer.close()
+    _drain(pipeline)
+    after = {t: _count(pipeline, t) for t in before}
+    assert after == before
+
+
+def test_bad_inputs_become_error_rows_and_the_pipeline_goes_on(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    s = pipeline.settings
+    errors_before = _count(pipeline, "errors")
+    producer = kafka.producer(s)
+    try:
+        producer.send(s.topic_events, key=b"incoming/garbage", value=b"{not json").get(timeout=30)
+        producer.send(
+            s.topic_events, key=b"x", value=json.dumps({"EventName": 1, "Records": "no"}).encode()
+        ).get(timeout=30)
+    finally:
+        producer.close()
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((64, 96, 3), 120, dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(samples.aerial_photos()[0].read_bytes()[:20_000])
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("this is not an image\n" * 50)
+
+    done = ingest(s, [truncated, not_image, good], prefix="it/bad")
+    states = wait_for(pipeline.engine, [d.asset_id for d in done], timeout_s=WAIT_S)
+    by_name = {d.path.name: states[d.asset_id] for d in done}
+    assert by_name == {"truncated.jpg": "error", "notes.jpg": "error", "good.png": "done"}
+
+    _drain(pipeline)
+    with pipeline.engine.connect() as conn:
+        errors = catalog.errors(conn)
+        assert len(errors) >= errors_before + 4
+        kinds = {(e["stage"], e["kind"]) for e in errors}
+        assert ("planner", "malformed_event") in kinds
+        assert ("planner", "unreadable_image") in kinds  # not an image: refused at the header
+        assert ("worker", "unreadable_image") in kinds  # truncated: caught when decoding
+        by_asset = {e["asset_id"]: e for e in errors if e["asset_id"]}
+        assert {done[0].asset_id, done[1].asset_id} <= set(by_asset)
+        assert len(catalog.results(conn, done[2].asset_id)) == len(default_tasks(s))

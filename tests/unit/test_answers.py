@@ -1,0 +1,86 @@
+import pytest
+
+from skyeye.model.answers import Box, ParsedAnswer, parse_boxes, parse_detection, parse_grounding
+
+
+def test_box_validates_the_scale() -> None:
+    assert Box(0, 0, 100, 100).x2 == 100
+    assert Box(5, 5, 5, 5).y1 == 5  # degenerate boxes are still boxes
+    for bad in [(-1, 0, 10, 10), (0, 0, 101, 10), (20, 0, 10, 10), (0, 20, 10, 10)]:
+        with pytest.raises(ValueError, match="0-100"):
+            Box(*bad)
+
+
+def test_box_pixels_round_trip() -> None:
+    box = Box(10, 20, 60, 80)
+    assert box.to_pixels(200, 100) == (20.0, 20.0, 120.0, 80.0)
+    assert Box.from_pixels(20, 20, 120, 80, 200, 100) == box
+    # Truncation, as in MiniGPT-v2's data preparation.
+    assert Box.from_pixels(19.9, 0, 199.9, 99.9, 200, 100) == Box(9, 0, 99, 99)
+    assert str(box) == "{<10><20><60><80>}"
+
+
+def test_parse_one_box() -> None:
+    assert parse_boxes("{<12><34><56><78>}") == [Box(12, 34, 56, 78)]
+    assert parse_boxes("the car is at {<0><0><100><100>} here") == [Box(0, 0, 100, 100)]
+
+
+def test_parse_boxes_tolerates_spaces() -> None:
+    assert parse_boxes("{ <1> <2><3>  <4> }") == [Box(1, 2, 3, 4)]
+
+
+def test_several_boxes_with_delim() -> None:
+    text = "<p>building</p> {<1><2><3><4>}<delim>{<10><20><30><40>}<delim>{<5><5><9><9>}"
+    assert parse_boxes(text) == [Box(1, 2, 3, 4), Box(10, 20, 30, 40), Box(5, 5, 9, 9)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "no boxes here",
+        "{<1><2><3>}",
+        "{<1><2><3><4>",
+        "<1><2><3><4>",
+        "{<1><2><3><4><5>}",
+        "{<a><b><c><d>}",
+        "{<1234><2><3><4>}",
+        "{<-1><2><3><4>}",
+        "}{<><><><>}{",
+        "<p></p><delim><delim>{",
+    ],
+)
+def test_malformed_text_gives_no_boxes(text: str) -> None:
+    assert parse_boxes(text) == []
+    assert parse_detection(text, "thing") == []
+    assert not parse_grounding(text, "thing").parsed
+
+
+def test_out_of_range_and_inverted_boxes_are_skipped() -> None:
+    text = "{<1><2><300><4>}<delim>{<50><2><10><4>}<delim>{<1><60><3><4>}<delim>{<7><8><9><10>}"
+    assert parse_boxes(text) == [Box(7, 8, 9, 10)]
+
+
+def test_detection_pairs_phrases_with_their_boxes() -> None:
+    text = "<p>building</p> {<1><2><3><4>}<delim>{<5><6><7><8>} <p>road</p> {<0><50><100><60>}"
+    assert parse_detection(text, "x") == [
+        ("building", Box(1, 2, 3, 4)),
+        ("building", Box(5, 6, 7, 8)),
+        ("road", Box(0, 50, 100, 60)),
+    ]
+
+
+def test_bare_boxes_take_the_default_phrase() -> None:
+    assert parse_detection("{<1><2><3><4>}", "the red car") == [("the red car", Box(1, 2, 3, 4))]
+    assert parse_detection("<p> </p> {<1><2><3><4>}", "ship") == [("ship", Box(1, 2, 3, 4))]
+    assert parse_detection("<p>ship {<1><2><3><4>}", "boat") == [("boat", Box(1, 2, 3, 4))]
+
+
+def test_parsed_answer() -> None:
+    answer = parse_grounding("  <p>tank</p> {<1><2><3><4>}\n", "storage tank")
+    assert answer == ParsedAnswer(
+        text="<p>tank</p> {<1><2><3><4>}", boxes=(("tank", Box(1, 2, 3, 4)),)
+    )
+    assert answer.parsed
+    failed = parse_grounding("I cannot see one", "tank")
+    assert not failed.parsed and failed.boxes == () and failed.text == "I cannot see one"

@@ -1,0 +1,154 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skyeye.model import TextDecoder, VisionEncoder, build_tiny_model, prompts
+from skyeye.model.answers import Box
+from skyeye.model.decoder import IMAGE_TOKEN
+
+INSTRUCTIONS = [
+    prompts.caption(),
+    prompts.refer("the small white boat near the pier"),
+    prompts.detection("building"),
+    prompts.vqa("Is there any water in the image?"),
+    prompts.identify(Box(10, 20, 30, 40)),
+    prompts.detailed_description(),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    build_tiny_model(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def decoder(model_dir: Path) -> TextDecoder:
+    return TextDecoder.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def frames(model_dir: Path) -> torch.Tensor:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (200, 300, 3), dtype=np.uint8) for _ in range(3)]
+    return VisionEncoder.load(model_dir).encode(images)
+
+
+def _runs(row: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each run of image positions in a row."""
+    is_image = (row == IMAGE_TOKEN).tolist()
+    runs: list[tuple[int, int]] = []
+    for i, flag in enumerate(is_image):
+        if flag and (i == 0 or not is_image[i - 1]):
+            runs.append((i, i))
+        if flag:
+            runs[-1] = (runs[-1][0], i + 1)
+    return runs
+
+
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_prompt_layout(decoder: TextDecoder, frames: torch.Tensor, n_frames: int) -> None:
+    embeds = frames[0] if n_frames == 1 else frames[:n_frames]
+    instructions = [prompts.caption(), prompts.vqa("How many ships are moored in the harbour?")]
+    batch = decoder.prompt_batch(embeds, instructions)
+    embed = decoder.llm.get_input_embeddings()
+    tok = decoder.tokenizer
+    lengths = batch.attention_mask.sum(dim=1).tolist()
+    assert lengths[0] < lengths[1] == batch.token_ids.shape[1]
+    for row, instruction in enumerate(instructions):
+        ids, mask, inputs = (
+            batch.token_ids[row],
+            batch.attention_mask[row],
+            batch.inputs_embeds[row],
+        )
+        start = ids.shape[0] - lengths[row]
+        # Left padding: zeros, then the prompt.
+        assert mask[:start].sum() == 0 and bool(mask[start:].all())
+        assert not inputs[:start].any()
+        prompt = ids[start:]
+        assert prompt[0] == tok.bos_token_id and (prompt == tok.bos_token_id).sum() == 1
+        runs = _runs(prompt)
+        assert [end - begin for begin, end in runs] == [256] * n_frames
+        for frame, (begin, end) in enumerate(runs):
+            torch.testing.assert_close(inputs[start + begin : start + end], frames[frame])
+        text_positions = (prompt != IMAGE_TOKEN).nonzero().squeeze(1) + start
+        torch.testing.assert_close(inputs[text_positions], embed(ids[text_positions]))
+        # The text around the images is the template, split at each <ImageHere>.
+        cuts = [0, *(p for run in runs for p in run), len(prompt)]
+        pieces = [
+            tok.decode(prompt[a:b].tolist(), skip_special_tokens=True)
+            for a, b in zip(cuts[::2], cuts[1::2], strict=True)
+        ]
+        expected = prompts.wrap(instruction, n_frames).split(prompts.IMAGE_PLACEHOLDER)
+        assert pieces == expected
+
+
+def test_batched_greedy_equals_one_at_a_time(decoder: TextDecoder, frames: torch.Tensor) -> None:
+    batched = decoder.generate_ids(frames[0], INSTRUCTIONS, max_new_tokens=12)
+    alone = [decoder.generate_ids(frames[0], [i], max_new_tokens=12)[0] for i in INSTRUCTIONS]
+    assert batched == alone
+    # The check means something only if the answers depend on the prompt.
+    assert len({tuple(ids) for ids in batched}) > 3
+    answers = decoder.generate(frames[0], INSTRUCTIONS, max_new_tokens=12)
+    assert answers == [decoder._decode(ids) for ids in alone]
+
+
+def test_batched_greedy_multi_frame(decoder: TextDecoder, frames: torch.Tensor) -> None:
+    instructions = [prompts.video_caption(), prompts.vqa("Is the car moving?")]
+    batched = decoder.generate_ids(frames[:2], instructions, max_new_tokens=8)
+    alone = [decoder.generate_ids(frames[:2], [i], max_new_tokens=8)[0] for i in instructions]
+    assert batched == alone
+    assert batched != decoder.generate_ids(frames[1:3], instructions, max_new_tokens=8)
+
+
+def test_each_row_stops_at_its_own_eos(model_dir: Path, frames: torch.Tensor) -> None:
+    decoder = TextDecoder.load(model_dir)
+    full = decoder.generate_ids(frames[0], INSTRUCTIONS, max_new_tokens=10)
+    assert all(len(ids) == 10 for ids in full)
+    # Make a token the first row emits mid-answer act as EOS: that row must stop right there,
+    # every other row only where it emits that token itself (if ever).
+    stop = full[0][4]
+    decoder.eos_id = stop
+    stopped = decoder.generate_ids(frames[0], INSTRUCTIONS, max_new_tokens=10)
+    for before, after in zip(full, stopped, strict=True):
+        assert after == (before[: before.index(stop)] if stop in before else before)
+    assert len(stopped[0]) <= 4 and any(len(ids) == 10 for ids in stopped)
+
+
+def test_answers_are_stripped_strings(decoder: TextDecoder, frames: torch.Tensor) -> None:
+    answers = decoder.generate(frames[0], INSTRUCTIONS, max_new_tokens=6)
+    assert len(answers) == len(INSTRUCTIONS)
+    assert all(isinstance(a, str) and a == a.strip() for a in answers)
+    assert decoder.generate(frames[0], []) == []
+
+
+def test_sampling_is_seeded_by_torch(decoder: TextDecoder, frames: torch.Tensor) -> None:
+    def sample() -> list[list[int]]:
+        torch.manual_seed(5)
+        return decoder.generate_ids(
+            frames[0], INSTRUCTIONS[:3], 8, do_sample=True, temperature=0.7, top_p=0.9
+        )
+
+    assert sample() == sample()
+
+
+def test_instruction_text_cannot_inject_control_tokens(decoder: TextDecoder) -> None:
+    batch = decoder.prompt_batch(torch.zeros(256, 64), ["[vqa] is </s> or <s> special?"])
+    ids = batch.token_ids[0].tolist()
+    assert decoder.eos_id not in ids and ids.count(decoder.tokenizer.bos_token_id) == 1
+
+
+def test_bad_arguments_are_refused(decoder: TextDecoder) -> None:
+    with pytest.raises(ValueError, match="image_embeds"):
+        decoder.generate(torch.zeros(255, 64), ["x"])
+    with pytest.raises(ValueError, match="image_embeds"):
+        decoder.generate(torch.zeros(2, 256, 32), ["x"])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decoder.generate(torch.zeros(256, 64), ["x"], max_new_tokens=0)
+    with pytest.raises(ValueError, match="top_p"):
+        decoder.generate(torch.zeros(256, 64), ["x"], do_sample=True, top_p=0)
+    with pytest.raises(ValueError, match="ImageHere"):
+        decoder.generate(torch.zeros(256, 64), ["<ImageHere>"])

@@ -1,0 +1,146 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from skyeye.model import VisionEncoder, build_tiny_model
+from skyeye.model.architecture import VisionStage, merge_patches
+from skyeye.model.config import ModelConfig
+from skyeye.model.vision import CLIP_MEAN, CLIP_STD, preprocess
+
+MEAN = np.array(CLIP_MEAN).reshape(3, 1, 1)
+STD = np.array(CLIP_STD).reshape(3, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> VisionEncoder:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    build_tiny_model(path, seed=0)
+    return VisionEncoder.load(path)
+
+
+def _image(seed: int, height: int = 300, width: int = 500) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_preprocess_is_bicubic_resize_and_clip_normalisation() -> None:
+    image = _image(0, 123, 457)
+    pixels = preprocess([image, _image(1, 600, 600)], 448)
+    assert pixels.shape == (2, 3, 448, 448) and pixels.dtype == torch.float32
+    resized = np.asarray(Image.fromarray(image).resize((448, 448), Image.Resampling.BICUBIC))
+    expected = (resized.transpose(2, 0, 1) / 255.0 - MEAN) / STD
+    np.testing.assert_allclose(pixels[0].numpy(), expected, atol=1e-5)
+
+
+def test_constant_image_normalises_to_the_clip_constants() -> None:
+    pixels = preprocess([np.full((50, 70, 3), 255, dtype=np.uint8)], 448)[0]
+    for channel in range(3):
+        value = (1 - CLIP_MEAN[channel]) / CLIP_STD[channel]
+        torch.testing.assert_close(pixels[channel], torch.full((448, 448), value))
+
+
+def test_gray_and_rgba_become_rgb() -> None:
+    rgb = _image(2)
+    gray = rgb[:, :, 0]
+    from_gray = preprocess([gray], 448)[0] * torch.tensor(CLIP_STD).view(3, 1, 1)
+    from_gray += torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    torch.testing.assert_close(from_gray[0], from_gray[1])
+    torch.testing.assert_close(from_gray[0], from_gray[2])
+    torch.testing.assert_close(preprocess([gray[:, :, None]], 448), preprocess([gray], 448))
+    rgba = np.dstack([rgb, np.full(gray.shape, 7, dtype=np.uint8)])
+    torch.testing.assert_close(preprocess([rgba], 448), preprocess([rgb], 448))
+
+
+def test_bad_images_are_refused() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess([np.zeros((10, 10, 3), dtype=np.float32)], 448)
+    with pytest.raises(ValueError, match="HxW"):
+        preprocess([np.zeros((10, 10, 2), dtype=np.uint8)], 448)
+
+
+def test_merge_takes_four_horizontal_neighbours() -> None:
+    grid, channels = 32, 2
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    # Patch (r, c) carries its own coordinates; patches are in row-major order.
+    patches = torch.stack([rows, cols], dim=-1).reshape(1, grid * grid, channels).float()
+    merged = merge_patches(patches, 4)
+    assert merged.shape == (1, 256, 8)
+    for token in (0, 1, 7, 8, 100, 255):
+        row, group = divmod(token, grid // 4)
+        expected = [[row, 4 * group + k] for k in range(4)]
+        assert merged[0, token].view(4, channels).tolist() == expected
+
+
+def test_encode_shape_and_batching(encoder: VisionEncoder) -> None:
+    images = [_image(3), _image(4, 448, 448), _image(5, 64, 900)]
+    embeds = encoder.encode(images)
+    assert embeds.shape == (3, 256, encoder.config.llm.hidden_size)
+    assert embeds.dtype == torch.float32 and embeds.device.type == "cpu"
+    alone = torch.cat([encoder.encode([image]) for image in images])
+    torch.testing.assert_close(embeds, alone, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(embeds[0], embeds[1])
+
+
+def _eva_reference(stage: VisionStage, config: ModelConfig, pixels: torch.Tensor) -> torch.Tensor:
+    """MiniGPT-v2's path written out from its EVA ViT code, on the same weights."""
+    w = {k: v.detach() for k, v in stage.state_dict().items()}
+    v = config.vision
+    heads, width = v.num_heads, v.hidden_size
+    x = F.conv2d(pixels, w["vision_model.embeddings.patch_embedding.weight"], stride=v.patch_size)
+    x = x + w["vision_model.embeddings.patch_embedding.bias"].view(1, -1, 1, 1)
+    x = x.flatten(2).transpose(1, 2)
+    cls = w["vision_model.embeddings.class_embedding"].expand(x.shape[0], -1, -1)
+    x = torch.cat([cls, x], dim=1) + w["vision_model.embeddings.position_embedding"]
+    batch, n, _ = x.shape
+    for i in range(v.num_layers):
+        p = f"vision_model.encoder.layers.{i}."
+        h = F.layer_norm(x, (width,), w[p + "layer_norm1.weight"], w[p + "layer_norm1.bias"], 1e-6)
+        q_bias, k_bias, v_bias = w[p + "self_attn.qkv.bias"].chunk(3)
+        assert not k_bias.any(), "EVA has no key bias"
+        qkv_bias = torch.cat([q_bias, torch.zeros_like(v_bias), v_bias])
+        qkv = F.linear(h, w[p + "self_attn.qkv.weight"], qkv_bias)
+        q, k, val = qkv.reshape(batch, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        attn = ((q * (width // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        h = (attn @ val).transpose(1, 2).reshape(batch, n, width)
+        x = x + F.linear(
+            h, w[p + "self_attn.projection.weight"], w[p + "self_attn.projection.bias"]
+        )
+        h = F.layer_norm(x, (width,), w[p + "layer_norm2.weight"], w[p + "layer_norm2.bias"], 1e-6)
+        h = F.gelu(F.linear(h, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
+        x = x + F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
+    ln_w, ln_b = w["vision_model.post_layernorm.weight"], w["vision_model.post_layernorm.bias"]
+    x = F.layer_norm(x.float(), (width,), ln_w, ln_b, 1e-6)
+    grid = v.grid_size
+    patches = x[:, 1:, :].reshape(batch, grid, grid, width)
+    tokens = [
+        torch.cat([patches[:, r, 4 * g + k] for k in range(4)], dim=-1)
+        for r in range(grid)
+        for g in range(grid // 4)
+    ]
+    return F.linear(torch.stack(tokens, dim=1), w["llama_proj.weight"], w["llama_proj.bias"])
+
+
+def test_stage_equals_a_direct_eva_implementation() -> None:
+    config = ModelConfig.tiny()
+    torch.manual_seed(0)
+    stage = VisionStage(config).eval()
+    with torch.no_grad():
+        # Non-trivial norms and biases everywhere (a fresh init leaves them at 1 and 0).
+        for name, param in stage.named_parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+            if name.endswith("qkv.bias"):
+                param[config.vision.hidden_size : 2 * config.vision.hidden_size] = 0
+        pixels = preprocess([_image(6), _image(7)], 448)
+        torch.testing.assert_close(stage(pixels), _eva_reference(stage, config, pixels))
+
+
+def test_load_respects_device_and_dtype(tmp_path: Path) -> None:
+    build_tiny_model(tmp_path / "m", seed=1)
+    encoder = VisionEncoder.load(tmp_path / "m", device="cpu", dtype=torch.bfloat16)
+    assert encoder.stage.llama_proj.weight.dtype == torch.bfloat16
+    assert encoder.stage.vision_model.post_layernorm.weight.dtype == torch.float32
+    embeds = encoder.encode([_image(8)])
+    assert embeds.dtype == torch.float32 and embeds.shape == (1, 256, 64)

@@ -1,0 +1,35 @@
+import pytest
+from pydantic import ValidationError
+
+from skyeye.settings import DeploymentSettings, Settings
+
+
+def test_defaults_point_at_the_embedded_stack(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SKYEYE_HOME", str(tmp_path))
+    settings = Settings()
+    assert settings.home == tmp_path
+    assert settings.s3_endpoint is None and settings.kafka_bootstrap is None
+    assert settings.resolved_model_dir == tmp_path / "models" / "skyeye-tiny-seed0"
+
+
+def test_nested_environment_overrides(monkeypatch) -> None:
+    monkeypatch.setenv("SKYEYE_ENCODER__MAX_REPLICAS", "3")
+    monkeypatch.setenv("SKYEYE_GROUNDING_PHRASES", '["ship", "harbour"]')
+    settings = Settings()
+    assert settings.encoder.max_replicas == 3
+    assert settings.grounding_phrases == ["ship", "harbour"]
+
+
+def test_replica_bounds_are_checked() -> None:
+    with pytest.raises(ValidationError, match="min_replicas"):
+        DeploymentSettings(min_replicas=3, max_replicas=2)
+
+
+def test_oversize_question_is_refused() -> None:
+    with pytest.raises(ValidationError, match="max_question_chars"):
+        Settings(vqa_questions=["why " * 200], max_question_chars=100)
+
+
+def test_blank_phrase_is_refused() -> None:
+    with pytest.raises(ValidationError, match="blank"):
+        Settings(grounding_phrases=["ship", "  "])
