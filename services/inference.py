@@ -17,8 +17,8 @@ from ray.serve.handle import DeploymentHandle
 
 from skyeye.adapters import serve as serve_adapter
 from skyeye.model import TextDecoder, VisionEncoder, ensure_model
+from skyeye.services._runtime import service_settings
 from skyeye.settings import DeploymentSettings, Settings
-from skyeye.stack import resolve
 
 log = logging.getLogger(__name__)
 
@@ -107,5 +107,4 @@ def deploy(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    deploy(resolve(Settings()))
+    deploy(service_settings())

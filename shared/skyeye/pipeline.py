@@ -13,24 +13,16 @@ from collections.abc import Callable
 
 from skyeye.adapters import postgres
 from skyeye.settings import Settings
-from skyeye.stack import Endpoints, Stack, StackError
+from skyeye.stack import RAY_LOOPBACK_ENV, Endpoints, Stack, StackError
 
 SERVICES = ("planner", "worker")
 
 
 def service_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
-    """Environment for a child service: the parent's, with every endpoint pinned."""
-    env = dict(os.environ)
-    env.update(
-        {
-            "SKYEYE_HOME": str(settings.home),
-            "SKYEYE_S3_ENDPOINT": endpoints.s3_endpoint,
-            "SKYEYE_KAFKA_BOOTSTRAP": endpoints.kafka_bootstrap,
-            "SKYEYE_DATABASE_URL": endpoints.database_url,
-            "SKYEYE_RAY_ADDRESS": endpoints.ray_address,
-        }
-    )
-    return env
+    """Environment for a child service: the parent's, plus these settings with every endpoint
+    pinned, so the child sees exactly what the launcher was configured with."""
+    pinned = settings.model_copy(update=endpoints.model_dump())
+    return {**os.environ, **pinned.as_env(), **RAY_LOOPBACK_ENV}
 
 
 def _migrate(url: str) -> None:

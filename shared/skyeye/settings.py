@@ -7,6 +7,7 @@ filled in from the state folder of a running ``skyeye up`` (see :func:`skyeye.st
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import platformdirs
@@ -126,3 +127,15 @@ class Settings(BaseSettings):
     @property
     def resolved_model_dir(self) -> Path:
         return self.model_dir or self.home / "models" / f"skyeye-tiny-seed{self.model_seed}"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``SKYEYE_*`` variables, so a child process reads back the same."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if name == "s3_secret_key":
+                value = self.s3_secret_key.get_secret_value()
+            text = value if isinstance(value, str) else json.dumps(value)
+            env[f"SKYEYE_{name.upper()}"] = text
+        return env

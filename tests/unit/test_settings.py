@@ -33,3 +33,16 @@ def test_oversize_question_is_refused() -> None:
 def test_blank_phrase_is_refused() -> None:
     with pytest.raises(ValidationError, match="blank"):
         Settings(grounding_phrases=["ship", "  "])
+
+
+def test_as_env_round_trips_through_the_environment(monkeypatch, tmp_path) -> None:
+    original = Settings(
+        home=tmp_path,
+        s3_endpoint="127.0.0.1:9",
+        grounding_phrases=["ship"],
+        encoder=DeploymentSettings(max_replicas=2, num_gpus=1),
+        s3_secret_key="s3cr3t",
+    )
+    for name, value in original.as_env().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original

