@@ -133,7 +133,10 @@ def cmd_results(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     state = read_state(settings.home)
-    report: dict[str, Any] = {"home": str(settings.home), "running": bool(state and state.supervisor_alive)}
+    report: dict[str, Any] = {
+        "home": str(settings.home),
+        "running": bool(state and state.supervisor_alive),
+    }
     if state is not None:
         report["components"] = [c.model_dump(mode="json") for c in state.components]
     if report["running"]:
