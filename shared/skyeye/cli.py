@@ -61,7 +61,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"skyeye ingest: not a file: {', '.join(missing)}")
-    done = ingest(settings, paths, prefix=args.prefix)
+    done = ingest(settings, paths, prefix=args.prefix, metadata=dict(args.meta))
     for item in done:
         if not args.json:
             print(f"{item.key}\t{item.asset_id}")
@@ -199,6 +199,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value
+
+
 def _interrupt(signum: int, frame: object) -> None:
     # SIGTERM takes the same orderly teardown path as Ctrl-C
     raise KeyboardInterrupt
@@ -221,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="upload files and announce them to the pipeline")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files to ingest")
     p.add_argument("--prefix", default="uploads", help="object key prefix (default: uploads)")
+    p.add_argument(
+        "--meta",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="user metadata stored with every object (repeatable), e.g. --meta sensor=uav-3",
+    )
     p.add_argument("--wait", action="store_true", help="return when every file is processed")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
     p.add_argument("--json", action="store_true", help="print key and asset id per file as JSON")

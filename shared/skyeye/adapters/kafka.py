@@ -54,19 +54,23 @@ def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) 
     )
 
 
-def ensure_topics(settings: Settings, topics: Iterable[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=_bootstrap(settings))
+def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
+    """Create the missing topics with the configured partition count; returns those created."""
+    admin = KafkaAdminClient(bootstrap_servers=_bootstrap(settings), request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
-        missing = [
-            NewTopic(name=t, num_partitions=settings.topic_partitions, replication_factor=1)
-            for t in topics
-            if t not in existing
-        ]
-        if missing:
-            # another process may create them first
+        partitions = settings.topic_partitions
+        created = []
+        for topic in dict.fromkeys(topics):
+            if topic in existing:
+                continue
+            # another client may create it between list and create: that is what we wanted
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(missing)
+                admin.create_topics(
+                    [NewTopic(topic, num_partitions=partitions, replication_factor=1)]
+                )
+                created.append(topic)
+        return created
     finally:
         admin.close()
 

