@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.transform import from_origin
+from affine import Affine
 
 AERIAL_PHOTOS = ("aero1.jpg", "aero3.jpg")
 
@@ -50,7 +50,7 @@ def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:
         "count": 3,
         "dtype": "uint8",
         "crs": "EPSG:32633",
-        "transform": from_origin(500_000.0, 5_300_000.0, 10.0, 10.0),
+        "transform": Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_300_000.0),  # 10 m, north-up
         "photometric": "RGB",
         "compress": "deflate",
     }
