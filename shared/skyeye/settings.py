@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     max_event_bytes: int = Field(1024 * 1024, gt=0)
+    kafka_idempotent_producer: bool = Field(
+        False,
+        description="turn on with Apache Kafka; the embedded tansu broker answers "
+        "OutOfOrderSequenceNumber when idempotent producers publish concurrently",
+    )
 
     # --- PostgreSQL ---
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset = embedded")

@@ -158,3 +158,16 @@ def test_bad_inputs_become_error_rows_and_the_pipeline_goes_on(
         by_asset = {e["asset_id"]: e for e in errors if e["asset_id"]}
         assert {done[0].asset_id, done[1].asset_id} <= set(by_asset)
         assert len(catalog.results(conn, done[2].asset_id)) == len(default_tasks(s))
+
+
+def test_a_burst_of_files_is_all_processed(pipeline: Pipeline, tmp_path: Path) -> None:
+    # ingest publishes while the planner publishes work items: concurrent producers
+    paths = []
+    for i in range(8):
+        path = tmp_path / f"burst{i}.png"
+        pixels = np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    done = ingest(pipeline.settings, paths, prefix="it/burst")
+    states = wait_for(pipeline.engine, [d.asset_id for d in done], timeout_s=WAIT_S)
+    assert set(states.values()) == {"done"}

@@ -23,11 +23,12 @@ def _bootstrap(settings: Settings) -> list[str]:
 
 
 def producer(settings: Settings) -> KafkaProducer:
-    # acks=all + idempotence: a publish that returns is durable and retries never duplicate.
+    # acks=all: a publish that returns is durable. Without idempotence a retry may duplicate a
+    # message; every consumer is idempotent, so a duplicate costs work, never a wrong row.
     return KafkaProducer(
         bootstrap_servers=_bootstrap(settings),
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=settings.kafka_idempotent_producer,
         retries=10,
         linger_ms=5,
     )
