@@ -9,17 +9,21 @@ from collections.abc import Callable, Sequence
 
 from kafka.consumer.fetcher import ConsumerRecord
 
+from skyeye import telemetry
 from skyeye.adapters import kafka
 from skyeye.settings import Settings
 from skyeye.stack import resolve
 
 
-def service_settings() -> Settings:
+def service_settings(service: str) -> Settings:
+    """Logging, tracing and the resolved settings of one service process."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    return resolve(Settings())
+    settings = resolve(Settings())
+    telemetry.setup(service, settings.home)
+    return settings
 
 
 def run_consumer(

@@ -107,4 +107,4 @@ def deploy(settings: Settings) -> None:
 
 
 if __name__ == "__main__":
-    deploy(service_settings())
+    deploy(service_settings("skyeye-deploy"))

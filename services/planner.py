@@ -15,9 +15,10 @@ from datetime import datetime
 from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from minio.error import S3Error
+from opentelemetry import trace
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, imagery, tasks
+from skyeye import catalog, imagery, tasks, telemetry
 from skyeye.adapters import kafka, postgres
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import (
@@ -46,8 +47,15 @@ class Planner:
         self._producer = producer
 
     def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
+        tracer = telemetry.tracer(__name__)
         for record in records:
-            self.handle(record.value, f"kafka:{record.topic}/{record.partition}/{record.offset}")
+            source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
+            # the span continues the trace ingest (or MinIO's producer) started, if any
+            with tracer.start_as_current_span(
+                "plan", context=telemetry.extract(record.headers)
+            ) as span:
+                span.set_attribute("skyeye.source", source)
+                self.handle(record.value, source)
 
     def handle(self, raw: bytes, source: str) -> None:
         try:
@@ -72,6 +80,7 @@ class Planner:
             return
         version = obj.version_id or obj.e_tag or ""
         asset_id = asset_id_for(bucket, key, version)
+        trace.get_current_span().set_attributes({"s3.key": key, "skyeye.asset_id": str(asset_id)})
         with self._engine.begin() as conn:
             status = catalog.register_asset(
                 conn,
@@ -135,6 +144,7 @@ class Planner:
         asset_id: object | None = None,
         detail: dict[str, object] | None = None,
     ) -> None:
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
         with self._engine.begin() as conn:
             catalog.record_error(
                 conn,
@@ -168,7 +178,7 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def main() -> None:
-    settings = service_settings()
+    settings = service_settings("skyeye-planner")
     assert settings.database_url is not None  # resolve() fills every endpoint
     planner = Planner(
         settings,

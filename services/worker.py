@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
 from minio.error import S3Error
+from opentelemetry import trace
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, imagery, tasks
+from skyeye import catalog, imagery, tasks, telemetry
 from skyeye.adapters import postgres
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
@@ -39,6 +40,7 @@ class _Pending:
     image: np.ndarray
     instructions: list[str]
     response: DeploymentResponse
+    span: trace.Span
     attempt: int = 1
 
 
@@ -51,20 +53,35 @@ class Worker:
         self._store = store
         self._app = app
         self._model_name = settings.resolved_model_dir.name
+        self._tracer = telemetry.tracer(__name__)
 
     def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
-        pending = [p for r in records if (p := self._submit_record(r)) is not None]
+        pending = []
+        for record in records:
+            # one span per work item, from its read to its stored results, in the asset's trace
+            span = self._tracer.start_span("work_item", context=telemetry.extract(record.headers))
+            with trace.use_span(span, end_on_exit=False):
+                job = self._submit_record(record, span)
+            if job is None:
+                span.end()
+            else:
+                pending.append(job)
         for job in pending:
-            self._finish(job)
+            with trace.use_span(job.span, end_on_exit=True):
+                self._finish(job)
 
-    def _submit_record(self, record: ConsumerRecord) -> _Pending | None:
+    def _submit_record(self, record: ConsumerRecord, span: trace.Span) -> _Pending | None:
         source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
+        span.set_attribute("skyeye.source", source)
         try:
             item = WorkItem.model_validate_json(record.value)
         except ValidationError as exc:
             log.warning("%s: malformed work item: %s", source, exc.errors()[0]["msg"])
             self._error(source, "malformed_work_item", str(exc.errors()[0]["msg"]))
             return None
+        span.set_attributes(
+            {"skyeye.asset_id": str(item.asset_id), "skyeye.work_item_id": str(item.work_item_id)}
+        )
         with self._engine.connect() as conn:
             status = catalog.work_item_status(conn, item.work_item_id)
         if status is None:
@@ -86,7 +103,7 @@ class Worker:
             self._error(f"work_item:{item.work_item_id}", "object_unavailable", message, item)
             return None
         instructions = [tasks.instruction(t) for t in item.tasks]
-        return _Pending(item, image, instructions, self._call(image, instructions))
+        return _Pending(item, image, instructions, self._call(image, instructions), span)
 
     def _call(self, image: np.ndarray, instructions: list[str]) -> DeploymentResponse:
         return self._app.infer.remote(image, instructions, self._settings.max_new_tokens)
@@ -124,6 +141,7 @@ class Worker:
 
     def _error(self, source: str, kind: str, message: str, item: WorkItem | None = None) -> None:
         log.warning("%s: %s: %s", source, kind, message)
+        trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
         asset_id: uuid.UUID | None = item.asset_id if item else None
         with self._engine.begin() as conn:
             catalog.record_error(
@@ -138,7 +156,7 @@ class Worker:
 
 
 def main() -> None:
-    settings = service_settings()
+    settings = service_settings("skyeye-worker")
     assert settings.database_url is not None  # resolve() fills every endpoint
     worker = Worker(
         settings,

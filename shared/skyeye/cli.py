@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from skyeye import catalog, samples
+from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres
 from skyeye.ingest import ingest, wait_for
 from skyeye.pipeline import launch
@@ -57,6 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     settings = resolve(_settings(args))
+    telemetry.setup("skyeye-ingest", settings.home)
     paths = [Path(p) for p in args.paths]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -179,6 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         scene = samples.write_geotiff(settings.home / "samples" / "demo-scene-utm33n.tif")
         files = [*samples.aerial_photos(), scene]
         resolved = resolve(settings)
+        telemetry.setup("skyeye-ingest", settings.home)
         t0 = time.monotonic()
         done = ingest(resolved, files, prefix="demo")
         _say(f"ingested {len(done)} file(s); waiting for results")

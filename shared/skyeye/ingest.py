@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from kafka import KafkaProducer
 
-from skyeye import catalog
+from skyeye import catalog, telemetry
 from skyeye.adapters import kafka
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import asset_id_for, minio_created_event
@@ -42,26 +43,40 @@ def ingest(
 ) -> list[Ingested]:
     store = ObjectStore(settings)
     producer = kafka.producer(settings)
+    tracer = telemetry.tracer(__name__)
     done = []
     try:
         for path in paths:
             key = object_key(path, prefix)
-            stored = store.put_file(path, settings.bucket, key, metadata)
-            event = minio_created_event(
-                bucket=stored.bucket,
-                key=stored.key,
-                size=stored.size,
-                etag=stored.etag,
-                content_type=stored.content_type,
-                metadata=stored.metadata,
-                version_id=stored.version_id,
-            )
-            kafka.publish_json(producer, settings.topic_events, f"{stored.bucket}/{key}", event)
-            version = stored.version_id or stored.etag
-            done.append(Ingested(path, key, asset_id_for(stored.bucket, key, version)))
+            with tracer.start_as_current_span("ingest") as span:
+                done.append(_ingest_one(store, producer, settings, path, key, metadata))
+                span.set_attributes({"s3.key": key, "skyeye.asset_id": str(done[-1].asset_id)})
     finally:
         producer.close()
     return done
+
+
+def _ingest_one(
+    store: ObjectStore,
+    producer: KafkaProducer,
+    settings: Settings,
+    path: Path,
+    key: str,
+    metadata: dict[str, str] | None,
+) -> Ingested:
+    stored = store.put_file(path, settings.bucket, key, metadata)
+    event = minio_created_event(
+        bucket=stored.bucket,
+        key=stored.key,
+        size=stored.size,
+        etag=stored.etag,
+        content_type=stored.content_type,
+        metadata=stored.metadata,
+        version_id=stored.version_id,
+    )
+    kafka.publish_json(producer, settings.topic_events, f"{stored.bucket}/{key}", event)
+    version = stored.version_id or stored.etag
+    return Ingested(path, key, asset_id_for(stored.bucket, key, version))
 
 
 def wait_for(

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from skyeye import telemetry
 from skyeye.adapters import postgres
 from skyeye.pipeline import launch
 from skyeye.settings import Settings
@@ -30,6 +31,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         vqa_questions=["Is there any water in the image?"],
         max_new_tokens=12,
     )
+    telemetry.setup("skyeye-tests", home)
     stack = launch(settings, progress=lambda msg: print(f"[pipeline] {msg}"))
     try:
         resolved = resolve(settings)

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
-from skyeye import catalog, samples
+from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka
 from skyeye.contracts import Tile, WorkItem, minio_created_event
 from skyeye.ingest import ingest, wait_for
@@ -171,3 +171,24 @@ def test_a_burst_of_files_is_all_processed(pipeline: Pipeline, tmp_path: Path) -
     done = ingest(pipeline.settings, paths, prefix="it/burst")
     states = wait_for(pipeline.engine, [d.asset_id for d in done], timeout_s=WAIT_S)
     assert set(states.values()) == {"done"}
+
+
+def test_one_trace_follows_each_asset_through_every_hop(
+    pipeline: Pipeline, three_images: list
+) -> None:
+    telemetry.flush()
+    traces = pipeline.home / "logs" / "traces.jsonl"
+    wanted = {str(d.asset_id) for d in three_images}
+    deadline = time.monotonic() + 30  # services export spans in batches every few seconds
+    while True:
+        spans = [json.loads(line) for line in traces.read_text().splitlines()]
+        hops: dict[str, dict[str, set[str]]] = {}
+        for span in spans:
+            asset = span["attributes"].get("skyeye.asset_id")
+            if asset in wanted:
+                hops.setdefault(asset, {}).setdefault(span["name"], set()).add(span["trace_id"])
+        complete = {a for a, h in hops.items() if {"ingest", "plan", "work_item"} <= set(h)}
+        if complete == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert complete == wanted, hops

@@ -13,6 +13,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
 
+from skyeye import telemetry
 from skyeye.settings import Settings
 
 
@@ -35,8 +36,10 @@ def producer(settings: Settings) -> KafkaProducer:
 
 
 def publish_json(producer_: KafkaProducer, topic: str, key: str, payload: object) -> None:
-    """Publish and wait for the broker's acknowledgement."""
-    producer_.send(topic, key=key.encode(), value=json.dumps(payload).encode()).get(timeout=30)
+    """Publish with the current trace context in the headers; wait for the broker's ack."""
+    producer_.send(
+        topic, key=key.encode(), value=json.dumps(payload).encode(), headers=telemetry.inject()
+    ).get(timeout=30)
 
 
 def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) -> KafkaConsumer:
