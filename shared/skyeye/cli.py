@@ -15,6 +15,7 @@ from typing import Any
 from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres
 from skyeye.ingest import ingest, wait_for
+from skyeye.model import inspect as model_inspect
 from skyeye.pipeline import launch
 from skyeye.settings import Settings
 from skyeye.stack import StackError, StackNotRunning, read_state, resolve
@@ -255,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for results")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("model", help="check the published weights, evaluate a model")
+    model_commands = p.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
+    model_inspect.add_parser(model_commands)
     return parser
 
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.nn import functional as F
 
 from skyeye.model import VisionEncoder, build_tiny_model
 from skyeye.model.architecture import VisionStage, merge_patches
 from skyeye.model.config import ModelConfig
 from skyeye.model.vision import CLIP_MEAN, CLIP_STD, preprocess
+from tests.unit._eva_reference import eva_reference, stage_to_eva
 
 MEAN = np.array(CLIP_MEAN).reshape(3, 1, 1)
 STD = np.array(CLIP_STD).reshape(3, 1, 1)
@@ -84,45 +84,6 @@ def test_encode_shape_and_batching(encoder: VisionEncoder) -> None:
     assert not torch.allclose(embeds[0], embeds[1])
 
 
-def _eva_reference(stage: VisionStage, config: ModelConfig, pixels: torch.Tensor) -> torch.Tensor:
-    """MiniGPT-v2's path written out from its EVA ViT code, on the same weights."""
-    w = {k: v.detach() for k, v in stage.state_dict().items()}
-    v = config.vision
-    heads, width = v.num_heads, v.hidden_size
-    x = F.conv2d(pixels, w["vision_model.embeddings.patch_embedding.weight"], stride=v.patch_size)
-    x = x + w["vision_model.embeddings.patch_embedding.bias"].view(1, -1, 1, 1)
-    x = x.flatten(2).transpose(1, 2)
-    cls = w["vision_model.embeddings.class_embedding"].expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1) + w["vision_model.embeddings.position_embedding"]
-    batch, n, _ = x.shape
-    for i in range(v.num_layers):
-        p = f"vision_model.encoder.layers.{i}."
-        h = F.layer_norm(x, (width,), w[p + "layer_norm1.weight"], w[p + "layer_norm1.bias"], 1e-6)
-        q_bias, k_bias, v_bias = w[p + "self_attn.qkv.bias"].chunk(3)
-        assert not k_bias.any(), "EVA has no key bias"
-        qkv_bias = torch.cat([q_bias, torch.zeros_like(v_bias), v_bias])
-        qkv = F.linear(h, w[p + "self_attn.qkv.weight"], qkv_bias)
-        q, k, val = qkv.reshape(batch, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        attn = ((q * (width // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        h = (attn @ val).transpose(1, 2).reshape(batch, n, width)
-        x = x + F.linear(
-            h, w[p + "self_attn.projection.weight"], w[p + "self_attn.projection.bias"]
-        )
-        h = F.layer_norm(x, (width,), w[p + "layer_norm2.weight"], w[p + "layer_norm2.bias"], 1e-6)
-        h = F.gelu(F.linear(h, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
-        x = x + F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
-    ln_w, ln_b = w["vision_model.post_layernorm.weight"], w["vision_model.post_layernorm.bias"]
-    x = F.layer_norm(x.float(), (width,), ln_w, ln_b, 1e-6)
-    grid = v.grid_size
-    patches = x[:, 1:, :].reshape(batch, grid, grid, width)
-    tokens = [
-        torch.cat([patches[:, r, 4 * g + k] for k in range(4)], dim=-1)
-        for r in range(grid)
-        for g in range(grid // 4)
-    ]
-    return F.linear(torch.stack(tokens, dim=1), w["llama_proj.weight"], w["llama_proj.bias"])
-
-
 def test_stage_equals_a_direct_eva_implementation() -> None:
     config = ModelConfig.tiny()
     torch.manual_seed(0)
@@ -134,7 +95,9 @@ def test_stage_equals_a_direct_eva_implementation() -> None:
             if name.endswith("qkv.bias"):
                 param[config.vision.hidden_size : 2 * config.vision.hidden_size] = 0
         pixels = preprocess([_image(6), _image(7)], 448)
-        torch.testing.assert_close(stage(pixels), _eva_reference(stage, config, pixels))
+        torch.testing.assert_close(
+            stage(pixels), eva_reference(stage_to_eva(stage), config, pixels)
+        )
 
 
 def test_load_respects_device_and_dtype(tmp_path: Path) -> None:

@@ -44,7 +44,12 @@ __all__ = [
     "ModelManifest",
     "check_tensors",
     "default_dtype",
+    "is_recomputed_llm_key",
+    "llm_config_mismatches",
+    "llm_tensor_shapes",
+    "load_hf_llm",
     "load_llm",
+    "load_tokenizer",
     "load_vision",
     "read_manifest",
     "save_model",
@@ -178,7 +183,10 @@ def _llm_weight_files(folder: Path) -> list[Path]:
     raise CheckpointError(f"{folder}: no {_LLM_WEIGHTS} or {_LLM_INDEX}")
 
 
-def _check_llm_config(config: ModelConfig, llama: LlamaConfig, source: Path) -> None:
+def llm_config_mismatches(
+    config: ModelConfig, llama: LlamaConfig, config_name: str = CONFIG_FILE
+) -> list[str]:
+    """The dimensions on which a Hugging Face Llama config contradicts ``config.llm``."""
     llm = config.llm
     pairs = {
         "hidden_size": (llm.hidden_size, llama.hidden_size),
@@ -187,9 +195,57 @@ def _check_llm_config(config: ModelConfig, llama: LlamaConfig, source: Path) -> 
         "intermediate_size": (llm.intermediate_size, llama.intermediate_size),
         "vocab_size": (llm.vocab_size, llama.vocab_size),
     }
-    wrong = [f"{k}: {CONFIG_FILE} says {a}, llm says {b}" for k, (a, b) in pairs.items() if a != b]
-    if wrong:
-        raise CheckpointError(f"{source}: " + "; ".join(wrong))
+    return [f"{k}: {config_name} says {a}, llm says {b}" for k, (a, b) in pairs.items() if a != b]
+
+
+def llm_tensor_shapes(llama: LlamaConfig) -> dict[str, list[int]]:
+    """The tensors a Llama folder must hold for ``llama`` (built on meta: no memory)."""
+    with torch.device("meta"):
+        skeleton = LlamaForCausalLM(llama)
+    expected = _shapes(skeleton)
+    if llama.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    return expected
+
+
+def is_recomputed_llm_key(key: str) -> bool:
+    return _RECOMPUTED_LLM_KEYS.search(key) is not None
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, ImportError) as exc:
+        files = sorted(p.name for p in folder.glob("tokenizer*"))
+        hint = (
+            " Only a SentencePiece tokenizer.model is there and the sentencepiece package is not"
+            " installed: add the tokenizer.json that Hugging Face's Llama-2 folders ship."
+            if "tokenizer.model" in files and "tokenizer.json" not in files
+            else ""
+        )
+        raise CheckpointError(
+            f"{folder}: cannot load the tokenizer (files: {files or 'none'}): {exc}.{hint}"
+        ) from exc
+
+
+def load_hf_llm(
+    folder: Path, llama: LlamaConfig, dtype: torch.dtype
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """A Llama folder whose tensors were already checked, on the CPU, in eval mode."""
+    llm = LlamaForCausalLM.from_pretrained(folder, config=llama, dtype=dtype)
+    tokenizer = load_tokenizer(folder)
+    if len(tokenizer) > llama.vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {len(tokenizer)} tokens, the model only {llama.vocab_size}"
+        )
+    # A chat folder's generation_config.json (Llama-2-chat: sampling, top_p 0.9) would otherwise
+    # fill in whatever the caller leaves unset; decoding here is decided by the caller alone.
+    llm.generation_config = GenerationConfig(
+        bos_token_id=llama.bos_token_id,
+        eos_token_id=llama.eos_token_id,
+        pad_token_id=llama.pad_token_id,
+    )
+    return llm.eval(), tokenizer
 
 
 def load_llm(
@@ -198,30 +254,14 @@ def load_llm(
     config = read_manifest(path).config
     folder = path / LLM_DIR
     llama_config = LlamaConfig.from_pretrained(folder)
-    _check_llm_config(config, llama_config, folder / "config.json")
-    with torch.device("meta"):
-        skeleton = LlamaForCausalLM(llama_config)
-    expected = _shapes(skeleton)
-    if llama_config.tie_word_embeddings:
-        expected.pop("lm_head.weight", None)
+    wrong = llm_config_mismatches(config, llama_config)
+    if wrong:
+        raise CheckpointError(f"{folder / 'config.json'}: " + "; ".join(wrong))
     found = {
         key: shape
         for key, shape in _file_shapes(_llm_weight_files(folder)).items()
-        if not _RECOMPUTED_LLM_KEYS.search(key)
+        if not is_recomputed_llm_key(key)
     }
-    check_tensors(expected, found, str(folder))
-    llm = LlamaForCausalLM.from_pretrained(folder, config=llama_config, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if len(tokenizer) > llama_config.vocab_size:
-        raise CheckpointError(
-            f"{folder}: tokenizer has {len(tokenizer)} tokens, "
-            f"the model only {llama_config.vocab_size}"
-        )
-    # A chat folder's generation_config.json (Llama-2-chat: sampling, top_p 0.9) would otherwise
-    # fill in whatever the caller leaves unset; decoding here is decided by the caller alone.
-    llm.generation_config = GenerationConfig(
-        bos_token_id=llama_config.bos_token_id,
-        eos_token_id=llama_config.eos_token_id,
-        pad_token_id=llama_config.pad_token_id,
-    )
-    return config, llm.to(device).eval(), tokenizer
+    check_tensors(llm_tensor_shapes(llama_config), found, str(folder))
+    llm, tokenizer = load_hf_llm(folder, llama_config, dtype)
+    return config, llm.to(device), tokenizer

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skyeye.model.vocabulary import tiny_vocabulary
 
-__all__ = ["LlmConfig", "ModelConfig", "VisionConfig"]
+__all__ = ["LlmConfig", "LoraConfig", "ModelConfig", "VisionConfig"]
 
 
 class VisionConfig(BaseModel):
@@ -60,12 +60,31 @@ class LlmConfig(BaseModel):
         return self
 
 
+class LoraConfig(BaseModel):
+    """The LoRA adapters a published checkpoint carries for the LLM (peft: W + alpha/r * B @ A)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    r: int = Field(64, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     vision: VisionConfig
     merge: int = Field(4, gt=0, description="consecutive patches of a row merged into one token")
     llm: LlmConfig
+    lora: LoraConfig | None = Field(
+        None,
+        description="LoRA adapters to merge when assembling published weights; a model folder "
+        "holds merged weights, so its config has none",
+    )
 
     @property
     def max_image_tokens(self) -> int:
@@ -114,4 +133,5 @@ class ModelConfig(BaseModel):
                 intermediate_size=11008,
                 vocab_size=32000,
             ),
+            lora=LoraConfig(),
         )
