@@ -102,7 +102,11 @@ class Worker:
             message = f"{exc.code}: {exc.message}"
             self._error(f"work_item:{item.work_item_id}", "object_unavailable", message, item)
             return None
-        instructions = [tasks.instruction(t) for t in item.tasks]
+        try:
+            instructions = [tasks.instruction(t, item.tile) for t in item.tasks]
+        except ValueError as exc:
+            self._error(f"work_item:{item.work_item_id}", "malformed_task", str(exc), item)
+            return None
         return _Pending(item, image, instructions, self._call(image, instructions), span)
 
     def _call(self, image: np.ndarray, instructions: list[str]) -> DeploymentResponse:

@@ -108,9 +108,23 @@ class Tile(BaseModel):
 
 
 class TaskKind(StrEnum):
+    """What a task asks; ``Task.text`` holds what follows the kind's tag (see skyeye.tasks)."""
+
     CAPTION = "caption"
     GROUNDING = "grounding"
     VQA = "vqa"
+    # text: the whole untagged instruction, e.g. "Describe this image in detail."
+    DESCRIBE = "describe"
+    # text: a referring expression; the answer is one box
+    REFER = "refer"
+    # text: a pixel box "x1,y1,x2,y2" on the original image; the answer describes what is in it
+    IDENTIFY = "identify"
+    # text: the class list, comma-separated; the answer is one of them
+    CLASSIFY = "classify"
+    # text: a question answered "yes" or "no"
+    YES_NO = "yes_no"
+    # text: a "how many" question; the answer is a number
+    COUNT = "count"
 
 
 class Task(BaseModel):

@@ -1,6 +1,18 @@
+import random
+
 import pytest
 
-from skyeye.model.answers import Box, ParsedAnswer, parse_boxes, parse_detection, parse_grounding
+from skyeye.model.answers import (
+    Box,
+    ParsedAnswer,
+    parse_boxes,
+    parse_class,
+    parse_count,
+    parse_detection,
+    parse_grounding,
+    parse_text,
+    parse_yes_no,
+)
 
 
 def test_box_validates_the_scale() -> None:
@@ -84,3 +96,102 @@ def test_parsed_answer() -> None:
     assert answer.parsed
     failed = parse_grounding("I cannot see one", "tank")
     assert not failed.parsed and failed.boxes == () and failed.text == "I cannot see one"
+
+
+def test_text_answers_are_stripped_or_unparsed() -> None:
+    assert parse_text("  two white ships near a pier \n") == "two white ships near a pier"
+    assert parse_text(" \n ") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("yes", "yes"),
+        ("Yes.", "yes"),
+        ("  YES, there is water", "yes"),
+        ("no", "no"),
+        ("No, it is not", "no"),
+        ('"no"', "no"),
+        ("not sure", None),
+        ("nope", None),
+        ("yesterday", None),
+        ("there is no water", None),
+        ("", None),
+        ("{<1><2><3><4>}", None),
+    ],
+)
+def test_yes_no(text: str, expected: str | None) -> None:
+    assert parse_yes_no(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("3", 3),
+        ("There are 12 ships.", 12),
+        ("1,200", 1200),
+        ("three", 3),
+        ("Seventeen cars", 17),
+        ("twenty-one", 21),
+        ("forty two", 42),
+        ("thirty", 30),
+        ("zero", 0),
+        ("none", 0),
+        ("4 (four)", 4),
+        ("between 1 and 10", None),
+        ("3 ships and 2 boats", None),
+        ("2.5", None),
+        ("two hundred", None),
+        ("hundreds of cars", None),
+        ("many", None),
+        ("someone", None),
+        ("", None),
+    ],
+)
+def test_count(text: str, expected: int | None) -> None:
+    assert parse_count(text) == expected
+
+
+CLASSES = ["beach", "dense residential", "parking lot", "bus station", "industry", "residential"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("beach", "beach"),
+        ("Beach.", "beach"),
+        ("beaches", "beach"),
+        ("a beach", "beach"),
+        ("Parking-Lot", "parking lot"),
+        ("parkinglots", "parking lot"),
+        ("bus stations", "bus station"),
+        ("industries", "industry"),
+        ("Dense residential", "dense residential"),
+        ("residential", "residential"),
+        ("forest", None),
+        ("beach or parking lot", None),
+        ("", None),
+        ("...", None),
+    ],
+)
+def test_class(text: str, expected: str | None) -> None:
+    assert parse_class(text, CLASSES) == expected
+
+
+def test_class_that_matches_several_keeps_the_exact_spelling() -> None:
+    assert parse_class("bridges", ["bridge", "bridges"]) == "bridges"
+    assert parse_class("Bridge", ["bridge", "bridges"]) == "bridge"
+    assert parse_class("bridge", ["Bridge", "bridge"]) is None
+    assert parse_class("beach", []) is None
+
+
+def test_parsers_never_raise() -> None:
+    rng = random.Random(0)
+    alphabet = "{}<>0123456789,.- abcdefghijklmnopqrstuvwxyzYN\n/p"
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        parse_text(text)
+        parse_yes_no(text)
+        parse_count(text)
+        parse_class(text, CLASSES)
+        parse_grounding(text, "thing")

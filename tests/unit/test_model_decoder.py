@@ -3,10 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from skyeye.model import TextDecoder, VisionEncoder, build_tiny_model, prompts
 from skyeye.model.answers import Box
-from skyeye.model.decoder import IMAGE_TOKEN
+from skyeye.model.decoder import IMAGE_TOKEN, _common_prefix_length
 
 INSTRUCTIONS = [
     prompts.caption(),
@@ -150,5 +151,137 @@ def test_bad_arguments_are_refused(decoder: TextDecoder) -> None:
         decoder.generate(torch.zeros(256, 64), ["x"], max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
         decoder.generate(torch.zeros(256, 64), ["x"], do_sample=True, top_p=0)
+    with pytest.raises(ValueError, match="top_k"):
+        decoder.generate(torch.zeros(256, 64), ["x"], do_sample=True, top_k=-1)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        decoder.generate(torch.zeros(256, 64), ["x"], repetition_penalty=0)
     with pytest.raises(ValueError, match="ImageHere"):
         decoder.generate(torch.zeros(256, 64), ["<ImageHere>"])
+
+
+def _reference(
+    decoder: TextDecoder, embeds: torch.Tensor, instructions: list[str], n: int, **sampling: float
+) -> list[list[int]]:
+    """transformers' own generate on the left-padded batch: what the decoding loop must match."""
+    do_sample = "temperature" in sampling or "top_p" in sampling
+    config = GenerationConfig(
+        max_new_tokens=n,
+        do_sample=do_sample,
+        num_beams=1,
+        eos_token_id=decoder.eos_id,
+        pad_token_id=decoder.pad_id,
+        bos_token_id=decoder.tokenizer.bos_token_id,
+        **sampling,
+    )
+    with torch.inference_mode():
+        batch = decoder.prompt_batch(embeds, instructions)
+        rows = decoder.llm.generate(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            generation_config=config,
+        ).tolist()
+    return [ids[: ids.index(decoder.eos_id)] if decoder.eos_id in ids else ids for ids in rows]
+
+
+@pytest.mark.parametrize("n_frames", [1, 3])
+def test_prefix_reuse_gives_the_same_greedy_tokens(
+    decoder: TextDecoder, frames: torch.Tensor, n_frames: int
+) -> None:
+    embeds = frames[0] if n_frames == 1 else frames[:n_frames]
+    instructions = [*INSTRUCTIONS, prompts.video_caption()]
+    reused = decoder.generate_ids(embeds, instructions, max_new_tokens=10)
+    plain = decoder.generate_ids(embeds, instructions, max_new_tokens=10, reuse_prefix=False)
+    assert reused == plain == _reference(decoder, embeds, instructions, 10)
+    for reuse in (True, False):
+        alone = [
+            decoder.generate_ids(embeds, [i], max_new_tokens=10, reuse_prefix=reuse)[0]
+            for i in instructions
+        ]
+        assert alone == reused
+    assert len({tuple(ids) for ids in reused}) > 3
+
+
+def test_prefix_reuse_with_equal_and_nested_prompts(
+    decoder: TextDecoder, frames: torch.Tensor
+) -> None:
+    # Equal prompts (nothing of their own after the prefix) and a prompt that is a prefix of
+    # another must still each get their own last position.
+    instructions = [prompts.vqa("Is it"), prompts.vqa("Is it"), prompts.vqa("Is it cloudy?")]
+    reused = decoder.generate_ids(frames[0], instructions, max_new_tokens=8)
+    assert reused == decoder.generate_ids(
+        frames[0], instructions, max_new_tokens=8, reuse_prefix=False
+    )
+    assert reused[0] == reused[1]
+
+
+@pytest.mark.parametrize("n_frames", [1, 2])
+def test_shared_prefix_spans_every_frame(
+    decoder: TextDecoder, frames: torch.Tensor, n_frames: int
+) -> None:
+    rows = [ids for ids, _ in decoder._rows(frames[:n_frames], INSTRUCTIONS)]
+    shared = _common_prefix_length(rows)
+    last_image = max(i for i, token in enumerate(rows[0]) if token == IMAGE_TOKEN)
+    assert last_image < shared < min(len(ids) for ids in rows)
+    assert all(ids[:shared] == rows[0][:shared] for ids in rows)
+
+
+def test_common_prefix_length_leaves_every_row_a_position() -> None:
+    assert _common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6]]) == 3
+    assert _common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert _common_prefix_length([[1, 2], [1, 2, 3, 4]]) == 1
+    assert _common_prefix_length([[7]]) == 0
+    assert _common_prefix_length([[1, 2], [3, 4]]) == 0
+
+
+def test_sampling_matches_generate_and_ignores_reuse(
+    decoder: TextDecoder, frames: torch.Tensor
+) -> None:
+    settings = {"temperature": 0.7, "top_p": 0.9}
+    torch.manual_seed(11)
+    expected = _reference(decoder, frames[0], INSTRUCTIONS, 8, **settings)
+    for reuse in (True, False):
+        torch.manual_seed(11)
+        assert (
+            decoder.generate_ids(
+                frames[0], INSTRUCTIONS, 8, do_sample=True, reuse_prefix=reuse, **settings
+            )
+            == expected
+        )
+
+
+def test_sampling_draws_from_the_given_generator(
+    decoder: TextDecoder, frames: torch.Tensor
+) -> None:
+    def sample(seed: int, reuse: bool = True) -> list[list[int]]:
+        return decoder.generate_ids(
+            frames[0],
+            INSTRUCTIONS,
+            8,
+            do_sample=True,
+            repetition_penalty=1.05,
+            generator=torch.Generator().manual_seed(seed),
+            reuse_prefix=reuse,
+        )
+
+    first = sample(3)
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    assert sample(3) == first == sample(3, reuse=False)
+    # The global RNG is left alone.
+    assert torch.rand(1) == before
+    assert sample(4) != first
+
+
+@pytest.mark.filterwarnings("ignore:Passing `repetition_penalty` with `inputs_embeds`")
+def test_greedy_repetition_penalty_matches_generate_row_by_row(
+    decoder: TextDecoder, frames: torch.Tensor
+) -> None:
+    # Row by row: transformers 5.24's generate skips the first <left padding length> *new* tokens
+    # of a padded row when it penalises (it takes them for prompt tokens), so its batched answer
+    # depends on the other rows; transformers 4.30, MiniGPT-v2's pin, penalised all new tokens.
+    penalised = decoder.generate_ids(frames[0], INSTRUCTIONS, 12, repetition_penalty=1.5)
+    assert penalised == [
+        _reference(decoder, frames[0], [i], 12, repetition_penalty=1.5)[0] for i in INSTRUCTIONS
+    ]
+    assert penalised != decoder.generate_ids(frames[0], INSTRUCTIONS, 12)

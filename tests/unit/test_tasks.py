@@ -1,6 +1,13 @@
+import re
+
+import pytest
+
+from skyeye.adapters.postgres import migrations
 from skyeye.contracts import Task, TaskKind, Tile
+from skyeye.model import prompts
+from skyeye.model.answers import Box
 from skyeye.settings import Settings
-from skyeye.tasks import default_tasks, instruction, interpret
+from skyeye.tasks import default_tasks, identify_box, instruction, interpret
 
 TILE = Tile(index=3, x=100, y=50, width=200, height=400)
 
@@ -50,3 +57,97 @@ def test_text_answers() -> None:
     assert interpret(vqa, " yes ", TILE).answer == {"text": "yes"}
     empty = interpret(vqa, "   ", TILE)
     assert not empty.parsed and empty.answer is None
+
+
+def test_instructions_of_every_kind() -> None:
+    def prompt(kind: TaskKind, text: str) -> str:
+        return instruction(Task(kind=kind, text=text), TILE)
+
+    assert prompt(TaskKind.CAPTION, "briefly describe the video frame image") == (
+        prompts.video_caption()
+    )
+    assert prompt(TaskKind.DESCRIBE, "Describe this image in detail.") == (
+        prompts.detailed_description()
+    )
+    assert prompt(TaskKind.REFER, "the white ship") == prompts.refer("the white ship")
+    assert prompt(TaskKind.YES_NO, "Is it cloudy?") == "[vqa] Is it cloudy?"
+    assert prompt(TaskKind.COUNT, "How many ships?") == "[vqa] How many ships?"
+    assert prompt(TaskKind.CLASSIFY, "beach, forest ,parking lot") == (
+        prompts.classify(["beach", "forest", "parking lot"])
+    )
+    # Pixels of the whole image -> the tile (x 100-300, y 50-450) -> 0-100 of the tile.
+    assert prompt(TaskKind.IDENTIFY, "120,130,200,210") == "[identify] this {<10><20><50><40>} is"
+    assert prompt(TaskKind.IDENTIFY, "[120.9 130 299.9 449.9]") == (
+        "[identify] this {<10><20><99><99>} is"
+    )
+
+
+def test_identify_boxes_are_clipped_to_the_tile() -> None:
+    task = Task(kind=TaskKind.IDENTIFY, text="0, 0, 200, 1000")
+    assert identify_box(task, TILE) == Box(0, 0, 50, 100)
+
+
+@pytest.mark.parametrize("text", ["1,2,3", "a,b,c,d", "1,2,3,4,5", "0,0,50,40", "150,60,150,90"])
+def test_identify_refuses_what_is_no_box_on_the_tile(text: str) -> None:
+    with pytest.raises(ValueError, match="box"):
+        instruction(Task(kind=TaskKind.IDENTIFY, text=text), TILE)
+
+
+def test_identify_and_classify_need_their_inputs() -> None:
+    with pytest.raises(ValueError, match="tile"):
+        instruction(Task(kind=TaskKind.IDENTIFY, text="120,130,200,210"))
+    with pytest.raises(ValueError, match="class list"):
+        instruction(Task(kind=TaskKind.CLASSIFY, text=" , "), TILE)
+
+
+def test_refer_answer_is_its_first_box_labelled_with_the_expression() -> None:
+    task = Task(kind=TaskKind.REFER, text="the white ship")
+    outcome = interpret(task, "<p>ship</p> {<10><20><50><40>}<delim>{<0><0><9><9>}", TILE)
+    assert outcome.parsed and outcome.prompt == prompts.refer("the white ship")
+    (detection,) = outcome.detections
+    assert (detection.label, detection.x1, detection.y1) == ("the white ship", 120, 130)
+    assert outcome.answer == {"boxes": [{"label": "the white ship", "box_0_100": [10, 20, 50, 40]}]}
+    missing = interpret(task, "I see no ship", TILE)
+    assert not missing.parsed and missing.answer is None and missing.detections == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "raw", "answer"),
+    [
+        (TaskKind.CAPTION, "briefly describe the image", " many ships \n", {"text": "many ships"}),
+        (TaskKind.DESCRIBE, "Describe this image in detail.", "a harbour", {"text": "a harbour"}),
+        (TaskKind.IDENTIFY, "120,130,200,210", "a white ship ", {"text": "a white ship"}),
+        (TaskKind.VQA, "What is the land use?", "farmland", {"text": "farmland"}),
+        (TaskKind.CLASSIFY, "beach,parking lot", "Parking lots.", {"class": "parking lot"}),
+        (TaskKind.YES_NO, "Is it cloudy?", "No.", {"answer": "no"}),
+        (TaskKind.COUNT, "How many ships?", "There are twelve", {"count": 12}),
+    ],
+)
+def test_answers_of_every_kind(
+    kind: TaskKind, text: str, raw: str, answer: dict[str, object]
+) -> None:
+    task = Task(kind=kind, text=text)
+    outcome = interpret(task, raw, TILE)
+    assert outcome.parsed and outcome.answer == answer and outcome.detections == []
+    assert outcome.raw_text == raw and outcome.prompt == instruction(task, TILE)
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "raw"),
+    [
+        (TaskKind.CLASSIFY, "beach,parking lot", "a forest"),
+        (TaskKind.YES_NO, "Is it cloudy?", "maybe"),
+        (TaskKind.COUNT, "How many ships?", "between 1 and 10"),
+        (TaskKind.DESCRIBE, "Describe this image in detail.", "  "),
+        (TaskKind.IDENTIFY, "120,130,200,210", ""),
+    ],
+)
+def test_unreadable_answers_are_kept_raw_and_unparsed(kind: TaskKind, text: str, raw: str) -> None:
+    outcome = interpret(Task(kind=kind, text=text), raw, TILE)
+    assert not outcome.parsed and outcome.answer is None and outcome.raw_text == raw
+
+
+def test_the_schema_allows_every_task_kind() -> None:
+    latest = [m.sql for m in migrations() if "task_kind" in m.sql][-1]
+    allowed = set(re.findall(r"'(\w+)'", latest.split("task_kind IN")[-1]))
+    assert allowed == {kind.value for kind in TaskKind}

@@ -1,4 +1,7 @@
-"""Reading boxes and labels out of MiniGPT-v2 answers; malformed text never raises.
+"""Reading boxes, labels, classes, yes/no and counts out of MiniGPT-v2 answers.
+
+Every parser returns ``None`` (or nothing) for text it cannot read and never raises: the caller
+keeps such an answer raw and marks it unparsed.
 
 Boxes are ``{<x1><y1><x2><y2>}`` with integers on a 0-100 scale of the image width and height.
 The spec's evaluation regex is ``\\{<\\d{1,3}><\\d{1,3}><\\d{1,3}><\\d{1,3}>\\}``; this module
@@ -9,14 +12,41 @@ deletes all spaces before matching, so a decoded " <12>" must not lose the box).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["SCALE", "Box", "ParsedAnswer", "parse_boxes", "parse_detection", "parse_grounding"]
+__all__ = [
+    "SCALE",
+    "Box",
+    "ParsedAnswer",
+    "parse_boxes",
+    "parse_class",
+    "parse_count",
+    "parse_detection",
+    "parse_grounding",
+    "parse_text",
+    "parse_yes_no",
+]
 
 SCALE = 100
 
 _BOX = re.compile(r"\{\s*<(\d{1,3})>\s*<(\d{1,3})>\s*<(\d{1,3})>\s*<(\d{1,3})>\s*\}")
 _PHRASE = re.compile(r"<p>(.*?)</p>", re.DOTALL)
+_YES_NO = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)
+_WORD = re.compile(r"[a-z0-9]+")
+_ARTICLES = frozenset({"a", "an", "the"})
+_UNIT_WORDS = (
+    "zero one two three four five six seven eight nine ten "
+    "eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen"
+)
+_TENS_WORDS = "twenty thirty forty fifty sixty seventy eighty ninety"
+_NUMBER_WORDS = {word: value for value, word in enumerate(_UNIT_WORDS.split())} | {"none": 0}
+_TENS = {word: 10 * (i + 2) for i, word in enumerate(_TENS_WORDS.split())}
+_SCALES = frozenset(
+    {"hundred", "hundreds", "thousand", "thousands", "million", "millions", "dozen", "dozens"}
+)
+# Digits (with thousands separators or a fraction) or words; "twenty-one" reads as two words.
+_NUMBER_TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?|[a-z]+")
 
 
 @dataclass(frozen=True)
@@ -107,3 +137,72 @@ def parse_detection(text: str, default_phrase: str) -> list[tuple[str, Box]]:
 def parse_grounding(text: str, default_phrase: str) -> ParsedAnswer:
     """A raw ``[refer]``/``[detection]`` answer as a :class:`ParsedAnswer`."""
     return ParsedAnswer(text=text.strip(), boxes=tuple(parse_detection(text, default_phrase)))
+
+
+def parse_text(text: str) -> str | None:
+    """A free-text answer (caption, description, VQA): stripped, or ``None`` if empty."""
+    return text.strip() or None
+
+
+def parse_yes_no(text: str) -> str | None:
+    """``"yes"`` or ``"no"`` when the answer starts with that word (any case), else ``None``."""
+    match = _YES_NO.match(text)
+    return match.group(1).lower() if match else None
+
+
+def parse_count(text: str) -> int | None:
+    """The one count the answer states, in digits or words ("3", "1,200", "twenty-one", "none").
+
+    ``None`` when it states no number, several different numbers (a range is not a count), a
+    fraction, or a scale word ("two hundred") that this reader does not compose.
+    """
+    tokens = _NUMBER_TOKEN.findall(text.lower())
+    values: set[int] = set()
+    for i, token in enumerate(tokens):
+        if token in _SCALES or "." in token:
+            return None
+        if token[0].isdigit():
+            values.add(int(token.replace(",", "")))
+        elif token in _TENS:
+            unit = _NUMBER_WORDS.get(tokens[i + 1], 0) if i + 1 < len(tokens) else 0
+            values.add(_TENS[token] + (unit if unit < 10 else 0))
+        elif token in _NUMBER_WORDS and not (i > 0 and tokens[i - 1] in _TENS):
+            values.add(_NUMBER_WORDS[token])
+    return values.pop() if len(values) == 1 else None
+
+
+def _class_key(text: str) -> str:
+    # Case, spacing and punctuation do not matter: "Parking-lot" == "parking lot" == "parkinglot".
+    words = _WORD.findall(text.lower())
+    while words and words[0] in _ARTICLES:
+        words = words[1:]
+    return "".join(words)
+
+
+def _singular_forms(key: str) -> set[str]:
+    # Every reading of a trailing plural ending; two keys name the same class when their
+    # readings meet ("buses" -> "bus", "industries" -> "industry", "tanks" -> "tank").
+    forms = {key}
+    if key.endswith("s"):
+        forms.add(key[:-1])
+    if key.endswith("es"):
+        forms.add(key[:-2])
+    if key.endswith("ies"):
+        forms.add(key[:-3] + "y")
+    return forms
+
+
+def parse_class(text: str, classes: Sequence[str]) -> str | None:
+    """The one class of ``classes`` (as written there) that the answer names, else ``None``.
+
+    Matching ignores case, spaces, punctuation, a leading article and a plural ending. An answer
+    that matches several classes keeps the one it spells exactly, if exactly one.
+    """
+    key = _class_key(text)
+    if not key:
+        return None
+    forms = _singular_forms(key)
+    matches = list(dict.fromkeys(c for c in classes if forms & _singular_forms(_class_key(c))))
+    if len(matches) > 1:
+        matches = [c for c in matches if _class_key(c) == key]
+    return matches[0] if len(matches) == 1 else None

@@ -2,9 +2,13 @@
 
 Each prompt is ``wrap(instruction, n_frames)`` split at ``<ImageHere>``; the text segments are
 tokenized, embedded, and the image embeddings are spliced between them. Rows of a batch (several
-instructions about the same image) are left-padded, as MiniGPT-v2 does, with zero embeddings and
-a zero attention mask; ``generate`` derives the position ids from that mask, so a padded row is
-decoded exactly as it would be alone.
+instructions about the same image) share everything up to the end of the last image, so by default
+that prefix is run through the decoder once and its key/value cache is copied to every row; only
+the rows' own suffixes are batched, padded and masked so that each row is decoded exactly as it
+would be alone. The plain path (``reuse_prefix=False``) left-pads whole prompts, as MiniGPT-v2
+does. Decoding is our own loop over ``transformers``' logits processors rather than ``generate``:
+``generate`` cannot continue a batch from a shared cache with padding inside the sequence, and it
+fills every setting left unset from the checkpoint's own ``generation_config.json``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    DynamicCache,
+    LlamaForCausalLM,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from skyeye.model import checkpoint
 from skyeye.model.config import ModelConfig
@@ -75,13 +88,19 @@ class TextDecoder:
         ]
 
     def prompt_batch(self, image_embeds: torch.Tensor, instructions: list[str]) -> PromptBatch:
+        """The whole prompts, left-padded: the layout of the no-reuse path (and of MiniGPT-v2)."""
+        return self._left_pad(self._rows(image_embeds, instructions))
+
+    def _rows(
+        self, image_embeds: torch.Tensor, instructions: list[str]
+    ) -> list[tuple[list[int], torch.Tensor]]:
+        """(token ids, input embeddings) of each prompt, unpadded."""
         frames = self._frames(image_embeds)
-        n_frames, n_tokens, hidden = frames.shape
+        n_frames, n_tokens, _ = frames.shape
         embed = self.llm.get_input_embeddings()
         frames = frames.to(device=self.device, dtype=embed.weight.dtype)
         image_ids = [IMAGE_TOKEN] * n_tokens
-        rows_ids: list[list[int]] = []
-        rows_embeds: list[torch.Tensor] = []
+        rows: list[tuple[list[int], torch.Tensor]] = []
         for instruction in instructions:
             segments = self._segment_ids(instruction, n_frames)
             ids: list[int] = []
@@ -92,14 +111,16 @@ class TextDecoder:
                 if i < n_frames:
                     ids += image_ids
                     parts.append(frames[i])
-            rows_ids.append(ids)
-            rows_embeds.append(torch.cat(parts))
-        length = max(len(ids) for ids in rows_ids)
-        batch = len(instructions)
-        token_ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        inputs_embeds = frames.new_zeros((batch, length, hidden))
-        for row, (ids, embeds) in enumerate(zip(rows_ids, rows_embeds, strict=True)):
+            rows.append((ids, torch.cat(parts)))
+        return rows
+
+    def _left_pad(self, rows: list[tuple[list[int], torch.Tensor]]) -> PromptBatch:
+        length = max(len(ids) for ids, _ in rows)
+        hidden = rows[0][1].shape[1]
+        token_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        inputs_embeds = rows[0][1].new_zeros((len(rows), length, hidden))
+        for row, (ids, embeds) in enumerate(rows):
             token_ids[row, length - len(ids) :] = torch.tensor(ids)
             attention_mask[row, length - len(ids) :] = 1
             inputs_embeds[row, length - len(ids) :] = embeds
@@ -127,10 +148,24 @@ class TextDecoder:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        *,
+        top_k: int = 50,
+        repetition_penalty: float = 1.0,
+        generator: torch.Generator | None = None,
+        reuse_prefix: bool = True,
     ) -> list[str]:
         """One raw answer per instruction, all about the same image (or the same frames)."""
         rows = self.generate_ids(
-            image_embeds, instructions, max_new_tokens, do_sample, temperature, top_p
+            image_embeds,
+            instructions,
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            generator=generator,
+            reuse_prefix=reuse_prefix,
         )
         return [self._decode(ids) for ids in rows]
 
@@ -142,37 +177,176 @@ class TextDecoder:
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        *,
+        top_k: int = 50,
+        repetition_penalty: float = 1.0,
+        generator: torch.Generator | None = None,
+        reuse_prefix: bool = True,
     ) -> list[list[int]]:
-        """The new token ids of each row, up to (excluding) its first EOS."""
+        """The new token ids of each row, up to (excluding) its first EOS.
+
+        Greedy unless ``do_sample``; the logits processors and the sampling draw are those of
+        ``transformers`` ``generate`` (top_k 50 is its default, which MiniGPT-v2's chat inherits),
+        so results match it token for token, save a repetition penalty on padded rows (see
+        :meth:`_continue`). Sampling draws from ``generator`` (on the decoder's device) if given,
+        else from torch's global RNG. ``reuse_prefix`` computes the prompt part that all rows
+        share once (see :meth:`_prefill_shared`); the answers are the same either way.
+        """
         if not instructions:
             return []
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if do_sample and not (temperature > 0 and 0 < top_p <= 1):
-            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-        sampling = {"temperature": temperature, "top_p": top_p} if do_sample else {}
-        generation_config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            num_beams=1,
-            eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id,
-            bos_token_id=self.tokenizer.bos_token_id,
-            **sampling,
-        )
-        with torch.inference_mode():
-            batch = self.prompt_batch(image_embeds, instructions)
-            # With only inputs_embeds given, generate returns just the new tokens.
-            output = self.llm.generate(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=batch.attention_mask,
-                generation_config=generation_config,
+        if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):
+            raise ValueError(
+                "need temperature > 0, 0 < top_p <= 1 and top_k >= 0, "
+                f"got {temperature}, {top_p}, {top_k}"
             )
-        rows = output.tolist()
+        if repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+        processors = _logits_processors(do_sample, temperature, top_p, top_k, repetition_penalty)
+        with torch.inference_mode():
+            rows = self._rows(image_embeds, instructions)
+            cache = DynamicCache(config=self.llm.config)
+            if reuse_prefix:
+                logits, attention_mask = self._prefill_shared(rows, cache)
+            else:
+                batch = self._left_pad(rows)
+                logits = self._forward(
+                    cache,
+                    batch.attention_mask,
+                    _positions(batch.attention_mask),
+                    inputs_embeds=batch.inputs_embeds,
+                )
+                attention_mask = batch.attention_mask
+            generated = self._continue(
+                logits, attention_mask, cache, max_new_tokens, processors, do_sample, generator
+            )
         # A finished row is filled with the pad id (which may be EOS) up to the longest row.
-        return [ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids for ids in rows]
+        return [ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids for ids in generated]
+
+    def _prefill_shared(
+        self, rows: list[tuple[list[int], torch.Tensor]], cache: DynamicCache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the shared prefix once, then every row's own suffix against copies of its cache.
+
+        The prefix is the longest run of tokens all prompts start with: BOS, the template and every
+        frame's 256 image rows, and whatever text the instructions share. The suffixes are padded
+        on the left, i.e. *between* the prefix and each suffix; those slots are masked out and the
+        position ids skip them, so each row sees exactly the sequence it would see alone.
+        """
+        shared = _common_prefix_length([ids for ids, _ in rows])
+        prefix = rows[0][1][:shared].unsqueeze(0)
+        prefix_mask = torch.ones((1, shared), dtype=torch.long, device=self.device)
+        self._forward(cache, prefix_mask, _positions(prefix_mask), inputs_embeds=prefix)
+        cache.batch_repeat_interleave(len(rows))
+        suffixes = self._left_pad([(ids[shared:], embeds[shared:]) for ids, embeds in rows])
+        attention_mask = torch.cat(
+            [prefix_mask.expand(len(rows), -1), suffixes.attention_mask], dim=1
+        )
+        logits = self._forward(
+            cache,
+            attention_mask,
+            _positions(attention_mask)[:, shared:],
+            inputs_embeds=suffixes.inputs_embeds,
+        )
+        return logits, attention_mask
+
+    def _forward(
+        self,
+        cache: DynamicCache,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Extend the cache by the given positions; the next-token logits of each row, in fp32."""
+        output = self.llm(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return output.logits[:, -1].to(dtype=torch.float32)
+
+    def _continue(
+        self,
+        logits: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: DynamicCache,
+        max_new_tokens: int,
+        processors: LogitsProcessorList,
+        do_sample: bool,
+        generator: torch.Generator | None,
+    ) -> list[list[int]]:
+        """The decoding loop of ``transformers`` ``generate`` (greedy or multinomial sampling)."""
+        batch = logits.shape[0]
+        # Only new tokens, as generate sees them when given just inputs_embeds: a repetition
+        # penalty applies to every new token and never to the prompt, as with MiniGPT-v2's
+        # transformers 4.30 (5.x generate also exempts a left-padded row's first new tokens).
+        generated = torch.empty((batch, 0), dtype=torch.long, device=self.device)
+        unfinished = torch.ones(batch, dtype=torch.bool, device=self.device)
+        for step in range(max_new_tokens):
+            scores = processors(generated, logits)
+            if do_sample:
+                probs = torch.softmax(scores, dim=-1)
+                next_ids = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            else:
+                next_ids = torch.argmax(scores, dim=-1)
+            next_ids = torch.where(unfinished, next_ids, self.pad_id)
+            generated = torch.cat([generated, next_ids[:, None]], dim=1)
+            unfinished &= next_ids != self.eos_id
+            if step + 1 == max_new_tokens or not bool(unfinished.any()):
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
+            logits = self._forward(
+                cache,
+                attention_mask,
+                _positions(attention_mask)[:, -1:],
+                input_ids=next_ids[:, None],
+            )
+        return generated.tolist()
 
     def _decode(self, ids: list[int]) -> str:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         # As MiniGPT-v2: an answer that restates the prompt keeps only what follows it.
         return text.split(_END_OF_PROMPT)[-1].strip()
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only unmasked slots, as ``generate`` derives them from the mask."""
+    return (attention_mask.cumsum(dim=1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+def _common_prefix_length(rows: list[list[int]]) -> int:
+    """How many leading ids all rows share, leaving each row at least one id of its own.
+
+    The last prompt position yields the first answer token, so it must be computed per row even
+    when two prompts are equal (or one is a prefix of another).
+    """
+    limit = min(len(ids) for ids in rows) - 1
+    length = 0
+    while length < limit and all(ids[length] == rows[0][length] for ids in rows):
+        length += 1
+    return length
+
+
+def _logits_processors(
+    do_sample: bool, temperature: float, top_p: float, top_k: int, repetition_penalty: float
+) -> LogitsProcessorList:
+    # The same processors, in the same order and under the same neutral-value conditions, as
+    # GenerationMixin._get_logits_processor builds them.
+    processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k != 0:
+            processors.append(TopKLogitsWarper(top_k=top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p=top_p))
+    return processors
