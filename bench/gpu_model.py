@@ -1,0 +1,147 @@
+"""Full-size SkyEyeGPT architecture with random weights: encoder and decoder throughput, memory.
+
+EVA ViT-g/14 at 448 px + ln_vision + 1x4 merge + llama_proj, and a Llama-2-7B-shaped decoder,
+built directly on the device in bf16 (random weights: throughput does not depend on the values).
+Prints encoder images/s and decoder tokens/s at each batch size and the peak device memory.
+
+    python bench/gpu_model.py                 # on a CUDA machine, the published dimensions
+    python bench/gpu_model.py --tiny --device cpu --batches 1 2   # a quick check anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import LlamaForCausalLM
+
+from skyeye.model import TextDecoder, prompts
+from skyeye.model.architecture import VisionStage, llama_config
+from skyeye.model.config import ModelConfig
+from skyeye.model.vocabulary import tiny_tokenizer
+
+TASKS = [
+    prompts.caption(),
+    prompts.detection("building"),
+    prompts.vqa("Is there any water in the image?"),
+    prompts.vqa("How many vehicles are there?"),
+]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: kernels, allocator, caches
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def _decode(
+    decoder: TextDecoder,
+    embeds: torch.Tensor,
+    instructions: list[str],
+    new_tokens: int,
+    produced: list[int],
+) -> None:
+    # random weights may stop a row early at EOS: count what was really decoded
+    ids = decoder.generate_ids(embeds, instructions, new_tokens)
+    produced.append(sum(len(row) for row in ids))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny dimensions (a smoke check)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per row")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    config = ModelConfig.tiny() if args.tiny else ModelConfig.published()
+    tokenizer = tiny_tokenizer()  # ids fit any vocabulary; the text is irrelevant here
+    torch.manual_seed(0)
+    built = time.perf_counter()
+    # built in the target dtype on the device: a 7B model never exists in fp32 anywhere
+    torch.set_default_dtype(dtype)
+    with device:
+        vision = VisionStage(config).eval()
+        llm_cfg = llama_config(
+            config,
+            bos_id=tokenizer.bos_token_id,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+        )
+        llm_cfg.attn_implementation = "sdpa"
+        llm = LlamaForCausalLM(llm_cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    built = time.perf_counter() - built
+    decoder = TextDecoder(config, llm, tokenizer)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    size = config.vision.image_size
+    rows = []
+    for batch in args.batches:
+        pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+        with torch.inference_mode():
+            enc_s = _timed(lambda p=pixels: vision(p), device, args.repeats)
+            embeds = vision(pixels[:1])[0]
+        instructions = [TASKS[i % len(TASKS)] for i in range(batch)]
+        produced: list[int] = []
+        decode = functools.partial(
+            _decode, decoder, embeds, instructions, args.new_tokens, produced
+        )
+        dec_s = _timed(decode, device, args.repeats)
+        tokens = produced[-1]
+        rows.append(
+            {
+                "batch": batch,
+                "encoder_images_per_s": round(batch / enc_s, 2),
+                "decoder_tokens_per_s": round(tokens / dec_s, 1),
+                "decoder_tokens_per_call": tokens,
+            }
+        )
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
+        "config": "tiny" if args.tiny else "published",
+        "build_s": round(built, 1),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if device.type == "cuda"
+        else None,
+        "rows": rows,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(
+        f"{report['config']} model on {report['device']} ({args.dtype}), "
+        f"built in {report['build_s']} s"
+    )
+    print(f"{'batch':>5}  {'encoder img/s':>13}  {'decoder tok/s':>13}  {'tokens/call':>11}")
+    for r in rows:
+        print(
+            f"{r['batch']:>5}  {r['encoder_images_per_s']:>13}  {r['decoder_tokens_per_s']:>13}"
+            f"  {r['decoder_tokens_per_call']:>11}"
+        )
+    if report["peak_memory_gib"] is not None:
+        print(f"peak memory: {report['peak_memory_gib']} GiB")
+
+
+if __name__ == "__main__":
+    main()
