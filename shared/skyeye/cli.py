@@ -14,7 +14,9 @@ from typing import Any
 
 from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres
+from skyeye.evaluation import evaluate
 from skyeye.ingest import ingest, wait_for
+from skyeye.model import ensure_model
 from skyeye.model import inspect as model_inspect
 from skyeye.pipeline import launch
 from skyeye.settings import Settings
@@ -214,6 +216,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def cmd_model_eval(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    model_dir = settings.resolved_model_dir
+    if settings.model_dir is None:
+        ensure_model(model_dir, settings.model_seed)
+    _say(f"evaluating {model_dir} on {args.scenes} held-out scenes (seed {args.seed})")
+    report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
+    print(report.model_dump_json(indent=2) if args.json else report.table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skyeye",
@@ -260,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("model", help="check the published weights, evaluate a model")
     model_commands = p.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     model_inspect.add_parser(model_commands)
+    p = model_commands.add_parser(
+        "eval",
+        help="score the configured model on generated held-out scenes (grounding, VQA, BLEU-4)",
+    )
+    p.add_argument("--scenes", type=int, default=20, help="held-out scenes to generate")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (never used in training)")
+    p.add_argument("--batch", type=int, default=16, help="images encoded per forward pass")
+    p.add_argument(
+        "--difficulty", type=float, help="fixed 0-1 difficulty (default: spread over 0-1)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_model_eval)
     return parser
 
 

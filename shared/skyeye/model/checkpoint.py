@@ -31,9 +31,13 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from skyeye.model.architecture import VisionStage
 from skyeye.model.config import ModelConfig
+
+# Per-load progress bars would fill every replica's and CLI's output with noise.
+hf_logging.disable_progress_bar()
 
 __all__ = [
     "CONFIG_FILE",
