@@ -22,7 +22,9 @@ def service_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
     """Environment for a child service: the parent's, plus these settings with every endpoint
     pinned, so the child sees exactly what the launcher was configured with."""
     pinned = settings.model_copy(update=endpoints.model_dump())
-    return {**os.environ, **pinned.as_env(), **RAY_LOOPBACK_ENV}
+    # only a head this stack started is loopback-only; a remote cluster needs real addresses
+    loopback = RAY_LOOPBACK_ENV if settings.ray_address is None else {}
+    return {**os.environ, **pinned.as_env(), **loopback}
 
 
 def _migrate(url: str) -> None:
