@@ -59,12 +59,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    settings = resolve(_settings(args))
-    telemetry.setup("skyeye-ingest", settings.home)
     paths = [Path(p) for p in args.paths]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"skyeye ingest: not a file: {', '.join(missing)}")
+    settings = resolve(_settings(args))
+    telemetry.setup("skyeye-ingest", settings.home)
     done = ingest(settings, paths, prefix=args.prefix, metadata=dict(args.meta))
     for item in done:
         if not args.json:
