@@ -1,6 +1,8 @@
 """The event path end to end on real components: S3 -> Kafka -> planner -> Serve -> PostgreSQL."""
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -192,3 +194,36 @@ def test_one_trace_follows_each_asset_through_every_hop(
             break
         time.sleep(1)
     assert complete == wanted, hops
+
+
+def test_cli_ingest_wait_json_then_results_and_status(pipeline: Pipeline, tmp_path: Path) -> None:
+    image = tmp_path / "cli image.png"
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(image)
+    skyeye = [sys.executable, "-m", "skyeye.cli", "--home", str(pipeline.home)]
+    ran = subprocess.run(
+        [*skyeye, "ingest", str(image), "--prefix", "it/cli", "--wait", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=True,
+    )
+    [row] = json.loads(ran.stdout)
+    assert row["key"] == "it/cli/cli image.png" and row["status"] == "done"
+    results = json.loads(
+        subprocess.run(
+            [*skyeye, "results", "--asset", row["asset_id"], "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    assert [a["object_key"] for a in results["assets"]] == ["it/cli/cli image.png"]
+    assert len(results["results"]) == len(default_tasks(pipeline.settings))
+    status = json.loads(
+        subprocess.run(
+            [*skyeye, "status", "--json"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    )
+    assert status["running"] and status["counts"]["assets"] >= 1
+    assert {c["name"] for c in status["components"]} >= {"s3", "kafka", "postgres", "ray", "worker"}

@@ -1,0 +1,35 @@
+import pytest
+
+from skyeye.cli import build_parser, main
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["ingest", "--help"], ["model", "eval", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 0
+    assert "--scenes" in capsys.readouterr().out
+
+
+def test_meta_must_be_key_value() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ingest", "a.png", "--meta", "novalue"])
+    args = build_parser().parse_args(["ingest", "a.png", "--meta", "sensor=uav=3"])
+    assert args.meta == [("sensor", "uav=3")]
+
+
+def test_status_without_a_stack_says_so(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(tmp_path), "status"]) == 3
+    assert "not running" in capsys.readouterr().out
+
+
+def test_results_without_a_stack_is_a_clear_error(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--home", str(tmp_path), "results"]) == 2
+    assert "start it with `skyeye up`" in capsys.readouterr().err
+
+
+def test_ingest_refuses_missing_files_first(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="not a file"):
+        main(["--home", str(tmp_path), "ingest", str(tmp_path / "nope.png")])
