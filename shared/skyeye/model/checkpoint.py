@@ -71,8 +71,9 @@ _RECOMPUTED_LLM_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
 
 
 def default_dtype(device: str) -> torch.dtype:
-    # MiniGPT-v2 serves in fp16 on GPU; on CPU fp16 kernels are slow, so stay in fp32 there.
-    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
+    # bf16 on GPU: MiniGPT-v2 used fp16, but bf16 has fp32's range, so the 39-block ViT and the
+    # 7B decoder cannot overflow; on CPU low-precision kernels are slow, so stay in fp32 there.
+    return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
 
 
 class CheckpointError(ValueError):

@@ -675,7 +675,7 @@ def convert_published(
     checkpoint: Path,
     out_dir: Path,
     arch_config: ModelConfig | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> PublishedReport:
     """Assemble the published model and save it as a SkyEye model folder at ``out_dir``.
 
