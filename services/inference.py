@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from skyeye.adapters import serve as serve_adapter
 from skyeye.model import TextDecoder, VisionEncoder, ensure_model
 from skyeye.services._runtime import service_settings
-from skyeye.settings import DeploymentSettings, Settings
+from skyeye.settings import DecodingSettings, DeploymentSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +47,23 @@ class VisionEncoderDeployment:
 class LlmDecoderDeployment:
     """Image embeddings + task instructions -> one raw answer per instruction."""
 
-    def __init__(self, model_dir: str, device: str, stage: DeploymentSettings) -> None:
+    def __init__(
+        self, model_dir: str, device: str, stage: DeploymentSettings, decoding: DecodingSettings
+    ) -> None:
         _configure_threads(stage)
         self._decoder = TextDecoder.load(Path(model_dir), device=device)
+        self._decoding = decoding.model_dump()
         self.generate.set_max_batch_size(stage.max_batch_size)
         self.generate.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
     @serve.batch
     async def generate(
-        self,
-        embeds: list[torch.Tensor],
-        instructions: list[list[str]],
-        max_new_tokens: list[int],
+        self, embeds: list[torch.Tensor], instructions: list[list[str]]
     ) -> list[list[str]]:
+        # one tile at a time: each reuses its own image prefix across its tasks
         return [
-            self._decoder.generate(e, i, max_new_tokens=n)
-            for e, i, n in zip(embeds, instructions, max_new_tokens, strict=True)
+            self._decoder.generate(e, i, **self._decoding)
+            for e, i in zip(embeds, instructions, strict=True)
         ]
 
 
@@ -72,29 +73,27 @@ class Pipeline:
         self._encoder = encoder
         self._decoder = decoder
 
-    async def infer(
-        self, image: np.ndarray, instructions: list[str], max_new_tokens: int
-    ) -> list[str]:
+    async def infer(self, image: np.ndarray, instructions: list[str]) -> list[str]:
         embeds = self._encoder.encode.remote(image)
-        return await self._decoder.generate.remote(embeds, instructions, max_new_tokens)
+        return await self._decoder.generate.remote(embeds, instructions)
 
 
 def build_app(settings: Settings) -> serve.Application:
     model_dir = str(settings.resolved_model_dir)
 
     def stage(
-        deployment: serve.Deployment, name: str, cfg: DeploymentSettings
+        deployment: serve.Deployment, name: str, cfg: DeploymentSettings, *extra: object
     ) -> serve.Application:
         return deployment.options(
             name=name,
             autoscaling_config=cfg.autoscaling_config(),
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
             max_ongoing_requests=max(2 * cfg.max_batch_size, 4),
-        ).bind(model_dir, settings.device, cfg)
+        ).bind(model_dir, settings.device, cfg, *extra)
 
     return Pipeline.bind(
         stage(VisionEncoderDeployment, "VisionEncoder", settings.encoder),
-        stage(LlmDecoderDeployment, "LlmDecoder", settings.decoder),
+        stage(LlmDecoderDeployment, "LlmDecoder", settings.decoder, settings.decoding),
     )
 
 

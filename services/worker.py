@@ -110,7 +110,7 @@ class Worker:
         return _Pending(item, image, instructions, self._call(image, instructions), span)
 
     def _call(self, image: np.ndarray, instructions: list[str]) -> DeploymentResponse:
-        return self._app.infer.remote(image, instructions, self._settings.max_new_tokens)
+        return self._app.infer.remote(image, instructions)
 
     def _finish(self, job: _Pending) -> None:
         while True:

@@ -42,6 +42,17 @@ class DeploymentSettings(BaseModel):
         }
 
 
+class DecodingSettings(BaseModel):
+    """How the LlmDecoder generates: greedy by default, as the published benchmarks were run."""
+
+    max_new_tokens: int = Field(24, ge=1, le=1024)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(50, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SKYEYE_", env_nested_delimiter="__", extra="ignore"
@@ -97,7 +108,7 @@ class Settings(BaseSettings):
     )
     model_seed: int = 0
     device: str = "cpu"
-    max_new_tokens: int = Field(24, ge=1, le=1024)
+    decoding: DecodingSettings = DecodingSettings()
 
     # --- work per tile ---
     caption_prompt: str = "briefly describe the image"

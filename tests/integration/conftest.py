@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from skyeye import telemetry
 from skyeye.adapters import postgres
 from skyeye.pipeline import launch
-from skyeye.settings import Settings
+from skyeye.settings import DecodingSettings, Settings
 from skyeye.stack import Stack, resolve
 
 
@@ -29,7 +29,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         home=home,
         grounding_phrases=["building", "river"],
         vqa_questions=["Is there any water in the image?"],
-        max_new_tokens=12,
+        decoding=DecodingSettings(max_new_tokens=12),
     )
     telemetry.setup("skyeye-tests", home)
     stack = launch(settings, progress=lambda msg: print(f"[pipeline] {msg}"))
