@@ -90,6 +90,14 @@ class Worker:
         if status != "queued":
             log.info("work item %s is %s; skipping redelivery", item.work_item_id, status)
             return None
+        longest = max(len(t.text) for t in item.tasks)
+        if longest > self._settings.max_question_chars:
+            message = (
+                f"a task text of {longest} characters exceeds max_question_chars="
+                f"{self._settings.max_question_chars}"
+            )
+            self._error(f"work_item:{item.work_item_id}", "oversize_question", message, item)
+            return None
         try:
             data = self._store.read(
                 item.bucket, item.key, max_bytes=self._settings.max_object_bytes

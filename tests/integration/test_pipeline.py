@@ -13,7 +13,15 @@ from PIL import Image
 
 from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka
-from skyeye.contracts import Tile, WorkItem, minio_created_event
+from skyeye.contracts import (
+    Task,
+    TaskKind,
+    Tile,
+    WorkItem,
+    asset_id_for,
+    minio_created_event,
+    work_item_id_for,
+)
 from skyeye.ingest import ingest, wait_for
 from skyeye.tasks import default_tasks
 
@@ -227,3 +235,48 @@ def test_cli_ingest_wait_json_then_results_and_status(pipeline: Pipeline, tmp_pa
     )
     assert status["running"] and status["counts"]["assets"] >= 1
     assert {c["name"] for c in status["components"]} >= {"s3", "kafka", "postgres", "ray", "worker"}
+
+
+def test_worker_records_oversize_questions_and_malformed_items(pipeline: Pipeline) -> None:
+    s = pipeline.settings
+    asset_id = asset_id_for(s.bucket, "it/forged/huge-question.png", "v1")
+    item = WorkItem(
+        work_item_id=work_item_id_for(asset_id, 0),
+        asset_id=asset_id,
+        bucket=s.bucket,
+        key="it/forged/huge-question.png",
+        image_width=8,
+        image_height=8,
+        tile=Tile(index=0, x=0, y=0, width=8, height=8),
+        tasks=[Task(kind=TaskKind.VQA, text="why? " * 1000)],
+    )
+    with pipeline.engine.begin() as conn:
+        catalog.register_asset(
+            conn,
+            catalog.AssetRecord(
+                asset_id=asset_id,
+                bucket=s.bucket,
+                object_key=item.key,
+                version="v1",
+                size_bytes=None,
+                content_type=None,
+                user_metadata={},
+                event_name="s3:ObjectCreated:Put",
+                event_time=None,
+            ),
+        )
+        catalog.mark_planned(conn, asset_id, "png", 8, 8, [item])
+    producer = kafka.producer(s)
+    try:
+        kafka.publish_json(producer, s.topic_work, str(asset_id), item.model_dump(mode="json"))
+        producer.send(s.topic_work, key=b"x", value=b'{"work_item_id": 42}').get(timeout=30)
+    finally:
+        producer.close()
+    states = wait_for(pipeline.engine, [asset_id], timeout_s=WAIT_S)
+    assert states[asset_id] == "error"
+    _drain(pipeline)
+    with pipeline.engine.connect() as conn:
+        [error] = catalog.errors(conn, asset_id)
+        kinds = {(e["stage"], e["kind"]) for e in catalog.errors(conn)}
+    assert error["kind"] == "oversize_question" and "max_question_chars" in error["message"]
+    assert ("worker", "malformed_work_item") in kinds
