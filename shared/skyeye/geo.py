@@ -1,0 +1,560 @@
+"""Georeferenced scenes: tile plans over large rasters, windowed tile reads, lon/lat footprints.
+
+A scene is any raster GDAL opens (GeoTIFF, COG; any size, dtype and band count). It is cut into
+model-sized tiles at a target ground sample distance, each tile read on its own through a
+rasterio window so memory stays per tile, and every box the model draws on a tile is mapped back
+to scene pixels (to merge duplicates across overlapping tiles) and to an EPSG:4326 polygon.
+Memory stays per tile only if GDAL's block cache is bounded too (``GDAL_CACHEMAX``, 5 % of RAM
+by default, would otherwise keep every decoded block of a scene): a couple of block rows, e.g.
+64 MB for a 20,000 px wide scene in 512 px blocks, keeps reads from decoding a block twice.
+
+Decisions, documented once here:
+
+- **Edge tiles are shifted inside**, never padded: along each axis the last window ends on the
+  scene's edge, so it overlaps its neighbour by more than ``overlap``. Every tile is full of
+  scene pixels and has the same output size; the extra overlap costs some duplicate detections,
+  which :func:`merge_detections` removes. A scene smaller than one tile along an axis gives a
+  single tile spanning that axis, with a proportionally smaller output size (not padded).
+- **Resolution**: a scene finer than ``target_gsd`` is read through a larger source window
+  resampled down (average); a scene coarser than it is read at its native resolution, never
+  upsampled. The plan names the coarsest overview that still holds at least the target detail.
+  The read itself leaves the choice to GDAL (a read of fewer pixels than its window is served
+  from an overview), which agrees with the plan except within a few percent below an overview's
+  factor, where GDAL 3.10 with average resampling already takes that slightly coarser overview.
+- **Stretch default** (:func:`default_stretch`): 8-bit scenes are used as they are (0-255);
+  anything else gets a per-band 2-98 percentile stretch computed once per scene from a coarse
+  read (an overview where there is one). ``Stretch.fixed(0, 3000)`` is the fixed alternative for
+  Sentinel-2 L2A reflectance (``Stretch.fixed(1000, 4000)`` for processing baseline 04.00 and
+  later, whose digital numbers carry a +1000 offset).
+- **Duplicate rule** (:func:`merge_detections`): per label, greedy non-maximum suppression on
+  IoU in scene pixels; the highest score wins, and boxes without a score rank below scored ones
+  and among themselves by how central they sit in their tile (a box near a tile edge is more
+  likely cut by it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.io import DatasetReaderBase
+from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
+
+from skyeye.contracts import Tile
+
+__all__ = [
+    "DEFAULT_TILE_SIZE",
+    "Footprint",
+    "GeoTile",
+    "SceneDetection",
+    "SceneMeta",
+    "Stretch",
+    "default_stretch",
+    "footprint",
+    "has_data",
+    "merge_detections",
+    "percentile_stretch",
+    "plan_tiles",
+    "read_tile",
+    "scene_detection",
+    "select_bands",
+    "tile_at",
+    "tile_count",
+]
+
+DEFAULT_TILE_SIZE = 448
+WGS84 = CRS.from_epsg(4326)
+# The model's box scale (skyeye.model.answers.SCALE), repeated so this module stays free of torch.
+_BOX_SCALE = 100
+# Length of one degree of latitude, and of longitude at the equator, on the WGS84 ellipsoid:
+# close enough to turn a geographic scene's pixel size into metres for choosing a resolution.
+_METRES_PER_DEGREE_LAT = 110_574.0
+_METRES_PER_DEGREE_LON = 111_320.0
+# Names under which multispectral products label their red, green and blue bands (Sentinel-2 and
+# Landsat 8/9 band numbers after normalisation, see _band_name).
+_RGB_NAMES = (("red", "b4"), ("green", "b3"), ("blue", "b2"))
+
+
+@dataclass(frozen=True)
+class SceneMeta:
+    """What planning needs of a raster, taken from its header: no pixels are read."""
+
+    width: int
+    height: int
+    transform: Affine
+    crs: CRS | None
+    count: int
+    dtype: str
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    colorinterp: tuple[ColorInterp, ...]
+    # decimation factors of band 1's overviews, ascending (2 = half resolution)
+    overviews: tuple[int, ...]
+
+    @classmethod
+    def of(cls, dataset: DatasetReaderBase) -> SceneMeta:
+        return cls(
+            width=dataset.width,
+            height=dataset.height,
+            transform=dataset.transform,
+            crs=dataset.crs,
+            count=dataset.count,
+            dtype=dataset.dtypes[0],
+            nodata=dataset.nodata,
+            descriptions=tuple(dataset.descriptions),
+            colorinterp=tuple(dataset.colorinterp),
+            overviews=tuple(sorted(dataset.overviews(1))),
+        )
+
+    @property
+    def gsd(self) -> tuple[float, float]:
+        """Ground size of one pixel in metres along its columns and its rows.
+
+        Taken from the affine's column vectors, so rotated and skewed transforms count right.
+        """
+        if self.crs is None:
+            raise ValueError("the scene has no CRS, so its ground sample distance is unknown")
+        t = self.transform
+        if self.crs.is_geographic:
+            lat = t.d * self.width / 2 + t.e * self.height / 2 + t.f
+            cos_lat = max(math.cos(math.radians(lat)), 1e-6)
+            # a pixel's x and y extents mix degrees of lon and lat only when it is rotated
+            return (
+                math.hypot(t.a * _METRES_PER_DEGREE_LON * cos_lat, t.d * _METRES_PER_DEGREE_LAT),
+                math.hypot(t.b * _METRES_PER_DEGREE_LON * cos_lat, t.e * _METRES_PER_DEGREE_LAT),
+            )
+        factor = self.crs.linear_units_factor[1]  # metres per CRS unit (US survey feet...)
+        return math.hypot(t.a, t.d) * factor, math.hypot(t.b, t.e) * factor
+
+
+@dataclass(frozen=True)
+class GeoTile:
+    """One tile of a scene: a source window in full-resolution pixels read into an output grid."""
+
+    index: int
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    # output pixel (col, row) -> scene CRS coordinates
+    transform: Affine
+    # index into SceneMeta.overviews of the overview a read is served from; None: full resolution
+    overview_level: int | None
+
+    @property
+    def window(self) -> Window:
+        return Window(self.col_off, self.row_off, self.width, self.height)
+
+    def to_scene_pixels(self, x: float, y: float) -> tuple[float, float]:
+        """Output pixel of this tile -> full-resolution pixel of the scene."""
+        return (
+            self.col_off + x * self.width / self.out_width,
+            self.row_off + y * self.height / self.out_height,
+        )
+
+    def as_tile(self) -> Tile:
+        """The source window as the pipeline's tile contract."""
+        return Tile(
+            index=self.index, x=self.col_off, y=self.row_off, width=self.width, height=self.height
+        )
+
+
+def _factors(meta: SceneMeta, target_gsd: float | None) -> tuple[float, float]:
+    """Source pixels per output pixel along x and y; never below 1 (no upsampling)."""
+    if target_gsd is None:
+        return 1.0, 1.0
+    if target_gsd <= 0:
+        raise ValueError(f"target_gsd must be positive, got {target_gsd}")
+    gx, gy = meta.gsd
+    return max(target_gsd / gx, 1.0), max(target_gsd / gy, 1.0)
+
+
+def _overview_level(overviews: Sequence[int], factor: float) -> int | None:
+    # The coarsest overview still at least as fine as the output: reading it only downsamples.
+    usable = [i for i, f in enumerate(overviews) if f <= factor * (1 + 1e-9)]
+    return usable[-1] if usable else None
+
+
+def _axis(length: int, tile_size: int, factor: float, overlap: int) -> tuple[int, list[int], int]:
+    """(source window size, window offsets, output size) along one axis."""
+    window = round(tile_size * factor)
+    if window >= length:
+        return length, [0], max(1, round(length / factor))
+    stride = max(1, round((tile_size - overlap) * factor))
+    count = 1 + math.ceil((length - window) / stride)
+    # the last window is shifted inside so it ends on the edge
+    return window, [min(i * stride, length - window) for i in range(count)], tile_size
+
+
+@dataclass(frozen=True)
+class _Grid:
+    cols: list[int]
+    rows: list[int]
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    overview_level: int | None
+
+
+def _grid(meta: SceneMeta, tile_size: int, target_gsd: float | None, overlap: int) -> _Grid:
+    if tile_size <= 0:
+        raise ValueError(f"tile_size must be positive, got {tile_size}")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap must be in [0, tile_size), got {overlap} for {tile_size}")
+    fx, fy = _factors(meta, target_gsd)
+    width, cols, out_width = _axis(meta.width, tile_size, fx, overlap)
+    height, rows, out_height = _axis(meta.height, tile_size, fy, overlap)
+    level = _overview_level(meta.overviews, min(fx, fy))
+    return _Grid(cols, rows, width, height, out_width, out_height, level)
+
+
+def _tile(meta: SceneMeta, grid: _Grid, index: int) -> GeoTile:
+    row, col = divmod(index, len(grid.cols))
+    col_off, row_off = grid.cols[col], grid.rows[row]
+    pixel = Affine.scale(grid.width / grid.out_width, grid.height / grid.out_height)
+    return GeoTile(
+        index=index,
+        col_off=col_off,
+        row_off=row_off,
+        width=grid.width,
+        height=grid.height,
+        out_width=grid.out_width,
+        out_height=grid.out_height,
+        transform=meta.transform @ Affine.translation(col_off, row_off) @ pixel,
+        overview_level=grid.overview_level,
+    )
+
+
+def tile_count(
+    meta: SceneMeta,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    target_gsd: float | None = None,
+    overlap: int = 0,
+) -> int:
+    """How many tiles :func:`plan_tiles` yields, without planning them.
+
+    Per axis: 1 when the scene fits one window, else ``1 + ceil((length - window) / stride)``
+    with ``window = round(tile_size * f)``, ``stride = round((tile_size - overlap) * f)`` and ``f``
+    the source pixels per output pixel.
+    """
+    grid = _grid(meta, tile_size, target_gsd, overlap)
+    return len(grid.cols) * len(grid.rows)
+
+
+def plan_tiles(
+    meta: SceneMeta,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    target_gsd: float | None = None,
+    overlap: int = 0,
+) -> Iterator[GeoTile]:
+    """Tiles covering the scene, row by row, lazily (a 20,000 px scene is ~2,000 tiles).
+
+    ``tile_size`` and ``overlap`` are output pixels at ``target_gsd`` (metres per pixel; None:
+    the scene's own resolution). See the module docstring for edge tiles and resampling.
+    """
+    grid = _grid(meta, tile_size, target_gsd, overlap)
+    return (_tile(meta, grid, i) for i in range(len(grid.cols) * len(grid.rows)))
+
+
+def tile_at(
+    meta: SceneMeta,
+    index: int,
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    target_gsd: float | None = None,
+    overlap: int = 0,
+) -> GeoTile:
+    """Tile ``index`` of the plan, without planning the tiles before it.
+
+    The plan is a pure function of the header and these arguments, so a worker handed an index
+    rebuilds exactly the tile the planner sent.
+    """
+    grid = _grid(meta, tile_size, target_gsd, overlap)
+    if not 0 <= index < len(grid.cols) * len(grid.rows):
+        raise IndexError(f"tile {index} is not in a plan of {len(grid.cols) * len(grid.rows)}")
+    return _tile(meta, grid, index)
+
+
+def _band_name(name: str) -> str:
+    # "B04" and "b4" name the same Sentinel-2 band; "B8A" stays distinct from "B8".
+    return re.sub(r"^b0(\d)", r"b\1", name.strip().casefold())
+
+
+def _band_index(meta: SceneMeta, band: int | str) -> int:
+    if isinstance(band, str):
+        names = [_band_name(d) if d else None for d in meta.descriptions]
+        try:
+            return names.index(_band_name(band)) + 1
+        except ValueError:
+            raise ValueError(
+                f"no band described as {band!r}; the scene's bands are {list(meta.descriptions)}"
+            ) from None
+    # int() also takes numpy integers, which are not int instances
+    if not 1 <= int(band) <= meta.count:
+        raise ValueError(f"band {band} is not in 1..{meta.count}")
+    return int(band)
+
+
+def select_bands(meta: SceneMeta, bands: Sequence[int | str] | None = None) -> tuple[int, ...]:
+    """The 1-based band indexes read as red, green and blue.
+
+    ``bands``: three band indexes or descriptions (e.g. Sentinel-2 ``("B4", "B3", "B2")``), or one
+    for a gray image. Default: bands whose colour interpretation is red, green and blue; else
+    bands described as red/green/blue or B4/B3/B2; else the first three; else band 1 as gray.
+    """
+    if bands is not None:
+        if len(bands) not in (1, 3):
+            raise ValueError(f"give one band (gray) or three (red, green, blue), got {bands!r}")
+        chosen = tuple(_band_index(meta, b) for b in bands)
+        return chosen * 3 if len(chosen) == 1 else chosen
+    by_interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(c in meta.colorinterp for c in by_interp):
+        return tuple(meta.colorinterp.index(c) + 1 for c in by_interp)
+    names = [_band_name(d) if d else None for d in meta.descriptions]
+    found = [next((i + 1 for i, n in enumerate(names) if n in alias), 0) for alias in _RGB_NAMES]
+    if all(found):
+        return tuple(found)
+    return (1, 2, 3) if meta.count >= 3 else (1, 1, 1)
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """A linear map of each band's ``[low, high]`` onto 0-255, clipped outside, rounded.
+
+    ``low`` maps to 0, ``high`` to 255, and a value v in between to ``round((v - low) * 255 /
+    (high - low))`` (round half to even).
+    """
+
+    low: tuple[float, float, float]
+    high: tuple[float, float, float]
+
+    @classmethod
+    def fixed(cls, low: float, high: float) -> Stretch:
+        """The same range for every band, e.g. ``Stretch.fixed(0, 3000)`` for Sentinel-2 L2A."""
+        return cls((low,) * 3, (high,) * 3)
+
+    def apply(self, bands: np.ndarray) -> np.ndarray:
+        """``3 x H x W`` values of any dtype -> ``H x W x 3`` uint8."""
+        low = np.asarray(self.low, dtype=np.float32)[:, None, None]
+        # a constant band would divide by zero; it maps to 0 instead
+        span = np.maximum(np.asarray(self.high, dtype=np.float32) - low[:, 0, 0], 1e-6)
+        scaled = (bands.astype(np.float32) - low) * (255.0 / span)[:, None, None]
+        out = np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+        return np.ascontiguousarray(np.moveaxis(out, 0, -1))
+
+
+def _read(
+    dataset: DatasetReaderBase,
+    bands: Sequence[int],
+    window: Window | None,
+    shape: tuple[int, int],
+    resampling: Resampling,
+) -> np.ma.MaskedArray:
+    # Read each distinct band once, however often it is selected (gray replicates band 1).
+    unique = sorted(set(bands))
+    data = dataset.read(
+        unique, window=window, out_shape=(len(unique), *shape), resampling=resampling, masked=True
+    )
+    return data[[unique.index(b) for b in bands]]
+
+
+def percentile_stretch(
+    dataset: DatasetReaderBase,
+    bands: Sequence[int],
+    *,
+    low_pct: float = 2.0,
+    high_pct: float = 98.0,
+    sample_size: int = 1024,
+) -> Stretch:
+    """Per-band ``low_pct``-``high_pct`` percentiles of the valid pixels of the whole scene.
+
+    Computed once per scene from a read of at most ``sample_size`` pixels on the longer side,
+    which GDAL serves from an overview when the scene has them (nearest, so values are real
+    ones, not averages that would narrow the range).
+    """
+    scale = max(dataset.width, dataset.height) / sample_size
+    shape = (
+        max(1, round(dataset.height / max(scale, 1))),
+        max(1, round(dataset.width / max(scale, 1))),
+    )
+    data = _read(dataset, bands, None, shape, Resampling.nearest)
+    lows, highs = [], []
+    for band in data:
+        valid = band.compressed()
+        if valid.size == 0:
+            raise ValueError("the scene holds no valid pixels to compute a stretch from")
+        low, high = np.percentile(valid, [low_pct, high_pct])
+        lows.append(float(low))
+        highs.append(float(high))
+    return Stretch((lows[0], lows[1], lows[2]), (highs[0], highs[1], highs[2]))
+
+
+def default_stretch(dataset: DatasetReaderBase, bands: Sequence[int]) -> Stretch:
+    """8-bit scenes as they are; any other dtype by :func:`percentile_stretch` (2-98 %)."""
+    if all(dataset.dtypes[b - 1] == "uint8" for b in bands):
+        return Stretch.fixed(0, 255)
+    return percentile_stretch(dataset, bands)
+
+
+def has_data(dataset: DatasetReaderBase, tile: GeoTile, *, probe: int = 32) -> bool:
+    """Whether any pixel of the tile is valid, from a read of at most ``probe`` px a side.
+
+    The mask is averaged down, so a probe cell keeps the tile when about 1/510 of the source
+    pixels under it are valid (the average of 0s and 255s rounds to 0 below that): slivers of
+    data thinner than that may be dropped. GDAL serves the probe from an overview where there
+    is one, which makes this cheap next to reading the tile; without overviews it costs a read.
+    """
+    if all(MaskFlags.all_valid in flags for flags in dataset.mask_flag_enums):
+        return True
+    scale = max(tile.out_width, tile.out_height, probe) / probe
+    shape = (max(1, round(tile.out_height / scale)), max(1, round(tile.out_width / scale)))
+    mask = dataset.dataset_mask(window=tile.window, out_shape=shape, resampling=Resampling.average)
+    return bool(mask.any())
+
+
+def read_tile(
+    dataset: DatasetReaderBase,
+    tile: GeoTile,
+    bands: Sequence[int],
+    stretch: Stretch,
+    *,
+    resampling: Resampling = Resampling.average,
+) -> np.ndarray:
+    """The tile as ``out_height x out_width x 3`` uint8, invalid (nodata) pixels black.
+
+    ``bands`` from :func:`select_bands`, ``stretch`` computed once per scene (e.g. by
+    :func:`default_stretch`). Only the tile's window is read, straight into the output size.
+    """
+    data = _read(dataset, bands, tile.window, (tile.out_height, tile.out_width), resampling)
+    image = stretch.apply(data.data)
+    image[np.ma.getmaskarray(data).any(axis=0)] = 0
+    return image
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """A box on the ground: a GeoJSON Polygon in lon/lat and its bounding box."""
+
+    # {"type": "Polygon", "coordinates": [ring]}, RFC 7946: exterior counter-clockwise, closed
+    polygon: dict[str, Any]
+    # west, south, east, north; a footprint across the antimeridian is not split
+    bbox: tuple[float, float, float, float]
+
+
+def _tile_pixels(box: Sequence[float], tile: GeoTile) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box
+    sx, sy = tile.out_width / _BOX_SCALE, tile.out_height / _BOX_SCALE
+    return x1 * sx, y1 * sy, x2 * sx, y2 * sy
+
+
+def footprint(
+    box: Sequence[float], tile: GeoTile, crs: CRS | str, *, densify: int = 4
+) -> Footprint:
+    """A box on the model's 0-100 scale of ``tile`` as a lon/lat polygon.
+
+    Each edge is split into ``densify`` segments before reprojection, so the polygon follows the
+    box's true (slightly curved) shape in lon/lat; every point goes through the tile's affine,
+    so rotated and skewed scenes give the rotated box, not the envelope of two corners.
+    """
+    if densify < 1:
+        raise ValueError(f"densify must be at least 1, got {densify}")
+    x1, y1, x2, y2 = _tile_pixels(box, tile)
+    corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    steps = np.arange(densify) / densify
+    cols, rows = [], []
+    for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1], strict=True):
+        cols.extend(ax + (bx - ax) * steps)
+        rows.extend(ay + (by - ay) * steps)
+    t = tile.transform
+    col, row = np.asarray(cols), np.asarray(rows)
+    xs, ys = t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f
+    lons, lats = warp_transform(crs, WGS84, xs.tolist(), ys.tolist())
+    ring = list(zip(lons, lats, strict=True))
+    # shoelace: positive area is counter-clockwise with lon east and lat north
+    lon, lat = np.asarray(lons), np.asarray(lats)
+    area = float(np.sum(lon * np.roll(lat, -1) - np.roll(lon, -1) * lat))
+    if area < 0:
+        # reversed from its first point, so corners stay at multiples of `densify`
+        ring = ring[:1] + ring[:0:-1]
+    ring.append(ring[0])
+    return Footprint(
+        polygon={"type": "Polygon", "coordinates": [[[x, y] for x, y in ring]]},
+        bbox=(min(lons), min(lats), max(lons), max(lats)),
+    )
+
+
+@dataclass(frozen=True)
+class SceneDetection:
+    """A box found in one tile, placed in full-resolution scene pixels."""
+
+    label: str
+    # x1, y1, x2, y2 in scene pixels
+    box: tuple[float, float, float, float]
+    score: float | None
+    # 1 when the box is centred in its tile, 0 when its centre is on the tile's edge
+    centrality: float
+    tile_index: int
+
+
+def scene_detection(
+    label: str, box: Sequence[float], tile: GeoTile, score: float | None = None
+) -> SceneDetection:
+    """A box on the model's 0-100 scale of ``tile`` -> scene pixels, with its centrality."""
+    tx1, ty1, tx2, ty2 = _tile_pixels(box, tile)
+    x1, y1 = tile.to_scene_pixels(tx1, ty1)
+    x2, y2 = tile.to_scene_pixels(tx2, ty2)
+    half = _BOX_SCALE / 2
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    centrality = 1 - max(abs(cx - half), abs(cy - half)) / half
+    return SceneDetection(label, (x1, y1, x2, y2), score, centrality, tile.index)
+
+
+def _rank(detection: SceneDetection) -> tuple[bool, float, float]:
+    return (detection.score is not None, detection.score or 0.0, detection.centrality)
+
+
+def _suppress(group: list[SceneDetection], iou_threshold: float) -> list[SceneDetection]:
+    ranked = sorted(group, key=_rank, reverse=True)
+    boxes = np.array([d.box for d in ranked], dtype=np.float64)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    alive = np.ones(len(ranked), dtype=bool)
+    kept = []
+    for i in range(len(ranked)):
+        if not alive[i]:
+            continue
+        kept.append(ranked[i])
+        rest = np.flatnonzero(alive[i + 1 :]) + i + 1
+        width = np.minimum(boxes[rest, 2], boxes[i, 2]) - np.maximum(boxes[rest, 0], boxes[i, 0])
+        height = np.minimum(boxes[rest, 3], boxes[i, 3]) - np.maximum(boxes[rest, 1], boxes[i, 1])
+        inter = np.clip(width, 0, None) * np.clip(height, 0, None)
+        union = areas[rest] + areas[i] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        alive[rest[iou >= iou_threshold]] = False
+    return kept
+
+
+def merge_detections(
+    detections: Iterable[SceneDetection], *, iou_threshold: float = 0.5
+) -> list[SceneDetection]:
+    """Drop duplicates of one object found in overlapping tiles (rule: module docstring).
+
+    Labels compare case-insensitively; boxes of different labels never suppress each other.
+    Result: per label (first-seen order), the kept boxes best first.
+    """
+    groups: dict[str, list[SceneDetection]] = {}
+    for detection in detections:
+        groups.setdefault(detection.label.strip().casefold(), []).append(detection)
+    return [kept for group in groups.values() for kept in _suppress(group, iou_threshold)]
