@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # --- Ray Serve ---
     ray_address: str | None = Field(None, description="GCS host:port; unset = embedded head")
     ray_num_cpus: int = Field(2, ge=1, description="CPUs the embedded Ray head offers")
+    ray_object_store_bytes: int = Field(
+        512 * 1024**2,
+        ge=100 * 1024**2,
+        description="shared memory of the embedded head's object store (Ray's default is 30% "
+        "of RAM; tiles and embeddings need far less)",
+    )
     serve_app: str = "skyeye"
     encoder: DeploymentSettings = DeploymentSettings()
     decoder: DeploymentSettings = DeploymentSettings(max_batch_size=8)

@@ -289,6 +289,7 @@ def ray_process(settings: Settings, layout: Layout, ports: list[int]) -> Managed
         f"--node-ip-address={LOOPBACK}",
         f"--port={gcs}",
         f"--num-cpus={settings.ray_num_cpus}",
+        f"--object-store-memory={settings.ray_object_store_bytes}",
         f"--temp-dir={temp_dir}",
         "--include-dashboard=false",
         "--disable-usage-stats",
@@ -303,7 +304,7 @@ def ray_process(settings: Settings, layout: Layout, ports: list[int]) -> Managed
         env=ray_env(),
         log_path=layout.log("ray"),
         kind="infra",
-        # On SIGTERM `ray start --block` drains the node and stops its own children.
+        # On SIGTERM `ray start --block` stops its own children (drain is off: see ray_env).
         grace_s=45.0,
         port=gcs,
     )
