@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from kafka import KafkaProducer
@@ -18,13 +19,15 @@ from minio.error import S3Error
 from opentelemetry import trace
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, imagery, tasks, telemetry
+from skyeye import catalog, imagery, scenes, tasks, telemetry
 from skyeye.adapters import kafka, postgres
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import (
     EventRecord,
     InvalidEvent,
     ObjectEvent,
+    ScenePlan,
+    Tile,
     WorkItem,
     asset_id_for,
     work_item_id_for,
@@ -35,6 +38,16 @@ from skyeye.settings import Settings
 log = logging.getLogger("skyeye.planner")
 
 MAX_KEY_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class _Layout:
+    media_format: str
+    width: int
+    height: int
+    tiles: list[Tile]
+    scene: ScenePlan | None = None
+    lon_lat_bbox: tuple[float, float, float, float] | None = None
 
 
 class Planner:
@@ -100,8 +113,7 @@ class Planner:
             log.info("%s: asset %s already %s", source, asset_id, status)
             return
         try:
-            with self._store.open(bucket, key) as stream:
-                info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)
+            layout = self._layout(bucket, key, obj.content_type)
         except imagery.UnreadableImage as exc:
             self._error(source, "unreadable_image", str(exc), asset_id=asset_id)
             return
@@ -116,12 +128,13 @@ class Planner:
                 key=key,
                 version_id=obj.version_id,
                 etag=obj.e_tag,
-                image_width=info.width,
-                image_height=info.height,
+                image_width=layout.width,
+                image_height=layout.height,
                 tile=tile,
+                scene=layout.scene,
                 tasks=tasks.default_tasks(self._settings),
             )
-            for tile in imagery.whole_image_tiles(info)
+            for tile in layout.tiles
         ]
         for item in items:
             kafka.publish_json(
@@ -131,10 +144,33 @@ class Planner:
                 item.model_dump(mode="json"),
             )
         with self._engine.begin() as conn:
-            catalog.mark_planned(conn, asset_id, info.media_format, info.width, info.height, items)
+            catalog.mark_planned(
+                conn,
+                asset_id,
+                layout.media_format,
+                layout.width,
+                layout.height,
+                items,
+                crs=layout.scene.crs if layout.scene else None,
+                lon_lat_bbox=layout.lon_lat_bbox,
+            )
         log.info(
             "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
         )
+
+    def _layout(self, bucket: str, key: str, content_type: str | None) -> _Layout:
+        """Georeferenced rasters are tiled by the scene plan; other images are one tile."""
+        if scenes.is_scene_candidate(key, content_type):
+            with scenes.open_scene(self._store, self._settings, bucket, key) as dataset:
+                plan = scenes.plan(dataset, self._settings)
+            if plan is not None:
+                tiles = [t.as_tile() for t in plan.tiles]
+                return _Layout(
+                    "geotiff", plan.width, plan.height, tiles, plan.scene, plan.lon_lat_bbox
+                )
+        with self._store.open(bucket, key) as stream:
+            info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)
+        return _Layout(info.media_format, info.width, info.height, imagery.whole_image_tiles(info))
 
     def _error(
         self,

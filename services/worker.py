@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, imagery, tasks, telemetry
+from skyeye import catalog, geo, imagery, scenes, tasks, telemetry
 from skyeye.adapters import postgres
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
@@ -38,6 +38,7 @@ INFERENCE_ATTEMPTS = 3
 class _Pending:
     item: WorkItem
     image: np.ndarray
+    georef: geo.GeoTile | None
     instructions: list[str]
     response: DeploymentResponse
     span: trace.Span
@@ -99,10 +100,7 @@ class Worker:
             self._error(f"work_item:{item.work_item_id}", "oversize_question", message, item)
             return None
         try:
-            data = self._store.read(
-                item.bucket, item.key, max_bytes=self._settings.max_object_bytes
-            )
-            image = imagery.read_tile(data, item.tile, max_pixels=self._settings.max_image_pixels)
+            image, georef = self._read(item)
         except (imagery.UnreadableImage, ObjectTooLarge) as exc:
             self._error(f"work_item:{item.work_item_id}", "unreadable_image", str(exc), item)
             return None
@@ -115,7 +113,14 @@ class Worker:
         except ValueError as exc:
             self._error(f"work_item:{item.work_item_id}", "malformed_task", str(exc), item)
             return None
-        return _Pending(item, image, instructions, self._call(image, instructions), span)
+        return _Pending(item, image, georef, instructions, self._call(image, instructions), span)
+
+    def _read(self, item: WorkItem) -> tuple[np.ndarray, geo.GeoTile | None]:
+        if item.scene is not None:
+            with scenes.open_scene(self._store, self._settings, item.bucket, item.key) as dataset:
+                return scenes.read(dataset, item)
+        data = self._store.read(item.bucket, item.key, max_bytes=self._settings.max_object_bytes)
+        return imagery.read_tile(data, item.tile, max_pixels=self._settings.max_image_pixels), None
 
     def _call(self, image: np.ndarray, instructions: list[str]) -> DeploymentResponse:
         return self._app.infer.remote(image, instructions)
@@ -142,6 +147,8 @@ class Worker:
             tasks.interpret(task, raw, job.item.tile)
             for task, raw in zip(job.item.tasks, answers, strict=True)
         ]
+        if job.georef is not None and job.item.scene is not None:
+            outcomes = [scenes.locate(o, job.georef, job.item.scene.crs) for o in outcomes]
         with self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
         log.info(

@@ -36,11 +36,16 @@ class AssetRecord:
 
 @dataclass(frozen=True)
 class Detection:
+    """A box in pixels of the whole image, with its lon/lat footprint when the scene has a CRS."""
+
     label: str
     x1: float
     y1: float
     x2: float
     y2: float
+    box_0_100: tuple[int, int, int, int] = (0, 0, 100, 100)
+    footprint: dict[str, Any] | None = None  # GeoJSON Polygon, EPSG:4326
+    lon_lat_bbox: tuple[float, float, float, float] | None = None  # west, south, east, north
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,8 @@ def mark_planned(
     width: int,
     height: int,
     items: Sequence[WorkItem],
+    crs: str | None = None,
+    lon_lat_bbox: tuple[float, float, float, float] | None = None,
 ) -> None:
     for item in items:
         conn.execute(
@@ -98,10 +105,21 @@ def mark_planned(
     conn.execute(
         sa.text(
             "UPDATE assets SET status = 'planned', media_format = :fmt, width = :w, height = :h,"
-            " tiles_planned = :n, updated_at = now() WHERE asset_id = :id AND status = 'registered'"
+            " tiles_planned = :n, crs = :crs, lon_lat_bbox = CAST(:bbox AS box),"
+            " updated_at = now() WHERE asset_id = :id AND status = 'registered'"
         ),
-        {"fmt": media_format, "w": width, "h": height, "n": len(items), "id": asset_id},
+        {
+            "fmt": media_format,
+            "w": width,
+            "h": height,
+            "n": len(items),
+            "crs": crs,
+            "bbox": _box_literal(lon_lat_bbox),
+            "id": asset_id,
+        },
     )
+    # a scene whose tiles are all nodata has nothing to wait for
+    _settle_asset(conn, asset_id)
 
 
 def record_error(
@@ -189,10 +207,22 @@ def store_results(
         for ordinal, det in enumerate(outcome.detections):
             conn.execute(
                 sa.text(
-                    "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2)"
-                    " VALUES (:rid, :aid, :label, :ordinal, :x1, :y1, :x2, :y2)"
+                    "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2,"
+                    " footprint, lon_lat_bbox) VALUES (:rid, :aid, :label, :ordinal, :x1, :y1,"
+                    " :x2, :y2, CAST(:footprint AS jsonb), CAST(:bbox AS box))"
                 ),
-                {"rid": result_id, "aid": item.asset_id, "ordinal": ordinal, **det.__dict__},
+                {
+                    "rid": result_id,
+                    "aid": item.asset_id,
+                    "ordinal": ordinal,
+                    "label": det.label,
+                    "x1": det.x1,
+                    "y1": det.y1,
+                    "x2": det.x2,
+                    "y2": det.y2,
+                    "footprint": None if det.footprint is None else json.dumps(det.footprint),
+                    "bbox": _box_literal(det.lon_lat_bbox),
+                },
             )
     conn.execute(
         sa.text(
@@ -203,6 +233,10 @@ def store_results(
     )
     _settle_asset(conn, item.asset_id)
     return written
+
+
+def _box_literal(bbox: tuple[float, float, float, float] | None) -> str | None:
+    return None if bbox is None else "(({}, {}), ({}, {}))".format(*bbox)
 
 
 def _settle_asset(conn: Connection, asset_id: uuid.UUID | None) -> None:
@@ -233,7 +267,8 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
     rows = conn.execute(
         sa.text(
             "SELECT asset_id, bucket, object_key, version, media_format, width, height, status,"
-            " tiles_planned, created_at, updated_at FROM assets"
+            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, created_at, updated_at"
+            " FROM assets"
             " WHERE CAST(:id AS uuid) IS NULL OR asset_id = CAST(:id AS uuid)"
             " ORDER BY created_at, object_key"
         ),
@@ -248,7 +283,7 @@ def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[st
             "SELECT r.result_id, r.asset_id, w.tile_index, r.task_kind, r.task_text, r.prompt,"
             " r.raw_text, r.parsed, r.answer, r.model, r.created_at,"
             " COALESCE((SELECT json_agg(json_build_object('label', d.label, 'x1', d.x1,"
-            "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2) ORDER BY d.ordinal)"
+            "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2, 'footprint', d.footprint) ORDER BY d.ordinal)"
             "   FROM detections d WHERE d.result_id = r.result_id), '[]') AS detections"
             " FROM results r JOIN work_items w USING (work_item_id)"
             " WHERE CAST(:id AS uuid) IS NULL OR r.asset_id = CAST(:id AS uuid)"

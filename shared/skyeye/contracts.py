@@ -21,6 +21,7 @@ __all__ = [
     "EventRecord",
     "InvalidEvent",
     "ObjectEvent",
+    "ScenePlan",
     "Task",
     "TaskKind",
     "Tile",
@@ -140,6 +141,20 @@ class Task(BaseModel):
         return f"{self.kind}:{digest}"
 
 
+class ScenePlan(BaseModel):
+    """How a georeferenced scene was cut and is to be read: the worker rebuilds its tile from it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    crs: str = Field(min_length=1)
+    tile_size: int = Field(gt=0)
+    target_gsd: float | None = Field(None, gt=0)
+    overlap: int = Field(ge=0)
+    bands: tuple[int, int, int]
+    stretch_low: tuple[float, float, float]
+    stretch_high: tuple[float, float, float]
+
+
 class WorkItem(BaseModel):
     work_item_id: uuid.UUID
     asset_id: uuid.UUID
@@ -150,6 +165,7 @@ class WorkItem(BaseModel):
     image_width: int = Field(gt=0)
     image_height: int = Field(gt=0)
     tile: Tile
+    scene: ScenePlan | None = Field(None, description="set for georeferenced scenes")
     tasks: list[Task] = Field(min_length=1)
 
     @field_validator("tasks")

@@ -123,6 +123,18 @@ class Settings(BaseSettings):
         "Is there any water in the image?",
         "How many buildings are in the image?",
     ]
+    tile_size: int = Field(448, ge=14, description="tile side in output pixels")
+    tile_overlap: int = Field(32, ge=0, description="overlap of neighbouring scene tiles, px")
+    target_gsd: float | None = Field(
+        None, gt=0, description="metres per tile pixel; unset = each scene's native resolution"
+    )
+    rgb_bands: list[int | str] | None = Field(
+        None, description='bands shown to the model, e.g. ["B4", "B3", "B2"]; unset = RGB'
+    )
+    gdal_cache_bytes: int = Field(64 * 1024**2, ge=1024**2)
+    max_scene_pixels: int = Field(
+        50_000 * 50_000, gt=0, description="larger georeferenced scenes are refused"
+    )
     max_question_chars: int = Field(512, ge=1)
     max_image_pixels: int = Field(
         64_000_000, gt=0, description="larger images are refused before decoding"

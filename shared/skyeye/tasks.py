@@ -74,7 +74,16 @@ def _detections(found: list[tuple[str, Box]], tile: Tile) -> tuple[dict[str, Any
     for phrase, box in found:
         # 0-100 of the tile -> pixels of the tile -> pixels of the whole image
         x1, y1, x2, y2 = box.to_pixels(tile.width, tile.height)
-        detections.append(Detection(phrase, x1 + tile.x, y1 + tile.y, x2 + tile.x, y2 + tile.y))
+        detections.append(
+            Detection(
+                phrase,
+                x1 + tile.x,
+                y1 + tile.y,
+                x2 + tile.x,
+                y2 + tile.y,
+                box_0_100=(box.x1, box.y1, box.x2, box.y2),
+            )
+        )
     answer = {
         "boxes": [{"label": phrase, "box_0_100": [b.x1, b.y1, b.x2, b.y2]} for phrase, b in found]
     }

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import sqlalchemy as sa
 from PIL import Image
+from rasterio.warp import transform_bounds
 
 from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka
@@ -81,7 +83,9 @@ def test_three_images_give_three_assets_and_their_results(
                         assert 0 <= d["y1"] <= d["y2"] <= asset["height"]
                 else:
                     assert r["detections"] == []
-    assert asset["media_format"] == "tiff" and asset["width"] == 256
+    # the generated scene has a CRS: it took the scene path (one tile, smaller than 448 px)
+    assert asset["media_format"] == "geotiff" and asset["width"] == 256
+    assert asset["crs"] == "EPSG:32633" and asset["lon_lat_bbox"]
 
 
 def test_redelivered_event_and_work_item_write_nothing_twice(
@@ -280,3 +284,35 @@ def test_worker_records_oversize_questions_and_malformed_items(pipeline: Pipelin
         kinds = {(e["stage"], e["kind"]) for e in catalog.errors(conn)}
     assert error["kind"] == "oversize_question" and "max_question_chars" in error["message"]
     assert ("worker", "malformed_work_item") in kinds
+
+
+def test_a_utm_scene_is_tiled_and_located(pipeline: Pipeline, tmp_path: Path) -> None:
+    s = pipeline.settings
+    scene = samples.write_geotiff(tmp_path / "utm-scene.tif", size=1000, seed=3)
+    [done] = ingest(s, [scene], prefix="it/scene")
+    states = wait_for(pipeline.engine, [done.asset_id], timeout_s=WAIT_S)
+    assert states[done.asset_id] == "done"
+    with rasterio.open(scene) as ds:
+        west, south, east, north = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    with pipeline.engine.connect() as conn:
+        [asset] = catalog.assets(conn, done.asset_id)
+        windows = conn.execute(
+            sa.text("SELECT px_x, px_y, px_width, px_height FROM work_items WHERE asset_id = :a"),
+            {"a": done.asset_id},
+        ).all()
+        rows = catalog.results(conn, done.asset_id)
+    # 448 px tiles overlapping by 32 px: three per axis, the last shifted inside the scene
+    assert asset["tiles_planned"] == 9 == len(windows)
+    covered = np.zeros((1000, 1000), dtype=bool)
+    for x, y, w, h in windows:
+        assert (w, h) == (448, 448) and x + w <= 1000 and y + h <= 1000
+        covered[y : y + h, x : x + w] = True
+    assert covered.all()
+    assert len(rows) == 9 * len(default_tasks(s))
+    # lon/lat of every detection the (random) model happened to draw lies inside the scene
+    for d in (d for r in rows for d in r["detections"]):
+        for lon, lat in d["footprint"]["coordinates"][0]:
+            assert west - 1e-9 <= lon <= east + 1e-9 and south - 1e-9 <= lat <= north + 1e-9
+    stored = [float(v) for v in asset["lon_lat_bbox"].replace("(", "").replace(")", "").split(",")]
+    # PostgreSQL keeps a box as (upper-right), (lower-left)
+    assert stored == pytest.approx([east, north, west, south])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import mimetypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,14 @@ class ObjectStore:
         """A seekable file over HTTP range reads: header parsers fetch only what they touch."""
         raw = _RangeReader(self._client, bucket, key, self.size(bucket, key))
         return io.BufferedReader(raw, buffer_size=block_size)
+
+    def opener(self, bucket: str, key: str) -> Callable[..., io.BufferedReader]:
+        """A rasterio ``opener``: GDAL reads the object through HTTP range requests."""
+
+        def open_(path: str, mode: str = "rb") -> io.BufferedReader:
+            return self.open(bucket, key)
+
+        return open_
 
 
 class _RangeReader(io.RawIOBase):
