@@ -1,9 +1,10 @@
 """Planner: MinIO object-created events -> registered assets -> work items (one per tile).
 
 Consumes ``topic_events`` in the planner consumer group. For each object it registers the asset
-(idempotently: the same object version is the same asset), reads the image header through S3
-range reads, and publishes the work items before marking the asset planned, so a crash in
-between only republishes items that the worker then recognises as duplicates.
+(idempotently: the same object version is the same asset), reads the image header (or the
+scene's metadata) through S3 range reads, records the work items, publishes them, and only then
+marks the asset planned: a worker never receives an item the catalog does not know, and a crash
+in between only republishes items that the worker then recognises as duplicates.
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ class Planner:
             )
             for tile in layout.tiles
         ]
+        with self._engine.begin() as conn:
+            catalog.add_work_items(conn, asset_id, items)
         for item in items:
             kafka.publish_json(
                 self._producer,
@@ -150,7 +153,7 @@ class Planner:
                 layout.media_format,
                 layout.width,
                 layout.height,
-                items,
+                len(items),
                 crs=layout.scene.crs if layout.scene else None,
                 lon_lat_bbox=layout.lon_lat_bbox,
             )

@@ -151,12 +151,22 @@ class Worker:
             outcomes = [scenes.locate(o, job.georef, job.item.scene.crs) for o in outcomes]
         with self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
+        if job.item.scene is not None:
+            self._merge_if_finished(job.item)
         log.info(
             "work item %s of asset %s: %d result(s) stored",
             job.item.work_item_id,
             job.item.asset_id,
             written,
         )
+
+    def _merge_if_finished(self, item: WorkItem) -> None:
+        # Once the scene's last tile is stored every copy of an object is there to compare. Two
+        # workers finishing together may both merge: the result is the same.
+        with self._engine.begin() as conn:
+            if catalog.asset_status(conn, item.asset_id) == "done":
+                flagged = scenes.merge_duplicates(conn, item.asset_id)
+                log.info("asset %s: %d duplicate detection(s) flagged", item.asset_id, flagged)
 
     def _error(self, source: str, kind: str, message: str, item: WorkItem | None = None) -> None:
         log.warning("%s: %s: %s", source, kind, message)

@@ -46,6 +46,7 @@ class Detection:
     box_0_100: tuple[int, int, int, int] = (0, 0, 100, 100)
     footprint: dict[str, Any] | None = None  # GeoJSON Polygon, EPSG:4326
     lon_lat_bbox: tuple[float, float, float, float] | None = None  # west, south, east, north
+    centrality: float | None = None  # 1 centred in its tile, 0 on the tile's edge
 
 
 @dataclass(frozen=True)
@@ -75,16 +76,9 @@ def register_asset(conn: Connection, asset: AssetRecord) -> str:
     ).scalar_one()
 
 
-def mark_planned(
-    conn: Connection,
-    asset_id: uuid.UUID,
-    media_format: str,
-    width: int,
-    height: int,
-    items: Sequence[WorkItem],
-    crs: str | None = None,
-    lon_lat_bbox: tuple[float, float, float, float] | None = None,
-) -> None:
+def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkItem]) -> None:
+    """Record the planned work items; done before they are published, so a worker never
+    receives an item the catalog does not know yet."""
     for item in items:
         conn.execute(
             sa.text(
@@ -102,6 +96,19 @@ def mark_planned(
                 "h": item.tile.height,
             },
         )
+
+
+def mark_planned(
+    conn: Connection,
+    asset_id: uuid.UUID,
+    media_format: str,
+    width: int,
+    height: int,
+    tiles: int,
+    crs: str | None = None,
+    lon_lat_bbox: tuple[float, float, float, float] | None = None,
+) -> None:
+    """Close planning once every work item is published."""
     conn.execute(
         sa.text(
             "UPDATE assets SET status = 'planned', media_format = :fmt, width = :w, height = :h,"
@@ -112,13 +119,13 @@ def mark_planned(
             "fmt": media_format,
             "w": width,
             "h": height,
-            "n": len(items),
+            "n": tiles,
             "crs": crs,
             "bbox": _box_literal(lon_lat_bbox),
             "id": asset_id,
         },
     )
-    # a scene whose tiles are all nodata has nothing to wait for
+    # workers may already have finished every item (or a scene had no tile with data)
     _settle_asset(conn, asset_id)
 
 
@@ -208,8 +215,9 @@ def store_results(
             conn.execute(
                 sa.text(
                     "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2,"
-                    " footprint, lon_lat_bbox) VALUES (:rid, :aid, :label, :ordinal, :x1, :y1,"
-                    " :x2, :y2, CAST(:footprint AS jsonb), CAST(:bbox AS box))"
+                    " footprint, lon_lat_bbox, centrality) VALUES (:rid, :aid, :label, :ordinal,"
+                    " :x1, :y1, :x2, :y2, CAST(:footprint AS jsonb), CAST(:bbox AS box),"
+                    " :centrality)"
                 ),
                 {
                     "rid": result_id,
@@ -222,6 +230,7 @@ def store_results(
                     "y2": det.y2,
                     "footprint": None if det.footprint is None else json.dumps(det.footprint),
                     "bbox": _box_literal(det.lon_lat_bbox),
+                    "centrality": det.centrality,
                 },
             )
     conn.execute(
@@ -233,6 +242,42 @@ def store_results(
     )
     _settle_asset(conn, item.asset_id)
     return written
+
+
+def asset_status(conn: Connection, asset_id: uuid.UUID) -> str | None:
+    return conn.execute(
+        sa.text("SELECT status FROM assets WHERE asset_id = :id"), {"id": asset_id}
+    ).scalar_one_or_none()
+
+
+def located_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The asset's detections with what duplicate suppression ranks them by."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT d.detection_id, d.label, d.x1, d.y1, d.x2, d.y2, d.centrality, w.tile_index"
+            " FROM detections d JOIN results r USING (result_id)"
+            " JOIN work_items w ON w.work_item_id = r.work_item_id"
+            " WHERE d.asset_id = :id ORDER BY d.detection_id"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def flag_duplicates(conn: Connection, asset_id: uuid.UUID, keep: Sequence[int]) -> int:
+    """Flag every detection of the asset not in ``keep``; returns how many are duplicates."""
+    return (
+        conn.execute(
+            sa.text(
+                "UPDATE detections SET duplicate = NOT (detection_id = ANY(:keep))"
+                " WHERE asset_id = :id RETURNING duplicate"
+            ),
+            {"id": asset_id, "keep": list(keep)},
+        )
+        .scalars()
+        .all()
+        .count(True)
+    )
 
 
 def _box_literal(bbox: tuple[float, float, float, float] | None) -> str | None:
@@ -283,7 +328,8 @@ def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[st
             "SELECT r.result_id, r.asset_id, w.tile_index, r.task_kind, r.task_text, r.prompt,"
             " r.raw_text, r.parsed, r.answer, r.model, r.created_at,"
             " COALESCE((SELECT json_agg(json_build_object('label', d.label, 'x1', d.x1,"
-            "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2, 'footprint', d.footprint) ORDER BY d.ordinal)"
+            "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2, 'footprint', d.footprint,"
+            "   'duplicate', d.duplicate) ORDER BY d.ordinal)"
             "   FROM detections d WHERE d.result_id = r.result_id), '[]') AS detections"
             " FROM results r JOIN work_items w USING (work_item_id)"
             " WHERE CAST(:id AS uuid) IS NULL OR r.asset_id = CAST(:id AS uuid)"

@@ -7,6 +7,7 @@ so memory stays per tile whatever the scene's size.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -16,8 +17,9 @@ import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.warp import transform_bounds
+from sqlalchemy.engine import Connection
 
-from skyeye import geo
+from skyeye import catalog, geo
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.catalog import TaskOutcome
 from skyeye.contracts import ScenePlan, WorkItem
@@ -114,5 +116,27 @@ def locate(outcome: TaskOutcome, tile: geo.GeoTile, crs: str) -> TaskOutcome:
     located = []
     for det in outcome.detections:
         where = geo.footprint(det.box_0_100, tile, crs)
-        located.append(replace(det, footprint=where.polygon, lon_lat_bbox=where.bbox))
+        centrality = geo.scene_detection(det.label, det.box_0_100, tile).centrality
+        located.append(
+            replace(det, footprint=where.polygon, lon_lat_bbox=where.bbox, centrality=centrality)
+        )
     return replace(outcome, detections=located)
+
+
+def merge_duplicates(conn: Connection, asset_id: uuid.UUID) -> int:
+    """Flag the copies of one object that overlapping tiles found (NMS in scene pixels);
+    returns how many were flagged."""
+    rows = catalog.located_detections(conn, asset_id)
+    detections = [
+        geo.SceneDetection(
+            row["label"],
+            (row["x1"], row["y1"], row["x2"], row["y2"]),
+            None,
+            row["centrality"] or 0.0,
+            row["tile_index"],
+        )
+        for row in rows
+    ]
+    ids = {id(d): row["detection_id"] for d, row in zip(detections, rows, strict=True)}
+    keep = [ids[id(d)] for d in geo.merge_detections(detections)]
+    return catalog.flag_duplicates(conn, asset_id, keep)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from PIL import Image
 from rasterio.warp import transform_bounds
 
-from skyeye import catalog, samples, telemetry
+from skyeye import catalog, samples, scenes, telemetry
 from skyeye.adapters import kafka
 from skyeye.contracts import (
     Task,
@@ -269,7 +269,8 @@ def test_worker_records_oversize_questions_and_malformed_items(pipeline: Pipelin
                 event_time=None,
             ),
         )
-        catalog.mark_planned(conn, asset_id, "png", 8, 8, [item])
+        catalog.add_work_items(conn, asset_id, [item])
+        catalog.mark_planned(conn, asset_id, "png", 8, 8, 1)
     producer = kafka.producer(s)
     try:
         kafka.publish_json(producer, s.topic_work, str(asset_id), item.model_dump(mode="json"))
@@ -316,3 +317,61 @@ def test_a_utm_scene_is_tiled_and_located(pipeline: Pipeline, tmp_path: Path) ->
     stored = [float(v) for v in asset["lon_lat_bbox"].replace("(", "").replace(")", "").split(",")]
     # PostgreSQL keeps a box as (upper-right), (lower-left)
     assert stored == pytest.approx([east, north, west, south])
+
+
+def test_copies_of_one_object_from_overlapping_tiles_are_flagged(pipeline: Pipeline) -> None:
+    s = pipeline.settings
+    asset_id = asset_id_for(s.bucket, "it/nms/scene.tif", "v1")
+    task = Task(kind=TaskKind.GROUNDING, text="ship")
+    tiles = [
+        Tile(index=0, x=0, y=0, width=448, height=448),
+        Tile(index=1, x=416, y=0, width=448, height=448),
+    ]
+    items = [
+        WorkItem(
+            work_item_id=work_item_id_for(asset_id, t.index),
+            asset_id=asset_id,
+            bucket=s.bucket,
+            key="it/nms/scene.tif",
+            image_width=864,
+            image_height=448,
+            tile=t,
+            tasks=[task],
+        )
+        for t in tiles
+    ]
+
+    def outcome(*dets: catalog.Detection) -> catalog.TaskOutcome:
+        return catalog.TaskOutcome(task, "[detection] ship", "raw", True, {}, list(dets))
+
+    # one ship seen by both tiles (the copy near tile 0's edge ranks lower), one only by tile 1
+    near_edge = catalog.Detection("ship", 420, 100, 440, 120, centrality=0.1)
+    central = catalog.Detection("ship", 421, 101, 441, 121, centrality=0.9)
+    other = catalog.Detection("ship", 700, 300, 720, 320, centrality=0.5)
+    with pipeline.engine.begin() as conn:
+        catalog.register_asset(
+            conn,
+            catalog.AssetRecord(
+                asset_id=asset_id,
+                bucket=s.bucket,
+                object_key="it/nms/scene.tif",
+                version="v1",
+                size_bytes=None,
+                content_type=None,
+                user_metadata={},
+                event_name="s3:ObjectCreated:Put",
+                event_time=None,
+            ),
+        )
+        catalog.add_work_items(conn, asset_id, items)
+        catalog.mark_planned(conn, asset_id, "geotiff", 864, 448, len(items))
+        catalog.store_results(conn, items[0], [outcome(near_edge)], "test")
+        catalog.store_results(conn, items[1], [outcome(central, other)], "test")
+        assert scenes.merge_duplicates(conn, asset_id) == 1
+        assert scenes.merge_duplicates(conn, asset_id) == 1  # idempotent
+        flags = {
+            (d["x1"], d["duplicate"])
+            for r in catalog.results(conn, asset_id)
+            for d in r["detections"]
+        }
+    assert flags == {(420, True), (421, False), (700, False)}

@@ -7,3 +7,7 @@ ALTER TABLE detections ADD COLUMN IF NOT EXISTS footprint jsonb;
 ALTER TABLE detections ADD COLUMN IF NOT EXISTS lon_lat_bbox box;
 CREATE INDEX IF NOT EXISTS assets_lon_lat_bbox_idx ON assets USING gist (lon_lat_bbox);
 CREATE INDEX IF NOT EXISTS detections_lon_lat_bbox_idx ON detections USING gist (lon_lat_bbox);
+-- Overlapping tiles see one object twice: the copies that non-maximum suppression drops are
+-- kept but flagged, with the tile-centrality it ranked them by.
+ALTER TABLE detections ADD COLUMN IF NOT EXISTS centrality real;
+ALTER TABLE detections ADD COLUMN IF NOT EXISTS duplicate boolean NOT NULL DEFAULT false;
