@@ -120,6 +120,24 @@ class ModelConfig(BaseModel):
         )
 
     @classmethod
+    def skyeye_tiny(cls) -> ModelConfig:
+        """The trained skyeye-tiny: small enough to train on two CPU cores, real 448/14/1x4 path.
+
+        The vision width is what a CPU step can afford over 1024 patches; the decoder is wider
+        because its sequences (~300 positions) are cheap next to the tower's.
+        """
+        return cls(
+            vision=VisionConfig(hidden_size=96, num_layers=3, num_heads=3, mlp_hidden_size=384),
+            llm=LlmConfig(
+                hidden_size=128,
+                num_layers=3,
+                num_heads=4,
+                intermediate_size=344,
+                vocab_size=len(tiny_vocabulary()),
+            ),
+        )
+
+    @classmethod
     def published(cls) -> ModelConfig:
         """EVA ViT-g/14 without its last block + Llama-2-7B, as SkyEyeGPT/MiniGPT-v2 ship them."""
         return cls(

@@ -1,0 +1,126 @@
+"""skyeye.training at toy size: it learns, saves a loadable folder, repeats from a seed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skyeye.model import TextDecoder, VisionEncoder
+from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
+from skyeye.model.vocabulary import tiny_vocabulary
+from skyeye.training import (
+    LOG_FILE,
+    Stages,
+    _cosine,
+    _difficulty_cap,
+    _Run,
+    patch_labels,
+    train,
+)
+from skyeye.world import render_scene
+
+# 112 px keeps patch 14 and the 1x4 merge (an 8x8 grid, 16 image tokens) at a fraction of the cost.
+TOY = ModelConfig(
+    vision=VisionConfig(
+        image_size=112, hidden_size=16, num_layers=2, num_heads=2, mlp_hidden_size=32
+    ),
+    llm=LlmConfig(
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tiny_vocabulary()),
+    ),
+)
+FEW = Stages(
+    pretrain_steps=2,
+    pretrain_images=2,
+    instruct_steps=3,
+    images_per_step=2,
+    questions_per_image=3,
+    warmup_steps=1,
+    progress_every=1,
+    eval_scenes=0,
+)
+
+
+def _train(folder: Path, seed: int, stages: Stages = FEW, minutes: float = 1.0) -> list[str]:
+    lines: list[str] = []
+    train(folder, seed=seed, minutes=minutes, config=TOY, stages=stages, progress=lines.append)
+    return lines
+
+
+def test_patch_labels_mark_objects_and_water() -> None:
+    scene = render_scene(5, size=112, difficulty=0.0, scene_class="harbour")
+    labels = patch_labels(scene, 8)
+    assert labels.shape == (8, 8)
+    assert set(np.unique(labels)) <= set(range(7))
+    assert (labels == 6).any()  # a harbour has open water
+    assert ((labels > 0) & (labels < 6)).any() == bool(scene.objects)
+
+
+def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    run = _Run(tmp_path / "m", 0, 1.0, TOY, FEW, lambda _: None)
+    scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
+    params = [*run.llm.parameters(), *run.vision.parameters()]
+    optimiser = torch.optim.AdamW(params, lr=3e-3)
+    losses = []
+    for _ in range(8):
+        # The same questions every time: this checks fitting, not sampling.
+        run.question_rng = np.random.default_rng(0)
+        loss, n = run.instruct_loss(scenes)
+        assert n == 6
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_same_seed_same_weights_and_the_folder_loads(tmp_path: Path) -> None:
+    lines = _train(tmp_path / "a", seed=7, stages=Stages(**{**FEW.__dict__, "eval_scenes": 1}))
+    _train(tmp_path / "b", seed=7)
+    assert any(line.startswith("instruct step 3/3") for line in lines)
+    for name in ("vision.safetensors", "llm/model.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    _train(tmp_path / "c", seed=8)
+    assert (tmp_path / "a/vision.safetensors").read_bytes() != (
+        tmp_path / "c/vision.safetensors"
+    ).read_bytes()
+
+    log = json.loads((tmp_path / "a" / LOG_FILE).read_text())
+    assert log["seed"] == 7
+    assert log["steps"] == {"pretrain": 2, "instruct": 3}
+    assert set(log["evaluation"]) >= {"grounding", "vqa"}
+    encoder = VisionEncoder.load(tmp_path / "a")
+    decoder = TextDecoder.load(tmp_path / "a")
+    image = render_scene(3, size=112).image
+    answers = decoder.generate(encoder.encode([image])[0], ["[vqa] Is there a ship?"], 4)
+    assert len(answers) == 1
+
+
+def test_a_time_budget_sizes_the_steps(tmp_path: Path) -> None:
+    stages = Stages(
+        **{**FEW.__dict__, "pretrain_share": 0.0, "instruct_steps": None, "progress_every": 100}
+    )
+    lines = _train(tmp_path / "m", seed=1, stages=stages, minutes=0.02)
+    log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
+    assert log["steps"]["pretrain"] == 0
+    assert log["steps"]["instruct"] >= 2
+    assert any(line.startswith("instruct step") for line in lines)
+
+
+def test_schedule_before_sizing_ignores_the_total() -> None:
+    # Warm-up and plateau (steps < 2 * warmup_steps) run before a time budget fixes the total.
+    for step in (0, 1):
+        assert _cosine(step, 10, 1) == _cosine(step, 10**9, 1)
+        assert _difficulty_cap(step, 10, 1, True) == _difficulty_cap(step, 10**9, 1, True)
+    assert _cosine(10, 10, 1) == pytest.approx(0.1)
+    assert _difficulty_cap(10, 10, 1, True) == 1.0
