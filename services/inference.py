@@ -16,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from skyeye.adapters import serve as serve_adapter
-from skyeye.model import TextDecoder, VisionEncoder, ensure_model
+from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.services._runtime import service_settings
 from skyeye.settings import DecodingSettings, DeploymentSettings, Settings
 
@@ -98,10 +98,7 @@ def build_app(settings: Settings) -> serve.Application:
 
 
 def deploy(settings: Settings) -> None:
-    """Build the default model if it is missing, then deploy (or update) the application."""
-    if settings.model_dir is None:
-        # built once here, before replicas start, so they never race to create it
-        ensure_model(settings.resolved_model_dir, settings.model_seed)
+    """Deploy (or update) the application."""
     serve_adapter.deploy(build_app(settings), settings)
 
 

@@ -16,7 +16,6 @@ from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres
 from skyeye.evaluation import evaluate
 from skyeye.ingest import ingest, wait_for
-from skyeye.model import ensure_model
 from skyeye.model import inspect as model_inspect
 from skyeye.pipeline import launch
 from skyeye.settings import Settings
@@ -180,8 +179,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stack = launch(settings, progress=_say)
     try:
         _say(f"stack up in {time.monotonic() - started:.1f} s")
-        scene = samples.write_geotiff(settings.home / "samples" / "demo-scene-utm33n.tif")
-        files = [*samples.aerial_photos(), scene]
+        generated = settings.home / "samples"
+        files = [
+            *samples.aerial_photos(),
+            samples.write_world_scene(generated / "demo-world-lake.png"),
+            samples.write_geotiff(generated / "demo-scene-utm33n.tif"),
+        ]
         resolved = resolve(settings)
         telemetry.setup("skyeye-ingest", settings.home)
         t0 = time.monotonic()
@@ -219,11 +222,29 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_model_eval(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model_dir = settings.resolved_model_dir
-    if settings.model_dir is None:
-        ensure_model(model_dir, settings.model_seed)
     _say(f"evaluating {model_dir} on {args.scenes} held-out scenes (seed {args.seed})")
     report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
     print(report.model_dump_json(indent=2) if args.json else report.table())
+    return 0
+
+
+def cmd_model_train(args: argparse.Namespace) -> int:
+    # torch and the training loop load only for this command
+    from skyeye.training import Stages, train
+
+    stages = Stages(
+        pretrain_steps=args.pretrain_steps,
+        instruct_steps=args.instruct_steps,
+        eval_scenes=args.eval_scenes,
+    )
+    _say(f"training skyeye-tiny (seed {args.seed}, {args.minutes:g} min budget) into {args.out}")
+    report = train(
+        args.out, seed=args.seed, minutes=args.minutes, stages=stages, threads=args.threads
+    )
+    _say(
+        f"trained in {report.seconds / 60:.1f} min: {report.pretrain_steps} pretraining and "
+        f"{report.instruct_steps} instruction steps; use it with SKYEYE_MODEL_DIR={args.out}"
+    )
     return 0
 
 
@@ -270,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for results")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("model", help="check the published weights, evaluate a model")
+    p = sub.add_parser("model", help="check the published weights; evaluate or train a model")
     model_commands = p.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     model_inspect.add_parser(model_commands)
     p = model_commands.add_parser(
@@ -285,6 +306,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_model_eval)
+    p = model_commands.add_parser(
+        "train",
+        help="train skyeye-tiny from scratch on the procedural aerial world (CPU, reproducible)",
+        description="Train skyeye-tiny: stage 1 pretrains the vision tower on per-patch classes, "
+        "stage 2 tunes tower top, projector and decoder on instructions. A time budget sizes "
+        "the step counts; the log (training.json beside the weights) records them, and passing "
+        "them back with --pretrain-steps/--instruct-steps repeats the run exactly. "
+        "The packaged model: --seed 0 --pretrain-steps 1649 --instruct-steps 2964.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--minutes", type=float, default=52.0, help="time budget of both stages")
+    p.add_argument("--pretrain-steps", type=int, help="fix stage 1's steps (default: by time)")
+    p.add_argument("--instruct-steps", type=int, help="fix stage 2's steps (default: by time)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument(
+        "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"
+    )
+    p.set_defaults(func=cmd_model_train)
     return parser
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from PIL import Image
+
+from skyeye.world import held_out_scene_seeds, render_scene
 
 AERIAL_PHOTOS = ("aero1.jpg", "aero3.jpg")
 
@@ -15,6 +18,18 @@ AERIAL_PHOTOS = ("aero1.jpg", "aero3.jpg")
 def aerial_photos() -> list[Path]:
     folder = resources.files("skyeye") / "samples"
     return [Path(str(folder / name)) for name in AERIAL_PHOTOS]
+
+
+def write_world_scene(path: Path, *, seed: int = 3) -> Path:
+    """A held-out scene of the procedural world as a PNG: the kind of image skyeye-tiny knows.
+
+    Its held-out seeds are never trained on; seed 3's first scene is a lake with buildings, ships
+    and a storage tank, at an easy difficulty.
+    """
+    scene = render_scene(held_out_scene_seeds(1, seed)[0], difficulty=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene.image).save(path)
+    return path
 
 
 def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:

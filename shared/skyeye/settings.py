@@ -14,6 +14,9 @@ import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# skyeye-tiny, trained by `skyeye model train` and shipped in the package (see README).
+PACKAGED_MODEL = Path(__file__).parent / "weights" / "skyeye-tiny"
+
 
 class DeploymentSettings(BaseModel):
     """Resources, autoscaling and batching of one Ray Serve deployment."""
@@ -110,9 +113,10 @@ class Settings(BaseSettings):
 
     # --- model ---
     model_dir: Path | None = Field(
-        None, description="a saved SkyEye model folder; unset = the tiny seeded model in home"
+        None,
+        description="a saved SkyEye model folder (see `skyeye model inspect --convert`); unset = "
+        "skyeye-tiny, the CPU model trained on the procedural world and shipped in the package",
     )
-    model_seed: int = 0
     device: str = "cpu"
     decoding: DecodingSettings = DecodingSettings()
 
@@ -160,7 +164,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model_dir(self) -> Path:
-        return self.model_dir or self.home / "models" / f"skyeye-tiny-seed{self.model_seed}"
+        return self.model_dir or PACKAGED_MODEL
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``SKYEYE_*`` variables, so a child process reads back the same."""

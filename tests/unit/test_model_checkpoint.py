@@ -12,7 +12,6 @@ from skyeye.model import (
     TextDecoder,
     VisionEncoder,
     build_tiny_model,
-    ensure_model,
     prompts,
 )
 from skyeye.model.checkpoint import CONFIG_FILE, LLM_DIR, VISION_FILE, check_tensors, save_model
@@ -130,14 +129,6 @@ def test_build_refuses_a_foreign_folder_but_fills_an_empty_one(tmp_path: Path) -
     (tmp_path / "empty").mkdir()
     build_tiny_model(tmp_path / "empty", seed=0)
     assert (tmp_path / "empty" / CONFIG_FILE).is_file()
-
-
-def test_ensure_model_builds_once(tmp_path: Path) -> None:
-    path = tmp_path / "models" / "tiny"
-    assert ensure_model(path, seed=3) == path
-    stamp = (path / CONFIG_FILE).stat().st_mtime_ns
-    assert ensure_model(path, seed=3) == path
-    assert (path / CONFIG_FILE).stat().st_mtime_ns == stamp
 
 
 def _edit(file: Path, change: dict[str, torch.Tensor | None]) -> None:

@@ -466,6 +466,14 @@ def test_inspect_command_json(
     assert output["caption"]["image"] == "aero1.jpg"
     assert isinstance(output["caption"]["text"], str)
 
+    saved = tmp_path / "served"
+    args = _parse(_inspect_argv(sources, arch, "--no-run", "--save", str(saved)))
+    assert args.func(args) == 0
+    assert read_manifest(saved).origin["builder"] == "published"
+    assert VisionEncoder.load(saved).encode(_images(1)).shape == (1, 256, CONFIG.llm.hidden_size)
+    args = _parse(_inspect_argv(sources, arch, "--no-run", "--save", str(saved)))
+    assert args.func(args) == 2  # never overwrites a model folder
+
 
 def test_inspect_command_reports_problems(
     sources: Sources, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from skyeye.settings import DeploymentSettings, Settings
+from skyeye.settings import PACKAGED_MODEL, DeploymentSettings, Settings
 
 
 def test_defaults_point_at_the_embedded_stack(tmp_path, monkeypatch) -> None:
@@ -9,7 +9,7 @@ def test_defaults_point_at_the_embedded_stack(tmp_path, monkeypatch) -> None:
     settings = Settings()
     assert settings.home == tmp_path
     assert settings.s3_endpoint is None and settings.kafka_bootstrap is None
-    assert settings.resolved_model_dir == tmp_path / "models" / "skyeye-tiny-seed0"
+    assert settings.resolved_model_dir == PACKAGED_MODEL
 
 
 def test_nested_environment_overrides(monkeypatch) -> None:

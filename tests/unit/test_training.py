@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from skyeye.model import TextDecoder, VisionEncoder
+from skyeye.model.checkpoint import read_manifest
 from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
 from skyeye.model.vocabulary import tiny_vocabulary
+from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
     LOG_FILE,
     Stages,
@@ -124,3 +126,14 @@ def test_schedule_before_sizing_ignores_the_total() -> None:
         assert _difficulty_cap(step, 10, 1, True) == _difficulty_cap(step, 10**9, 1, True)
     assert _cosine(10, 10, 1) == pytest.approx(0.1)
     assert _difficulty_cap(10, 10, 1, True) == 1.0
+
+
+def test_the_packaged_model_is_trained_skyeye_tiny_and_loads() -> None:
+    manifest = read_manifest(PACKAGED_MODEL)
+    assert manifest.config == ModelConfig.skyeye_tiny()
+    assert manifest.origin["builder"] == "skyeye.training"
+    log = json.loads((PACKAGED_MODEL / LOG_FILE).read_text())
+    assert log["steps"] == manifest.origin["steps"]
+    encoder = VisionEncoder.load(PACKAGED_MODEL)
+    embeds = encoder.encode([np.zeros((64, 64, 3), np.uint8)])
+    assert embeds.shape == (1, 256, ModelConfig.skyeye_tiny().llm.hidden_size)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from skyeye.model.checkpoint import CheckpointError
     from skyeye.model.config import ModelConfig
     from skyeye.model.decoder import TextDecoder
-    from skyeye.model.factory import build_tiny_model, ensure_model
+    from skyeye.model.factory import build_tiny_model
     from skyeye.model.vision import VisionEncoder
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "TextDecoder",
     "VisionEncoder",
     "build_tiny_model",
-    "ensure_model",
 ]
 
 _HOMES = {
@@ -31,7 +30,6 @@ _HOMES = {
     "TextDecoder": "skyeye.model.decoder",
     "VisionEncoder": "skyeye.model.vision",
     "build_tiny_model": "skyeye.model.factory",
-    "ensure_model": "skyeye.model.factory",
 }
 
 

@@ -1,4 +1,4 @@
-"""The tiny seeded model: real architecture and code path, random weights, built on demand."""
+"""The tiny seeded model: real architecture and code path, random weights, for tests and benches."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from skyeye.model.checkpoint import CONFIG_FILE, read_manifest, save_model
 from skyeye.model.config import ModelConfig
 from skyeye.model.vocabulary import tiny_tokenizer
 
-__all__ = ["build_tiny_model", "ensure_model"]
+__all__ = ["build_tiny_model"]
 
 # Module init draws from torch's global generator; two threads seeding it at once would
 # interleave their draws and break the "same seed, same weights" promise.
@@ -67,11 +67,3 @@ def build_tiny_model(path: Path, seed: int = 0) -> None:
                 raise FileExistsError(f"{path} already holds another model: {existing}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def ensure_model(path: Path, seed: int) -> Path:
-    """``path``, after building the tiny model there if it holds no model yet."""
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        build_tiny_model(path, seed)
-    return path

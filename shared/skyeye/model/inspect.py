@@ -34,6 +34,13 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--no-run", action="store_true", help="only compare names and shapes; load no weights"
     )
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="DIR",
+        help="after a clean report, write the assembled model (LoRA merged, bf16) as a SkyEye "
+        "model folder to serve with SKYEYE_MODEL_DIR=DIR",
+    )
     p.add_argument("--device", help="where to run the caption (default: cuda if present, else cpu)")
     p.add_argument("--max-new-tokens", type=int, default=40, help="caption length limit")
     p.set_defaults(func=run)
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from skyeye.model.checkpoint import CheckpointError
     from skyeye.model.config import ModelConfig
-    from skyeye.model.published import inspect_published
+    from skyeye.model.published import convert_published, inspect_published
 
     try:
         arch = (
@@ -81,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = inspect_published(args.vision, args.llm, args.checkpoint, arch)
         caption = _caption(args, arch) if report.ok and not args.no_run else None
-    except CheckpointError as exc:
+        if report.ok and args.save:
+            convert_published(args.vision, args.llm, args.checkpoint, args.save, arch)
+    except (CheckpointError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
