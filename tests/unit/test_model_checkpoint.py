@@ -66,6 +66,13 @@ def test_folder_layout(model_dir: Path) -> None:
     assert size < 5 * 1024**2
 
 
+def test_loaded_stages_attend_with_sdpa(model_dir: Path) -> None:
+    # The fused kernel is what makes bf16 on a GPU fast; eager attention would still be correct.
+    vision = VisionEncoder.load(model_dir).stage.vision_model.config
+    assert vision._attn_implementation == "sdpa"
+    assert TextDecoder.load(model_dir).llm.config._attn_implementation == "sdpa"
+
+
 def test_save_load_round_trip(model_dir: Path, tmp_path: Path) -> None:
     encoder, decoder = VisionEncoder.load(model_dir), TextDecoder.load(model_dir)
     save_model(tmp_path / "again", encoder.config, encoder.stage, decoder.llm, decoder.tokenizer)
