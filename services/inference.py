@@ -30,7 +30,10 @@ def _configure_threads(stage: DeploymentSettings) -> None:
 
 @serve.deployment
 class VisionEncoderDeployment:
-    """Pixels -> LLM-ready image embeddings (256 x LLM width per image), batched across tiles."""
+    """Pixels -> LLM-ready image embeddings (256 x LLM width per image), batched across tiles.
+
+    A request is the images of one prompt: one tile, or a clip's frames in time order.
+    """
 
     def __init__(self, model_dir: str, device: str, stage: DeploymentSettings) -> None:
         _configure_threads(stage)
@@ -39,8 +42,10 @@ class VisionEncoderDeployment:
         self.encode.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
     @serve.batch
-    async def encode(self, images: list[np.ndarray]) -> list[torch.Tensor]:
-        return list(self._encoder.encode(images))
+    async def encode(self, requests: list[list[np.ndarray]]) -> list[torch.Tensor]:
+        # every image of the batch in one forward pass, then (frames, 256, width) per request
+        embeds = self._encoder.encode([image for images in requests for image in images])
+        return list(torch.split(embeds, [len(images) for images in requests]))
 
 
 @serve.deployment
@@ -73,8 +78,11 @@ class Pipeline:
         self._encoder = encoder
         self._decoder = decoder
 
-    async def infer(self, image: np.ndarray, instructions: list[str]) -> list[str]:
-        embeds = self._encoder.encode.remote(image)
+    async def infer(self, images: list[np.ndarray], instructions: list[str]) -> list[str]:
+        """Answers about one image, or about several (a clip's frames, one ``<Img>`` slot each)."""
+        if not images:
+            raise ValueError("no images to answer about")
+        embeds = self._encoder.encode.remote(images)
         return await self._decoder.generate.remote(embeds, instructions)
 
 

@@ -5,11 +5,16 @@ Consumes ``topic_events`` in the planner consumer group. For each object it regi
 scene's metadata) through S3 range reads, records the work items, publishes them, and only then
 marks the asset planned: a worker never receives an item the catalog does not know, and a crash
 in between only republishes items that the worker then recognises as duplicates.
+
+A clip is decoded here, once: its sampled frames are written as PNGs to the derived bucket
+(deterministic keys, so a redelivery rewrites the same objects) and the work is one item per
+frame plus one clip caption over all of them. Workers then read frames like any image.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,14 +25,16 @@ from minio.error import S3Error
 from opentelemetry import trace
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, imagery, scenes, tasks, telemetry
+from skyeye import catalog, clips, imagery, scenes, tasks, telemetry
 from skyeye.adapters import kafka, postgres
-from skyeye.adapters.s3 import ObjectStore
+from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import (
+    ClipFrame,
     EventRecord,
     InvalidEvent,
     ObjectEvent,
     ScenePlan,
+    Task,
     Tile,
     WorkItem,
     asset_id_for,
@@ -49,6 +56,9 @@ class _Layout:
     tiles: list[Tile]
     scene: ScenePlan | None = None
     lon_lat_bbox: tuple[float, float, float, float] | None = None
+    # clips: the sampled frames (tile i shows frame i; the last tile is the clip caption)
+    clip: catalog.ClipRecord | None = None
+    frames: tuple[catalog.FrameRecord, ...] = ()
 
 
 class Planner:
@@ -92,6 +102,9 @@ class Planner:
             log.warning("%s: refused object key: %s", source, problem)
             self._error(source, "hostile_key", problem, detail={"key": ascii(key)[:300]})
             return
+        if clips.is_sidecar(key):
+            log.info("%s: %s is a sidecar, read when its clip is planned", source, key)
+            return
         version = obj.version_id or obj.e_tag or ""
         asset_id = asset_id_for(bucket, key, version)
         trace.get_current_span().set_attributes({"s3.key": key, "skyeye.asset_id": str(asset_id)})
@@ -114,30 +127,44 @@ class Planner:
             log.info("%s: asset %s already %s", source, asset_id, status)
             return
         try:
-            layout = self._layout(bucket, key, obj.content_type)
+            if clips.is_clip_candidate(key, obj.content_type):
+                layout = self._clip_layout(asset_id, bucket, key, obj.user_metadata)
+            else:
+                layout = self._layout(bucket, key, obj.content_type)
         except imagery.UnreadableImage as exc:
             self._error(source, "unreadable_image", str(exc), asset_id=asset_id)
+            return
+        except clips.UnreadableClip as exc:
+            self._error(source, "unreadable_clip", str(exc), asset_id=asset_id)
+            return
+        except clips.InvalidSidecar as exc:
+            self._error(source, "invalid_sidecar", str(exc), asset_id=asset_id)
             return
         except S3Error as exc:
             self._error(source, "object_unavailable", f"{exc.code}: {exc.message}", asset_id)
             return
-        items = [
-            WorkItem(
-                work_item_id=work_item_id_for(asset_id, tile.index),
-                asset_id=asset_id,
-                bucket=bucket,
-                key=key,
-                version_id=obj.version_id,
-                etag=obj.e_tag,
-                image_width=layout.width,
-                image_height=layout.height,
-                tile=tile,
-                scene=layout.scene,
-                tasks=tasks.default_tasks(self._settings),
+        items = []
+        for tile in layout.tiles:
+            frames, work = self._work(layout, tile)
+            items.append(
+                WorkItem(
+                    work_item_id=work_item_id_for(asset_id, tile.index),
+                    asset_id=asset_id,
+                    bucket=bucket,
+                    key=key,
+                    version_id=obj.version_id,
+                    etag=obj.e_tag,
+                    image_width=layout.width,
+                    image_height=layout.height,
+                    tile=tile,
+                    scene=layout.scene,
+                    frames=frames,
+                    tasks=work,
+                )
             )
-            for tile in layout.tiles
-        ]
         with self._engine.begin() as conn:
+            if layout.clip is not None:
+                catalog.record_clip(conn, asset_id, layout.clip, layout.frames)
             catalog.add_work_items(conn, asset_id, items)
         for item in items:
             kafka.publish_json(
@@ -174,6 +201,98 @@ class Planner:
         with self._store.open(bucket, key) as stream:
             info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)
         return _Layout(info.media_format, info.width, info.height, imagery.whole_image_tiles(info))
+
+    def _clip_layout(
+        self, asset_id: uuid.UUID, bucket: str, key: str, user_metadata: dict[str, str]
+    ) -> _Layout:
+        """Sample the clip and store its frames; one tile per frame, one for the clip caption."""
+        sidecar = self._sidecar(bucket, key)
+        limits, derived = self._settings.clips, self._settings.derived_bucket
+        records = []
+        with self._store.open(bucket, key) as stream, clips.open_clip(stream) as container:
+            info = clips.probe(container, limits, key)
+            for index, sampled in enumerate(clips.sample(container, info, limits)):
+                georef = (
+                    clips.georef_at(sidecar, sampled.time_s, info.width, info.height)
+                    if sidecar
+                    else None
+                )
+                frame = ClipFrame(
+                    index=index,
+                    time_s=sampled.time_s,
+                    bucket=derived,
+                    key=f"frames/{asset_id}/{clips.png_name(index, sampled.time_s)}",
+                    georef=georef,
+                )
+                self._store.put_bytes(
+                    imagery.to_png(sampled.image), derived, frame.key, "image/png"
+                )
+                ground = clips.frame_ground(georef, info.width, info.height) if georef else None
+                records.append(
+                    catalog.FrameRecord(
+                        frame,
+                        sampled.sampled_by,
+                        sampled.scene_score,
+                        ground.polygon if ground else None,
+                        ground.bbox if ground else None,
+                    )
+                )
+        if not records:
+            raise clips.UnreadableClip("no frame could be sampled from the clip")
+        start = clips.start_time(user_metadata, info)
+        clip = catalog.ClipRecord(
+            duration_s=info.duration_s,
+            fps=info.fps,
+            frame_count=info.frame_count,
+            video_codec=info.codec,
+            start_time=start,
+            end_time=clips.end_time(start, info),
+        )
+        tiles = [
+            Tile(index=i, x=0, y=0, width=info.width, height=info.height)
+            for i in range(len(records) + 1)
+        ]
+        boxes = [r.lon_lat_bbox for r in records if r.lon_lat_bbox]
+        bbox = (
+            (
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            )
+            if boxes
+            else None
+        )
+        return _Layout(
+            info.media_format,
+            info.width,
+            info.height,
+            tiles,
+            lon_lat_bbox=bbox,
+            clip=clip,
+            frames=tuple(records),
+        )
+
+    def _sidecar(self, bucket: str, key: str) -> clips.Sidecar | None:
+        """The clip's ``.geo.json`` sidecar, uploaded before it; None when there is none."""
+        try:
+            raw = self._store.read(
+                bucket, clips.sidecar_key(key), max_bytes=clips.MAX_SIDECAR_BYTES
+            )
+        except ObjectTooLarge as exc:
+            raise clips.InvalidSidecar(str(exc)) from exc
+        except S3Error as exc:
+            if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
+                return None
+            raise
+        return clips.parse_sidecar(raw)
+
+    def _work(self, layout: _Layout, tile: Tile) -> tuple[list[ClipFrame], list[Task]]:
+        """The frames a tile's work item shows the model, and what it asks about them."""
+        frames = [r.frame for r in layout.frames]
+        if not frames or tile.index < len(frames):
+            return frames[tile.index : tile.index + 1], tasks.default_tasks(self._settings)
+        return frames, tasks.clip_tasks(self._settings)
 
     def _error(
         self,
@@ -219,11 +338,10 @@ def _parse_time(text: str | None) -> datetime | None:
 def main() -> None:
     settings = service_settings("skyeye-planner")
     assert settings.database_url is not None  # resolve() fills every endpoint
+    store = ObjectStore(settings)
+    store.ensure_bucket(settings.derived_bucket)
     planner = Planner(
-        settings,
-        postgres.create_engine(settings.database_url),
-        ObjectStore(settings),
-        kafka.producer(settings),
+        settings, postgres.create_engine(settings.database_url), store, kafka.producer(settings)
     )
     run_consumer(
         planner.handle_batch,

@@ -1,5 +1,8 @@
 """Worker: work items -> Serve inference -> parsed results in PostgreSQL.
 
+A clip's work item names the frames the planner extracted: they are read like images, and the
+clip caption's frames go to the model together, one image slot each.
+
 All items of one poll are decoded and submitted to the Serve app together, so the encoder and
 decoder can batch across tiles; each item's results are then written in one transaction, and the
 Kafka offsets are committed only after every item of the poll is stored (or recorded as failed).
@@ -21,7 +24,7 @@ from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, geo, imagery, scenes, tasks, telemetry
+from skyeye import catalog, clips, geo, imagery, scenes, tasks, telemetry
 from skyeye.adapters import postgres
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
@@ -37,7 +40,7 @@ INFERENCE_ATTEMPTS = 3
 @dataclass
 class _Pending:
     item: WorkItem
-    image: np.ndarray
+    images: list[np.ndarray]
     georef: geo.GeoTile | None
     instructions: list[str]
     response: DeploymentResponse
@@ -100,7 +103,7 @@ class Worker:
             self._error(f"work_item:{item.work_item_id}", "oversize_question", message, item)
             return None
         try:
-            image, georef = self._read(item)
+            images, georef = self._read(item)
         except (imagery.UnreadableImage, ObjectTooLarge) as exc:
             self._error(f"work_item:{item.work_item_id}", "unreadable_image", str(exc), item)
             return None
@@ -113,17 +116,24 @@ class Worker:
         except ValueError as exc:
             self._error(f"work_item:{item.work_item_id}", "malformed_task", str(exc), item)
             return None
-        return _Pending(item, image, georef, instructions, self._call(image, instructions), span)
+        response = self._call(images, instructions)
+        return _Pending(item, images, georef, instructions, response, span)
 
-    def _read(self, item: WorkItem) -> tuple[np.ndarray, geo.GeoTile | None]:
+    def _read(self, item: WorkItem) -> tuple[list[np.ndarray], geo.GeoTile | None]:
+        if item.frames:
+            return [self._read_image(frame.bucket, frame.key, item) for frame in item.frames], None
         if item.scene is not None:
             with scenes.open_scene(self._store, self._settings, item.bucket, item.key) as dataset:
-                return scenes.read(dataset, item)
-        data = self._store.read(item.bucket, item.key, max_bytes=self._settings.max_object_bytes)
-        return imagery.read_tile(data, item.tile, max_pixels=self._settings.max_image_pixels), None
+                image, georef = scenes.read(dataset, item)
+                return [image], georef
+        return [self._read_image(item.bucket, item.key, item)], None
 
-    def _call(self, image: np.ndarray, instructions: list[str]) -> DeploymentResponse:
-        return self._app.infer.remote(image, instructions)
+    def _read_image(self, bucket: str, key: str, item: WorkItem) -> np.ndarray:
+        data = self._store.read(bucket, key, max_bytes=self._settings.max_object_bytes)
+        return imagery.read_tile(data, item.tile, max_pixels=self._settings.max_image_pixels)
+
+    def _call(self, images: list[np.ndarray], instructions: list[str]) -> DeploymentResponse:
+        return self._app.infer.remote(images, instructions)
 
     def _finish(self, job: _Pending) -> None:
         while True:
@@ -142,13 +152,15 @@ class Worker:
                 log.warning("inference attempt %d failed (%s); retrying", job.attempt, exc)
                 time.sleep(2**job.attempt)
                 job.attempt += 1
-                job.response = self._call(job.image, job.instructions)
+                job.response = self._call(job.images, job.instructions)
         outcomes = [
             tasks.interpret(task, raw, job.item.tile)
             for task, raw in zip(job.item.tasks, answers, strict=True)
         ]
         if job.georef is not None and job.item.scene is not None:
             outcomes = [scenes.locate(o, job.georef, job.item.scene.crs) for o in outcomes]
+        if len(job.item.frames) == 1 and (frame_georef := job.item.frames[0].georef):
+            outcomes = [clips.locate(o, frame_georef) for o in outcomes]
         with self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
         if job.item.scene is not None:

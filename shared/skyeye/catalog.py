@@ -1,4 +1,4 @@
-"""The catalog in PostgreSQL: assets, work items, results, detections and errors.
+"""The catalog in PostgreSQL: assets, clip frames, work items, results, detections and errors.
 
 Every write is idempotent (keyed by deterministic ids or natural keys), so a redelivered Kafka
 message never writes a row twice.
@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from skyeye.contracts import Task, WorkItem
+from skyeye.contracts import ClipFrame, Task, TaskKind, WorkItem
 
 TERMINAL_ASSET_STATES = frozenset({"done", "error"})
 
@@ -32,6 +32,29 @@ class AssetRecord:
     user_metadata: dict[str, str]
     event_name: str
     event_time: datetime | None
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """What a clip asset is, beside its frame size (the asset's width and height)."""
+
+    duration_s: float
+    fps: float | None
+    frame_count: int | None
+    video_codec: str
+    start_time: datetime | None
+    end_time: datetime | None
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """A sampled frame of a clip, why it was sampled, and where it lies when that is known."""
+
+    frame: ClipFrame
+    sampled_by: str
+    scene_score: float | None = None
+    footprint: dict[str, Any] | None = None  # GeoJSON Polygon, EPSG:4326
+    lon_lat_bbox: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +106,8 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
         conn.execute(
             sa.text(
                 "INSERT INTO work_items (work_item_id, asset_id, tile_index, px_x, px_y,"
-                " px_width, px_height) VALUES (:id, :asset_id, :index, :x, :y, :w, :h)"
-                " ON CONFLICT DO NOTHING"
+                " px_width, px_height, frame_index) VALUES (:id, :asset_id, :index, :x, :y, :w,"
+                " :h, :frame) ON CONFLICT DO NOTHING"
             ),
             {
                 "id": item.work_item_id,
@@ -94,6 +117,48 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
                 "y": item.tile.y,
                 "w": item.tile.width,
                 "h": item.tile.height,
+                "frame": _frame_index(item),
+            },
+        )
+
+
+def _frame_index(item: WorkItem) -> int | None:
+    """The one sampled frame a clip's work item is about; the clip caption is about them all."""
+    if len(item.frames) != 1 or any(t.kind is TaskKind.VIDEO for t in item.tasks):
+        return None
+    return item.frames[0].index
+
+
+def record_clip(
+    conn: Connection, asset_id: uuid.UUID, clip: ClipRecord, frames: Sequence[FrameRecord]
+) -> None:
+    """Record what a clip is and the frames sampled from it, before its work is published."""
+    conn.execute(
+        sa.text(
+            "UPDATE assets SET duration_s = :duration_s, fps = :fps, frame_count = :frame_count,"
+            " video_codec = :video_codec, start_time = :start_time, end_time = :end_time,"
+            " updated_at = now() WHERE asset_id = :id"
+        ),
+        {**clip.__dict__, "id": asset_id},
+    )
+    for record in frames:
+        conn.execute(
+            sa.text(
+                "INSERT INTO clip_frames (asset_id, frame_index, time_s, sampled_by, scene_score,"
+                " bucket, object_key, footprint, lon_lat_bbox) VALUES (:aid, :index, :time_s,"
+                " :sampled_by, :score, :bucket, :key, CAST(:footprint AS jsonb),"
+                " CAST(:bbox AS box)) ON CONFLICT DO NOTHING"
+            ),
+            {
+                "aid": asset_id,
+                "index": record.frame.index,
+                "time_s": record.frame.time_s,
+                "sampled_by": record.sampled_by,
+                "score": record.scene_score,
+                "bucket": record.frame.bucket,
+                "key": record.frame.key,
+                "footprint": None if record.footprint is None else json.dumps(record.footprint),
+                "bbox": _box_literal(record.lon_lat_bbox),
             },
         )
 
@@ -312,7 +377,8 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
     rows = conn.execute(
         sa.text(
             "SELECT asset_id, bucket, object_key, version, media_format, width, height, status,"
-            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, created_at, updated_at"
+            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, duration_s, fps,"
+            " frame_count, video_codec, start_time, end_time, created_at, updated_at"
             " FROM assets"
             " WHERE CAST(:id AS uuid) IS NULL OR asset_id = CAST(:id AS uuid)"
             " ORDER BY created_at, object_key"
@@ -325,15 +391,30 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
 def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.text(
-            "SELECT r.result_id, r.asset_id, w.tile_index, r.task_kind, r.task_text, r.prompt,"
-            " r.raw_text, r.parsed, r.answer, r.model, r.created_at,"
+            "SELECT r.result_id, r.asset_id, w.tile_index, w.frame_index, f.time_s AS frame_time_s,"
+            " r.task_kind, r.task_text, r.prompt, r.raw_text, r.parsed, r.answer, r.model,"
+            " r.created_at,"
             " COALESCE((SELECT json_agg(json_build_object('label', d.label, 'x1', d.x1,"
             "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2, 'footprint', d.footprint,"
             "   'duplicate', d.duplicate) ORDER BY d.ordinal)"
             "   FROM detections d WHERE d.result_id = r.result_id), '[]') AS detections"
             " FROM results r JOIN work_items w USING (work_item_id)"
+            " LEFT JOIN clip_frames f"
+            "   ON f.asset_id = w.asset_id AND f.frame_index = w.frame_index"
             " WHERE CAST(:id AS uuid) IS NULL OR r.asset_id = CAST(:id AS uuid)"
             " ORDER BY r.asset_id, w.tile_index, r.result_id"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def clip_frames(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        sa.text(
+            "SELECT frame_index, time_s, sampled_by, scene_score, bucket, object_key, footprint,"
+            " lon_lat_bbox::text AS lon_lat_bbox FROM clip_frames WHERE asset_id = :id"
+            " ORDER BY frame_index"
         ),
         {"id": asset_id},
     )

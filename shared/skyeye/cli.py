@@ -104,6 +104,8 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
         return
     for asset in assets:
         size = f"{asset['width']}x{asset['height']}" if asset["width"] else "?"
+        if asset["duration_s"] is not None:
+            size += f", {asset['duration_s']:.1f} s"
         print(f"\n{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
         rows = []
         for r in (r for r in results if r["asset_id"] == asset["asset_id"]):
@@ -113,11 +115,15 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
                     f"{d['label']} ({d['x1']:.0f},{d['y1']:.0f})-({d['x2']:.0f},{d['y2']:.0f})"
                     for d in r["detections"]
                 )
-            rows.append(
-                (r["tile_index"], r["task_kind"], _short(r["task_text"], 36), _short(answer))
-            )
+            # a clip's frames are told by their time; its caption is about the whole clip
+            where = r["tile_index"]
+            if r["frame_time_s"] is not None:
+                where = f"{r['frame_time_s']:.2f} s"
+            elif r["task_kind"] == "video":
+                where = "clip"
+            rows.append((where, r["task_kind"], _short(r["task_text"], 36), _short(answer)))
         if rows:
-            print(_table(rows, ("tile", "task", "asked", "answer")))
+            print(_table(rows, ("tile/frame", "task", "asked", "answer")))
         for e in (e for e in errors if e["asset_id"] == asset["asset_id"]):
             print(f"  error ({e['stage']}/{e['kind']}): {e['message']}")
     unattached = [e for e in errors if e["asset_id"] is None]
@@ -184,6 +190,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             *samples.aerial_photos(),
             samples.write_world_scene(generated / "demo-world-lake.png"),
             samples.write_geotiff(generated / "demo-scene-utm33n.tif"),
+            samples.write_clip(generated / "demo-clip.mp4", cut_at=2.0),
         ]
         resolved = resolve(settings)
         telemetry.setup("skyeye-ingest", settings.home)

@@ -3,7 +3,8 @@
 Two Kafka contracts:
 - :class:`ObjectEvent`: MinIO's own bucket-notification JSON (the ``notify_kafka`` format), which
   the local ``skyeye ingest`` also emits because nanio sends no notifications;
-- :class:`WorkItem`: one tile of one asset, produced by the planner and consumed by the worker.
+- :class:`WorkItem`: one tile of one asset (or sampled frames of a clip), produced by the planner
+  and consumed by the worker.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from urllib.parse import quote, unquote_plus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "MAX_CLIP_FRAMES",
+    "ClipFrame",
     "EventRecord",
+    "FrameGeoref",
     "InvalidEvent",
     "ObjectEvent",
     "ScenePlan",
@@ -27,6 +31,7 @@ __all__ = [
     "Tile",
     "WorkItem",
     "asset_id_for",
+    "first_error",
     "minio_created_event",
     "work_item_id_for",
 ]
@@ -34,6 +39,10 @@ __all__ = [
 # Fixed namespace: asset ids are a pure function of the object version, so the same object
 # version always maps to the same asset, whichever process sees it first.
 _ASSET_NAMESPACE = uuid.UUID("5b0f6a53-6c1e-4b55-9d53-3f5d2b8f0a11")
+
+# The clip caption shows the model every sampled frame at once: 12 frames of 256 image tokens
+# plus the prompt still fit Llama-2's 4,096-token context.
+MAX_CLIP_FRAMES = 12
 
 
 class InvalidEvent(ValueError):
@@ -91,9 +100,7 @@ class ObjectEvent(_Minio):
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "message"
-            raise InvalidEvent(f"malformed object event at {where}: {first['msg']}") from exc
+            raise InvalidEvent(f"malformed object event at {first_error(exc, 'message')}") from exc
 
 
 class Tile(BaseModel):
@@ -126,6 +133,8 @@ class TaskKind(StrEnum):
     YES_NO = "yes_no"
     # text: a "how many" question; the answer is a number
     COUNT = "count"
+    # text: a caption request asked once about all of a clip's sampled frames, in time order
+    VIDEO = "video"
 
 
 class Task(BaseModel):
@@ -155,6 +164,32 @@ class ScenePlan(BaseModel):
     stretch_high: tuple[float, float, float]
 
 
+class FrameGeoref(BaseModel):
+    """Where a clip frame lies on the ground: frame pixel (col, row) -> CRS coordinates.
+
+    ``matrix`` is a row-major 3x3 homography ``(x w, y w, w) = M (col, row, 1)``: a camera
+    footprint's four corners need a projective map; an affine transform is its special case
+    with the last row ``0, 0, 1``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    crs: str = Field(min_length=1)
+    matrix: tuple[float, float, float, float, float, float, float, float, float]
+
+
+class ClipFrame(BaseModel):
+    """One sampled frame of a clip, extracted by the planner to an image object."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0, description="order among the clip's sampled frames")
+    time_s: float = Field(ge=0, description="presentation time from the clip's start")
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    georef: FrameGeoref | None = None
+
+
 class WorkItem(BaseModel):
     work_item_id: uuid.UUID
     asset_id: uuid.UUID
@@ -166,6 +201,12 @@ class WorkItem(BaseModel):
     image_height: int = Field(gt=0)
     tile: Tile
     scene: ScenePlan | None = Field(None, description="set for georeferenced scenes")
+    frames: list[ClipFrame] = Field(
+        default_factory=list,
+        max_length=MAX_CLIP_FRAMES,
+        description="clips: the frames shown to the model, in time order (one for a frame's "
+        "tasks, every sampled frame for the clip caption); the tile is the whole frame",
+    )
     tasks: list[Task] = Field(min_length=1)
 
     @field_validator("tasks")
@@ -175,6 +216,14 @@ class WorkItem(BaseModel):
         if len(set(keys)) != len(keys):
             raise ValueError("duplicate tasks in one work item")
         return tasks
+
+
+def first_error(exc: ValidationError, whole: str) -> str:
+    """``where: what`` of a validation's first error, for a one-line error row; ``whole`` names
+    the document when the error is about all of it."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    return f"{where}: {first['msg']}"
 
 
 def asset_id_for(bucket: str, key: str, version: str | None) -> uuid.UUID:

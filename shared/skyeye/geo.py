@@ -57,9 +57,11 @@ __all__ = [
     "SceneDetection",
     "SceneMeta",
     "Stretch",
+    "box_outline",
     "default_stretch",
     "footprint",
     "has_data",
+    "lon_lat_footprint",
     "merge_detections",
     "percentile_stretch",
     "plan_tiles",
@@ -460,27 +462,24 @@ def _tile_pixels(box: Sequence[float], tile: GeoTile) -> tuple[float, float, flo
     return x1 * sx, y1 * sy, x2 * sx, y2 * sy
 
 
-def footprint(
-    box: Sequence[float], tile: GeoTile, crs: CRS | str, *, densify: int = 4
-) -> Footprint:
-    """A box on the model's 0-100 scale of ``tile`` as a lon/lat polygon.
-
-    Each edge is split into ``densify`` segments before reprojection, so the polygon follows the
-    box's true (slightly curved) shape in lon/lat; every point goes through the tile's affine,
-    so rotated and skewed scenes give the rotated box, not the envelope of two corners.
-    """
+def box_outline(
+    x1: float, y1: float, x2: float, y2: float, *, densify: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and rows along a pixel box's edges, clockwise from its top-left corner, each edge
+    split into ``densify`` segments (corners at multiples of ``densify``), not closed."""
     if densify < 1:
         raise ValueError(f"densify must be at least 1, got {densify}")
-    x1, y1, x2, y2 = _tile_pixels(box, tile)
     corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
     steps = np.arange(densify) / densify
     cols, rows = [], []
     for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1], strict=True):
         cols.extend(ax + (bx - ax) * steps)
         rows.extend(ay + (by - ay) * steps)
-    t = tile.transform
-    col, row = np.asarray(cols), np.asarray(rows)
-    xs, ys = t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f
+    return np.asarray(cols), np.asarray(rows)
+
+
+def lon_lat_footprint(xs: np.ndarray, ys: np.ndarray, crs: CRS | str) -> Footprint:
+    """The polygon through CRS points (an open ring, as :func:`box_outline` gives) in lon/lat."""
     lons, lats = warp_transform(crs, WGS84, xs.tolist(), ys.tolist())
     ring = list(zip(lons, lats, strict=True))
     # shoelace: positive area is counter-clockwise with lon east and lat north
@@ -494,6 +493,20 @@ def footprint(
         polygon={"type": "Polygon", "coordinates": [[[x, y] for x, y in ring]]},
         bbox=(min(lons), min(lats), max(lons), max(lats)),
     )
+
+
+def footprint(
+    box: Sequence[float], tile: GeoTile, crs: CRS | str, *, densify: int = 4
+) -> Footprint:
+    """A box on the model's 0-100 scale of ``tile`` as a lon/lat polygon.
+
+    Each edge is split into ``densify`` segments before reprojection, so the polygon follows the
+    box's true (slightly curved) shape in lon/lat; every point goes through the tile's affine,
+    so rotated and skewed scenes give the rotated box, not the envelope of two corners.
+    """
+    col, row = box_outline(*_tile_pixels(box, tile), densify=densify)
+    t = tile.transform
+    return lon_lat_footprint(t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f, crs)
 
 
 @dataclass(frozen=True)

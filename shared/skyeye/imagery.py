@@ -67,3 +67,10 @@ def read_tile(data: bytes, tile: Tile, *, max_pixels: int) -> np.ndarray:
         raise UnreadableImage(f"corrupt image data: {exc}") from exc
     box = (tile.x, tile.y, tile.x + tile.width, tile.y + tile.height)
     return np.asarray(rgb.crop(box), dtype=np.uint8)
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """An H x W x 3 uint8 array as PNG (fast compression: these are working copies)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,7 +1,8 @@
 """Upload files to the bucket and announce each with a MinIO-format object-created event.
 
 In production MinIO's notify_kafka publishes the event; locally nanio cannot, so ingest does.
-Either way the planner sees the same message.
+Either way the planner sees the same message. A clip's ``.geo.json`` sidecar next to it on disk
+is uploaded before the clip (the planner reads it when it plans the clip) and is not an asset.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from kafka import KafkaProducer
 
-from skyeye import catalog, telemetry
+from skyeye import catalog, clips, telemetry
 from skyeye.adapters import kafka
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import asset_id_for, minio_created_event
@@ -47,6 +48,8 @@ def ingest(
     done = []
     try:
         for path in paths:
+            if clips.is_sidecar(path.name):
+                continue  # it travels with its clip
             key = object_key(path, prefix)
             with tracer.start_as_current_span("ingest") as span:
                 done.append(_ingest_one(store, producer, settings, path, key, metadata))
@@ -64,6 +67,9 @@ def _ingest_one(
     key: str,
     metadata: dict[str, str] | None,
 ) -> Ingested:
+    sidecar = path.with_name(path.name + clips.SIDECAR_SUFFIX)
+    if sidecar.is_file():
+        store.put_file(sidecar, settings.bucket, clips.sidecar_key(key))
     stored = store.put_file(path, settings.bucket, key, metadata)
     event = minio_created_event(
         bucket=stored.bucket,

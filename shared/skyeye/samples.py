@@ -1,10 +1,12 @@
-"""Sample inputs for the demo and the tests: the shipped aerial photos and generated rasters."""
+"""Sample inputs for the demo and the tests: the shipped aerial photos, generated rasters and
+clips."""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
+import av
 import numpy as np
 import rasterio
 from affine import Affine
@@ -72,4 +74,49 @@ def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(image)
+    return path
+
+
+def clip_frame(
+    time_s: float, *, width: int = 160, height: int = 96, cut_at: float | None = None
+) -> np.ndarray:
+    """The frame :func:`write_clip` shows at ``time_s``: a bright square crossing a patchwork
+    left to right, green fields before ``cut_at`` and grey town blocks from it."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    cell = max(height // 6, 1)
+    checker = ((yy // cell + xx // cell) % 2).astype(np.int16) * 30
+    after_cut = cut_at is not None and time_s >= cut_at
+    base = np.array([150, 150, 160] if after_cut else [40, 110, 40], dtype=np.int16)
+    image = (base + checker[..., None]).astype(np.uint8)
+    x, y, side = square_at(time_s, width=width, height=height)
+    image[y : y + side, x : x + side] = (250, 60, 40)
+    return image
+
+
+def square_at(time_s: float, *, width: int = 160, height: int = 96) -> tuple[int, int, int]:
+    """Left, top and side in pixels of :func:`clip_frame`'s square: 20 px per second."""
+    side = height // 4
+    return int(20 * time_s) % (width - side), height // 2 - side // 2, side
+
+
+def write_clip(
+    path: Path,
+    *,
+    seconds: float = 4.0,
+    fps: int = 10,
+    width: int = 160,
+    height: int = 96,
+    cut_at: float | None = None,
+) -> Path:
+    """A short H.264 MP4 of :func:`clip_frame`, one keyframe a second; deterministic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # one thread: x264's output then depends on nothing but the frames
+        stream.options = {"g": str(fps), "threads": "1", "preset": "veryfast", "crf": "18"}
+        for i in range(round(seconds * fps)):
+            image = clip_frame(i / fps, width=width, height=height, cut_at=cut_at)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
     return path

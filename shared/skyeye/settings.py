@@ -14,6 +14,8 @@ import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from skyeye.contracts import MAX_CLIP_FRAMES
+
 # skyeye-tiny, trained by `skyeye model train` and shipped in the package (see README).
 PACKAGED_MODEL = Path(__file__).parent / "weights" / "skyeye-tiny"
 
@@ -56,6 +58,28 @@ class DecodingSettings(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0)
 
 
+class ClipSettings(BaseModel):
+    """How UAV clips are sampled into frames, and the limits that refuse a clip before work."""
+
+    frames: int = Field(8, ge=1, le=MAX_CLIP_FRAMES, description="frames sampled per clip")
+    scene_changes: bool = Field(
+        False, description="sample at detected scene cuts first, uniform samples filling the rest"
+    )
+    scene_threshold: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="mean absolute difference (0-1) of consecutive 64x64 RGB thumbnails that "
+        "counts as a cut",
+    )
+    caption_prompt: str = "briefly describe the video frame image"
+    max_duration_s: float = Field(600.0, gt=0)
+    max_pixels: int = Field(3840 * 2160, gt=0, description="frame width x height")
+    max_frames_decoded: int = Field(
+        20_000, ge=1, description="frames the planner may decode for one clip, all passes together"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SKYEYE_", env_nested_delimiter="__", extra="ignore"
@@ -77,6 +101,11 @@ class Settings(BaseSettings):
         "kafka-log", description="bucket the embedded tansu broker keeps its log in"
     )
     max_object_bytes: int = Field(2 * 1024**3, gt=0)
+    derived_bucket: str = Field(
+        "skyeye-derived",
+        description="objects the pipeline makes (sampled clip frames); no notifications on it, so "
+        "nothing written there is ingested again",
+    )
 
     # --- Kafka ---
     kafka_bootstrap: str | None = Field(None, description="host:port[,...]; unset = embedded")
@@ -143,6 +172,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         64_000_000, gt=0, description="larger images are refused before decoding"
     )
+    clips: ClipSettings = ClipSettings()
 
     @field_validator("grounding_phrases", "vqa_questions")
     @classmethod
@@ -154,7 +184,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _questions_fit(self) -> Settings:
-        for text in [*self.grounding_phrases, *self.vqa_questions, self.caption_prompt]:
+        texts = [*self.grounding_phrases, *self.vqa_questions, self.caption_prompt]
+        for text in [*texts, self.clips.caption_prompt]:
             if len(text) > self.max_question_chars:
                 raise ValueError(
                     f"task text of {len(text)} chars exceeds max_question_chars="

@@ -1,4 +1,4 @@
-"""What the model is asked about each tile, and how its raw answers become catalog rows."""
+"""What the model is asked about each tile or clip, and how its raw answers become catalog rows."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ def default_tasks(settings: Settings) -> list[Task]:
     tasks += [Task(kind=TaskKind.GROUNDING, text=p) for p in settings.grounding_phrases]
     tasks += [Task(kind=TaskKind.VQA, text=q) for q in settings.vqa_questions]
     return tasks
+
+
+def clip_tasks(settings: Settings) -> list[Task]:
+    """Per clip, besides each sampled frame's own tasks: one caption of all its frames."""
+    return [Task(kind=TaskKind.VIDEO, text=settings.clips.caption_prompt)]
 
 
 def classes(task: Task) -> list[str]:
@@ -49,7 +54,7 @@ def identify_box(task: Task, tile: Tile) -> Box:
 def instruction(task: Task, tile: Tile | None = None) -> str:
     """The instruction for one task; IDENTIFY needs the tile its pixel box is mapped into."""
     match task.kind:
-        case TaskKind.CAPTION:
+        case TaskKind.CAPTION | TaskKind.VIDEO:
             return prompts.caption(task.text)
         case TaskKind.DESCRIBE:
             return task.text
