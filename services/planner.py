@@ -1,4 +1,5 @@
-"""Planner: MinIO object-created events -> registered assets -> work items (one per tile).
+"""Planner: MinIO object-created events -> registered assets -> work items (one per tile, and
+one for the overview of a scene cut into several tiles).
 
 Consumes ``topic_events`` in the planner consumer group. For each object it registers the asset
 (idempotently: the same object version is the same asset), reads the image header (or the
@@ -30,7 +31,9 @@ from skyeye.contracts import (
     ScenePlan,
     Tile,
     WorkItem,
+    WorkItemKind,
     asset_id_for,
+    is_preview_key,
     work_item_id_for,
 )
 from skyeye.services._runtime import run_consumer, service_settings
@@ -49,6 +52,7 @@ class _Layout:
     tiles: list[Tile]
     scene: ScenePlan | None = None
     lon_lat_bbox: tuple[float, float, float, float] | None = None
+    overview: Tile | None = None
 
 
 class Planner:
@@ -92,6 +96,10 @@ class Planner:
             log.warning("%s: refused object key: %s", source, problem)
             self._error(source, "hostile_key", problem, detail={"key": ascii(key)[:300]})
             return
+        if is_preview_key(key):
+            # the worker's own output, announced when the bucket notifies every object created
+            log.info("%s: ignoring preview %s", source, key)
+            return
         version = obj.version_id or obj.e_tag or ""
         asset_id = asset_id_for(bucket, key, version)
         trace.get_current_span().set_attributes({"s3.key": key, "skyeye.asset_id": str(asset_id)})
@@ -121,9 +129,15 @@ class Planner:
         except S3Error as exc:
             self._error(source, "object_unavailable", f"{exc.code}: {exc.message}", asset_id)
             return
+        work = [(WorkItemKind.TILE, t, tasks.default_tasks(self._settings)) for t in layout.tiles]
+        if layout.overview is not None:
+            work.append(
+                (WorkItemKind.OVERVIEW, layout.overview, tasks.overview_tasks(self._settings))
+            )
         items = [
             WorkItem(
-                work_item_id=work_item_id_for(asset_id, tile.index),
+                work_item_id=work_item_id_for(asset_id, tile.index, kind),
+                kind=kind,
                 asset_id=asset_id,
                 bucket=bucket,
                 key=key,
@@ -133,9 +147,9 @@ class Planner:
                 image_height=layout.height,
                 tile=tile,
                 scene=layout.scene,
-                tasks=tasks.default_tasks(self._settings),
+                tasks=item_tasks,
             )
-            for tile in layout.tiles
+            for kind, tile, item_tasks in work
         ]
         with self._engine.begin() as conn:
             catalog.add_work_items(conn, asset_id, items)
@@ -153,7 +167,7 @@ class Planner:
                 layout.media_format,
                 layout.width,
                 layout.height,
-                len(items),
+                len(layout.tiles),
                 crs=layout.scene.crs if layout.scene else None,
                 lon_lat_bbox=layout.lon_lat_bbox,
             )
@@ -167,9 +181,14 @@ class Planner:
             with scenes.open_scene(self._store, self._settings, bucket, key) as dataset:
                 plan = scenes.plan(dataset, self._settings)
             if plan is not None:
-                tiles = [t.as_tile() for t in plan.tiles]
                 return _Layout(
-                    "geotiff", plan.width, plan.height, tiles, plan.scene, plan.lon_lat_bbox
+                    "geotiff",
+                    plan.width,
+                    plan.height,
+                    [t.as_tile() for t in plan.tiles],
+                    plan.scene,
+                    plan.lon_lat_bbox,
+                    plan.overview.as_tile() if plan.overview else None,
                 )
         with self._store.open(bucket, key) as stream:
             info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)

@@ -82,13 +82,14 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
     for item in items:
         conn.execute(
             sa.text(
-                "INSERT INTO work_items (work_item_id, asset_id, tile_index, px_x, px_y,"
-                " px_width, px_height) VALUES (:id, :asset_id, :index, :x, :y, :w, :h)"
+                "INSERT INTO work_items (work_item_id, asset_id, kind, tile_index, px_x, px_y,"
+                " px_width, px_height) VALUES (:id, :asset_id, :kind, :index, :x, :y, :w, :h)"
                 " ON CONFLICT DO NOTHING"
             ),
             {
                 "id": item.work_item_id,
                 "asset_id": asset_id,
+                "kind": item.kind.value,
                 "index": item.tile.index,
                 "x": item.tile.x,
                 "y": item.tile.y,
@@ -264,6 +265,26 @@ def located_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, 
     return [dict(row._mapping) for row in rows]
 
 
+def kept_detections(conn: Connection, asset_id: uuid.UUID) -> list[Detection]:
+    """The asset's detections that are not flagged duplicates, in pixels of the whole asset."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT label, x1, y1, x2, y2 FROM detections"
+            " WHERE asset_id = :id AND NOT duplicate ORDER BY detection_id"
+        ),
+        {"id": asset_id},
+    )
+    return [Detection(row.label, row.x1, row.y1, row.x2, row.y2) for row in rows]
+
+
+def set_preview(conn: Connection, asset_id: uuid.UUID, key: str) -> None:
+    """Record where the asset's preview PNG is (a key in the asset's own bucket)."""
+    conn.execute(
+        sa.text("UPDATE assets SET preview_key = :key, updated_at = now() WHERE asset_id = :id"),
+        {"id": asset_id, "key": key},
+    )
+
+
 def flag_duplicates(conn: Connection, asset_id: uuid.UUID, keep: Sequence[int]) -> int:
     """Flag every detection of the asset not in ``keep``; returns how many are duplicates."""
     return (
@@ -312,7 +333,8 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
     rows = conn.execute(
         sa.text(
             "SELECT asset_id, bucket, object_key, version, media_format, width, height, status,"
-            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, created_at, updated_at"
+            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, preview_key, created_at,"
+            " updated_at"
             " FROM assets"
             " WHERE CAST(:id AS uuid) IS NULL OR asset_id = CAST(:id AS uuid)"
             " ORDER BY created_at, object_key"
@@ -325,15 +347,16 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
 def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.text(
-            "SELECT r.result_id, r.asset_id, w.tile_index, r.task_kind, r.task_text, r.prompt,"
-            " r.raw_text, r.parsed, r.answer, r.model, r.created_at,"
+            "SELECT r.result_id, r.asset_id, w.kind AS item_kind, w.tile_index, r.task_kind,"
+            " r.task_text, r.prompt, r.raw_text, r.parsed, r.answer, r.model, r.created_at,"
             " COALESCE((SELECT json_agg(json_build_object('label', d.label, 'x1', d.x1,"
             "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2, 'footprint', d.footprint,"
             "   'duplicate', d.duplicate) ORDER BY d.ordinal)"
             "   FROM detections d WHERE d.result_id = r.result_id), '[]') AS detections"
             " FROM results r JOIN work_items w USING (work_item_id)"
             " WHERE CAST(:id AS uuid) IS NULL OR r.asset_id = CAST(:id AS uuid)"
-            " ORDER BY r.asset_id, w.tile_index, r.result_id"
+            # scene-level results (the overview) before the tiles'
+            " ORDER BY r.asset_id, w.kind = 'tile', w.tile_index, r.result_id"
         ),
         {"id": asset_id},
     )
@@ -362,6 +385,7 @@ def counts(conn: Connection) -> dict[str, int]:
             " (SELECT count(*) FROM work_items WHERE status = 'queued') AS work_items_queued,"
             " (SELECT count(*) FROM results) AS results,"
             " (SELECT count(*) FROM detections) AS detections,"
+            " (SELECT count(*) FROM assets WHERE preview_key IS NOT NULL) AS previews,"
             " (SELECT count(*) FROM errors) AS errors"
         )
     ).one()

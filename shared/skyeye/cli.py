@@ -106,6 +106,8 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
     for asset in assets:
         size = f"{asset['width']}x{asset['height']}" if asset["width"] else "?"
         print(f"\n{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
+        if asset["preview_key"]:
+            print(f"  preview: s3://{asset['bucket']}/{asset['preview_key']}")
         rows = []
         for r in (r for r in results if r["asset_id"] == asset["asset_id"]):
             answer = r["raw_text"] if r["parsed"] else f"(unparsed) {r['raw_text']}"
@@ -114,9 +116,9 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
                     f"{d['label']} ({d['x1']:.0f},{d['y1']:.0f})-({d['x2']:.0f},{d['y2']:.0f})"
                     for d in r["detections"]
                 )
-            rows.append(
-                (r["tile_index"], r["task_kind"], _short(r["task_text"], 36), _short(answer))
-            )
+            # scene-level results carry their work item's kind in place of a tile number
+            where = r["tile_index"] if r["item_kind"] == "tile" else r["item_kind"]
+            rows.append((where, r["task_kind"], _short(r["task_text"], 36), _short(answer)))
         if rows:
             print(_table(rows, ("tile", "task", "asked", "answer")))
         for e in (e for e in errors if e["asset_id"] == asset["asset_id"]):

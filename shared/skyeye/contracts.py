@@ -3,7 +3,10 @@
 Two Kafka contracts:
 - :class:`ObjectEvent`: MinIO's own bucket-notification JSON (the ``notify_kafka`` format), which
   the local ``skyeye ingest`` also emits because nanio sends no notifications;
-- :class:`WorkItem`: one tile of one asset, produced by the planner and consumed by the worker.
+- :class:`WorkItem`: one tile of one asset (or the overview of a whole scene), produced by the
+  planner and consumed by the worker.
+
+And one S3 contract: where an asset's preview PNG is stored (:func:`preview_key_for`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from urllib.parse import quote, unquote_plus
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
+    "PREVIEW_PREFIX",
     "EventRecord",
     "InvalidEvent",
     "ObjectEvent",
@@ -26,14 +30,19 @@ __all__ = [
     "TaskKind",
     "Tile",
     "WorkItem",
+    "WorkItemKind",
     "asset_id_for",
+    "is_preview_key",
     "minio_created_event",
+    "preview_key_for",
     "work_item_id_for",
 ]
 
 # Fixed namespace: asset ids are a pure function of the object version, so the same object
 # version always maps to the same asset, whichever process sees it first.
 _ASSET_NAMESPACE = uuid.UUID("5b0f6a53-6c1e-4b55-9d53-3f5d2b8f0a11")
+
+PREVIEW_PREFIX = "previews/"
 
 
 class InvalidEvent(ValueError):
@@ -97,7 +106,7 @@ class ObjectEvent(_Minio):
 
 
 class Tile(BaseModel):
-    """A pixel window of an asset (for now one tile per image: the whole image)."""
+    """A pixel window of an asset: the whole image, a scene tile, or a whole scene (overview)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -155,8 +164,17 @@ class ScenePlan(BaseModel):
     stretch_high: tuple[float, float, float]
 
 
+class WorkItemKind(StrEnum):
+    """What a work item's tile is: one model-sized tile, or a whole scene read decimated."""
+
+    TILE = "tile"
+    # the whole scene read at the tile size on its long side: scene-level tasks (caption)
+    OVERVIEW = "overview"
+
+
 class WorkItem(BaseModel):
     work_item_id: uuid.UUID
+    kind: WorkItemKind = WorkItemKind.TILE
     asset_id: uuid.UUID
     bucket: str
     key: str
@@ -182,8 +200,28 @@ def asset_id_for(bucket: str, key: str, version: str | None) -> uuid.UUID:
     return uuid.uuid5(_ASSET_NAMESPACE, f"{bucket}/{key}@{version or ''}")
 
 
-def work_item_id_for(asset_id: uuid.UUID, tile_index: int) -> uuid.UUID:
-    return uuid.uuid5(asset_id, f"tile/{tile_index}")
+def work_item_id_for(
+    asset_id: uuid.UUID, tile_index: int, kind: WorkItemKind = WorkItemKind.TILE
+) -> uuid.UUID:
+    return uuid.uuid5(asset_id, f"{kind}/{tile_index}")
+
+
+def preview_key_for(asset_id: uuid.UUID) -> str:
+    """Object key of an asset's preview PNG, in the asset's own bucket.
+
+    Built only from the asset id (a UUID), so no part of the user's object key reaches it.
+    """
+    return f"{PREVIEW_PREFIX}{asset_id}.png"
+
+
+def is_preview_key(key: str) -> bool:
+    """Whether ``key`` is one :func:`preview_key_for` makes: the planner must not plan its own
+    output when the bucket notifies every object created."""
+    name = key.removeprefix(PREVIEW_PREFIX).removesuffix(".png")
+    try:
+        return preview_key_for(uuid.UUID(name)) == key
+    except ValueError:
+        return False
 
 
 def minio_created_event(

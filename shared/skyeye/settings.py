@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     rgb_bands: list[int | str] | None = Field(
         None, description='bands shown to the model, e.g. ["B4", "B3", "B2"]; unset = RGB'
     )
+    preview_max_side: int = Field(
+        1024, ge=16, description="long side of an asset's preview PNG, px (never enlarged)"
+    )
     gdal_cache_bytes: int = Field(64 * 1024**2, ge=1024**2)
     max_scene_pixels: int = Field(
         50_000 * 50_000, gt=0, description="larger georeferenced scenes are refused"

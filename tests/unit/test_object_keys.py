@@ -1,6 +1,10 @@
+import json
+
 import pytest
 
-from skyeye.services.planner import _key_problem
+from skyeye.contracts import asset_id_for, minio_created_event, preview_key_for
+from skyeye.services.planner import Planner, _key_problem
+from skyeye.settings import Settings
 
 
 @pytest.mark.parametrize("key", ["a.jpg", "scenes/2026/11/26/S2B.tif", "with space/ü.png"])
@@ -22,3 +26,13 @@ def test_ordinary_keys_pass(key: str) -> None:
 def test_hostile_keys_are_refused(key: str, why: str) -> None:
     problem = _key_problem(key)
     assert problem is not None and why in problem
+
+
+def test_the_workers_own_previews_are_not_planned() -> None:
+    # every collaborator is missing: planning would fail on the first use of any of them
+    planner = Planner(Settings(), engine=None, store=None, producer=None)  # type: ignore[arg-type]
+    key = preview_key_for(asset_id_for("incoming", "scene.tif", "v1"))
+    event = minio_created_event(
+        bucket="incoming", key=key, size=10, etag="e", content_type="image/png", metadata={}
+    )
+    planner.handle(json.dumps(event).encode(), "test")

@@ -72,6 +72,14 @@ class ObjectStore:
             metadata=dict(metadata or {}),
         )
 
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> None:
+        self._client.put_object(
+            bucket, key, io.BytesIO(data), length=len(data), content_type=content_type
+        )
+
+    def content_type(self, bucket: str, key: str) -> str | None:
+        return self._client.stat_object(bucket, key).content_type
+
     def size(self, bucket: str, key: str) -> int:
         return self._client.stat_object(bucket, key).size or 0
 
