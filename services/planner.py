@@ -1,4 +1,5 @@
-"""Planner: MinIO object-created events -> registered assets -> work items (one per tile).
+"""Planner: MinIO object-created events -> registered assets -> work items (one per tile, and
+one for the overview of a scene cut into several tiles).
 
 Consumes ``topic_events`` in the planner consumer group. For each object it registers the asset
 (idempotently: the same object version is the same asset), reads the image header (or the
@@ -37,6 +38,7 @@ from skyeye.contracts import (
     Task,
     Tile,
     WorkItem,
+    WorkItemKind,
     asset_id_for,
     work_item_id_for,
 )
@@ -56,7 +58,8 @@ class _Layout:
     tiles: list[Tile]
     scene: ScenePlan | None = None
     lon_lat_bbox: tuple[float, float, float, float] | None = None
-    # clips: the sampled frames (tile i shows frame i; the last tile is the clip caption)
+    overview: Tile | None = None  # scenes cut into several tiles
+    # clips: the sampled frames, tile i showing frame i
     clip: catalog.ClipRecord | None = None
     frames: tuple[catalog.FrameRecord, ...] = ()
 
@@ -143,25 +146,24 @@ class Planner:
         except S3Error as exc:
             self._error(source, "object_unavailable", f"{exc.code}: {exc.message}", asset_id)
             return
-        items = []
-        for tile in layout.tiles:
-            frames, work = self._work(layout, tile)
-            items.append(
-                WorkItem(
-                    work_item_id=work_item_id_for(asset_id, tile.index),
-                    asset_id=asset_id,
-                    bucket=bucket,
-                    key=key,
-                    version_id=obj.version_id,
-                    etag=obj.e_tag,
-                    image_width=layout.width,
-                    image_height=layout.height,
-                    tile=tile,
-                    scene=layout.scene,
-                    frames=frames,
-                    tasks=work,
-                )
+        items = [
+            WorkItem(
+                work_item_id=work_item_id_for(asset_id, tile.index, kind),
+                kind=kind,
+                asset_id=asset_id,
+                bucket=bucket,
+                key=key,
+                version_id=obj.version_id,
+                etag=obj.e_tag,
+                image_width=layout.width,
+                image_height=layout.height,
+                tile=tile,
+                scene=layout.scene,
+                frames=frames,
+                tasks=item_tasks,
             )
+            for kind, tile, frames, item_tasks in self._work(layout)
+        ]
         with self._engine.begin() as conn:
             if layout.clip is not None:
                 catalog.record_clip(conn, asset_id, layout.clip, layout.frames)
@@ -180,7 +182,7 @@ class Planner:
                 layout.media_format,
                 layout.width,
                 layout.height,
-                len(items),
+                len(layout.tiles),
                 crs=layout.scene.crs if layout.scene else None,
                 lon_lat_bbox=layout.lon_lat_bbox,
             )
@@ -194,9 +196,14 @@ class Planner:
             with scenes.open_scene(self._store, self._settings, bucket, key) as dataset:
                 plan = scenes.plan(dataset, self._settings)
             if plan is not None:
-                tiles = [t.as_tile() for t in plan.tiles]
                 return _Layout(
-                    "geotiff", plan.width, plan.height, tiles, plan.scene, plan.lon_lat_bbox
+                    "geotiff",
+                    plan.width,
+                    plan.height,
+                    [t.as_tile() for t in plan.tiles],
+                    plan.scene,
+                    plan.lon_lat_bbox,
+                    plan.overview.as_tile() if plan.overview else None,
                 )
         with self._store.open(bucket, key) as stream:
             info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)
@@ -205,7 +212,7 @@ class Planner:
     def _clip_layout(
         self, asset_id: uuid.UUID, bucket: str, key: str, user_metadata: dict[str, str]
     ) -> _Layout:
-        """Sample the clip and store its frames; one tile per frame, one for the clip caption."""
+        """Sample the clip and store its frames; one tile per frame."""
         sidecar = self._sidecar(bucket, key)
         limits, derived = self._settings.clips, self._settings.derived_bucket
         records = []
@@ -250,7 +257,7 @@ class Planner:
         )
         tiles = [
             Tile(index=i, x=0, y=0, width=info.width, height=info.height)
-            for i in range(len(records) + 1)
+            for i in range(len(records))
         ]
         boxes = [r.lon_lat_bbox for r in records if r.lon_lat_bbox]
         bbox = (
@@ -287,12 +294,25 @@ class Planner:
             raise
         return clips.parse_sidecar(raw)
 
-    def _work(self, layout: _Layout, tile: Tile) -> tuple[list[ClipFrame], list[Task]]:
-        """The frames a tile's work item shows the model, and what it asks about them."""
-        frames = [r.frame for r in layout.frames]
-        if not frames or tile.index < len(frames):
-            return frames[tile.index : tile.index + 1], tasks.default_tasks(self._settings)
-        return frames, tasks.clip_tasks(self._settings)
+    def _work(
+        self, layout: _Layout
+    ) -> list[tuple[WorkItemKind, Tile, list[ClipFrame], list[Task]]]:
+        """Each work item's kind, tile, the clip frames it shows the model, and its tasks."""
+        per_tile = tasks.default_tasks(self._settings)
+        if layout.clip is not None:
+            frames = [r.frame for r in layout.frames]
+            work = [
+                (WorkItemKind.FRAME, tile, [frame], per_tile)
+                for tile, frame in zip(layout.tiles, frames, strict=True)
+            ]
+            whole = Tile(index=0, x=0, y=0, width=layout.width, height=layout.height)
+            work.append((WorkItemKind.CLIP, whole, frames, tasks.clip_tasks(self._settings)))
+            return work
+        work = [(WorkItemKind.TILE, tile, [], per_tile) for tile in layout.tiles]
+        if layout.overview is not None:
+            overview_tasks = tasks.overview_tasks(self._settings)
+            work.append((WorkItemKind.OVERVIEW, layout.overview, [], overview_tasks))
+        return work
 
     def _error(
         self,

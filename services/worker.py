@@ -6,6 +6,8 @@ clip caption's frames go to the model together, one image slot each.
 All items of one poll are decoded and submitted to the Serve app together, so the encoder and
 decoder can batch across tiles; each item's results are then written in one transaction, and the
 Kafka offsets are committed only after every item of the poll is stored (or recorded as failed).
+The worker that stores an asset's last item also finishes the asset: it flags duplicate scene
+detections, then writes the asset's preview PNG with the remaining boxes drawn.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, clips, geo, imagery, scenes, tasks, telemetry
+from skyeye import catalog, clips, geo, imagery, previews, scenes, tasks, telemetry
 from skyeye.adapters import postgres
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
-from skyeye.contracts import WorkItem
+from skyeye.contracts import WorkItem, preview_key_for
 from skyeye.services._runtime import run_consumer, service_settings
 from skyeye.settings import Settings
 
@@ -163,27 +165,74 @@ class Worker:
             outcomes = [clips.locate(o, frame_georef) for o in outcomes]
         with self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
-        if job.item.scene is not None:
-            self._merge_if_finished(job.item)
         log.info(
             "work item %s of asset %s: %d result(s) stored",
             job.item.work_item_id,
             job.item.asset_id,
             written,
         )
+        self._finish_asset_if_done(job)
 
-    def _merge_if_finished(self, item: WorkItem) -> None:
-        # Once the scene's last tile is stored every copy of an object is there to compare. Two
-        # workers finishing together may both merge: the result is the same.
+    def _finish_asset_if_done(self, job: _Pending) -> None:
+        # Once the asset's last item is stored every copy of an object is there to compare. Two
+        # workers finishing together may both merge and draw: the result is the same.
+        item = job.item
         with self._engine.begin() as conn:
-            if catalog.asset_status(conn, item.asset_id) == "done":
+            if catalog.asset_status(conn, item.asset_id) != "done":
+                return
+            if item.scene is not None:
                 flagged = scenes.merge_duplicates(conn, item.asset_id)
                 log.info("asset %s: %d duplicate detection(s) flagged", item.asset_id, flagged)
+        self._write_preview(job)
 
-    def _error(self, source: str, kind: str, message: str, item: WorkItem | None = None) -> None:
+    def _write_preview(self, job: _Pending) -> None:
+        item = job.item
+        bucket, key = self._settings.derived_bucket, preview_key_for(item.asset_id)
+        max_side = self._settings.preview_max_side
+        try:
+            with self._engine.connect() as conn:
+                # a clip's preview is its first sampled frame, with that frame's boxes
+                first = catalog.clip_frames(conn, item.asset_id)[0] if item.frames else None
+                detections = catalog.kept_detections(
+                    conn, item.asset_id, frame_index=first["frame_index"] if first else None
+                )
+            if first is not None:
+                image = self._read_image(first["bucket"], first["object_key"], item)
+            elif item.scene is None:
+                # a plain image is planned as one whole-image tile: its pixels are in hand
+                image = job.images[0]
+            else:
+                with scenes.open_scene(self._store, self._settings, item.bucket, item.key) as ds:
+                    image = scenes.read_preview(ds, item.scene, max_side)
+            png = previews.render(
+                image, (item.image_width, item.image_height), detections, max_side
+            )
+            self._store.put_bytes(png, bucket, key, "image/png")
+        except Exception as exc:
+            # A preview is a by-product for dashboards: whatever breaks it is recorded against
+            # the asset, whose results are already stored and stay done.
+            message = f"{type(exc).__name__}: {exc}"[:2000]
+            self._error(
+                f"preview:{item.asset_id}", "preview_failed", message, asset_id=item.asset_id
+            )
+            return
+        with self._engine.begin() as conn:
+            catalog.set_preview(conn, item.asset_id, key)
+        log.info("asset %s: preview written to %s/%s", item.asset_id, bucket, key)
+
+    def _error(
+        self,
+        source: str,
+        kind: str,
+        message: str,
+        item: WorkItem | None = None,
+        asset_id: uuid.UUID | None = None,
+    ) -> None:
+        """Record a failure of ``item`` (and its asset), or of the asset alone."""
         log.warning("%s: %s: %s", source, kind, message)
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
-        asset_id: uuid.UUID | None = item.asset_id if item else None
+        if item is not None:
+            asset_id = item.asset_id
         with self._engine.begin() as conn:
             catalog.record_error(
                 conn,

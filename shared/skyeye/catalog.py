@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from skyeye.contracts import ClipFrame, Task, TaskKind, WorkItem
+from skyeye.contracts import ClipFrame, Task, WorkItem, WorkItemKind
 
 TERMINAL_ASSET_STATES = frozenset({"done", "error"})
 
@@ -105,13 +105,14 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
     for item in items:
         conn.execute(
             sa.text(
-                "INSERT INTO work_items (work_item_id, asset_id, tile_index, px_x, px_y,"
-                " px_width, px_height, frame_index) VALUES (:id, :asset_id, :index, :x, :y, :w,"
-                " :h, :frame) ON CONFLICT DO NOTHING"
+                "INSERT INTO work_items (work_item_id, asset_id, kind, tile_index, px_x, px_y,"
+                " px_width, px_height, frame_index) VALUES (:id, :asset_id, :kind, :index, :x, :y,"
+                " :w, :h, :frame) ON CONFLICT DO NOTHING"
             ),
             {
                 "id": item.work_item_id,
                 "asset_id": asset_id,
+                "kind": item.kind.value,
                 "index": item.tile.index,
                 "x": item.tile.x,
                 "y": item.tile.y,
@@ -123,10 +124,8 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
 
 
 def _frame_index(item: WorkItem) -> int | None:
-    """The one sampled frame a clip's work item is about; the clip caption is about them all."""
-    if len(item.frames) != 1 or any(t.kind is TaskKind.VIDEO for t in item.tasks):
-        return None
-    return item.frames[0].index
+    """The one sampled frame a frame item is about; a clip item is about them all."""
+    return item.frames[0].index if item.kind is WorkItemKind.FRAME else None
 
 
 def record_clip(
@@ -329,6 +328,32 @@ def located_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, 
     return [dict(row._mapping) for row in rows]
 
 
+def kept_detections(
+    conn: Connection, asset_id: uuid.UUID, frame_index: int | None = None
+) -> list[Detection]:
+    """The asset's detections that are not flagged duplicates, in pixels of the whole asset (or
+    of one clip frame: ``frame_index``)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT d.label, d.x1, d.y1, d.x2, d.y2 FROM detections d"
+            " JOIN results r USING (result_id) JOIN work_items w USING (work_item_id)"
+            " WHERE d.asset_id = :id AND NOT d.duplicate"
+            " AND (CAST(:frame AS integer) IS NULL OR w.frame_index = CAST(:frame AS integer))"
+            " ORDER BY d.detection_id"
+        ),
+        {"id": asset_id, "frame": frame_index},
+    )
+    return [Detection(row.label, row.x1, row.y1, row.x2, row.y2) for row in rows]
+
+
+def set_preview(conn: Connection, asset_id: uuid.UUID, key: str) -> None:
+    """Record where the asset's preview PNG is (a key in the derived bucket)."""
+    conn.execute(
+        sa.text("UPDATE assets SET preview_key = :key, updated_at = now() WHERE asset_id = :id"),
+        {"id": asset_id, "key": key},
+    )
+
+
 def flag_duplicates(conn: Connection, asset_id: uuid.UUID, keep: Sequence[int]) -> int:
     """Flag every detection of the asset not in ``keep``; returns how many are duplicates."""
     return (
@@ -377,8 +402,8 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
     rows = conn.execute(
         sa.text(
             "SELECT asset_id, bucket, object_key, version, media_format, width, height, status,"
-            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, duration_s, fps,"
-            " frame_count, video_codec, start_time, end_time, created_at, updated_at"
+            " tiles_planned, crs, lon_lat_bbox::text AS lon_lat_bbox, preview_key, duration_s,"
+            " fps, frame_count, video_codec, start_time, end_time, created_at, updated_at"
             " FROM assets"
             " WHERE CAST(:id AS uuid) IS NULL OR asset_id = CAST(:id AS uuid)"
             " ORDER BY created_at, object_key"
@@ -391,9 +416,9 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
 def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
     rows = conn.execute(
         sa.text(
-            "SELECT r.result_id, r.asset_id, w.tile_index, w.frame_index, f.time_s AS frame_time_s,"
-            " r.task_kind, r.task_text, r.prompt, r.raw_text, r.parsed, r.answer, r.model,"
-            " r.created_at,"
+            "SELECT r.result_id, r.asset_id, w.kind AS item_kind, w.tile_index, w.frame_index,"
+            " f.time_s AS frame_time_s, r.task_kind, r.task_text, r.prompt, r.raw_text, r.parsed,"
+            " r.answer, r.model, r.created_at,"
             " COALESCE((SELECT json_agg(json_build_object('label', d.label, 'x1', d.x1,"
             "   'y1', d.y1, 'x2', d.x2, 'y2', d.y2, 'footprint', d.footprint,"
             "   'duplicate', d.duplicate) ORDER BY d.ordinal)"
@@ -402,7 +427,8 @@ def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[st
             " LEFT JOIN clip_frames f"
             "   ON f.asset_id = w.asset_id AND f.frame_index = w.frame_index"
             " WHERE CAST(:id AS uuid) IS NULL OR r.asset_id = CAST(:id AS uuid)"
-            " ORDER BY r.asset_id, w.tile_index, r.result_id"
+            # whole-asset results (scene overview, clip caption) before the tiles' and frames'
+            " ORDER BY r.asset_id, w.kind IN ('tile', 'frame'), w.tile_index, r.result_id"
         ),
         {"id": asset_id},
     )
@@ -443,6 +469,7 @@ def counts(conn: Connection) -> dict[str, int]:
             " (SELECT count(*) FROM work_items WHERE status = 'queued') AS work_items_queued,"
             " (SELECT count(*) FROM results) AS results,"
             " (SELECT count(*) FROM detections) AS detections,"
+            " (SELECT count(*) FROM assets WHERE preview_key IS NOT NULL) AS previews,"
             " (SELECT count(*) FROM errors) AS errors"
         )
     ).one()

@@ -107,6 +107,8 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
         if asset["duration_s"] is not None:
             size += f", {asset['duration_s']:.1f} s"
         print(f"\n{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
+        if asset["preview_key"]:
+            print(f"  preview: s3://{settings.derived_bucket}/{asset['preview_key']}")
         rows = []
         for r in (r for r in results if r["asset_id"] == asset["asset_id"]):
             answer = r["raw_text"] if r["parsed"] else f"(unparsed) {r['raw_text']}"
@@ -115,12 +117,13 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
                     f"{d['label']} ({d['x1']:.0f},{d['y1']:.0f})-({d['x2']:.0f},{d['y2']:.0f})"
                     for d in r["detections"]
                 )
-            # a clip's frames are told by their time; its caption is about the whole clip
-            where = r["tile_index"]
-            if r["frame_time_s"] is not None:
+            # frames are told by their time; scene- and clip-level results by their item's kind
+            if r["item_kind"] == "frame":
                 where = f"{r['frame_time_s']:.2f} s"
-            elif r["task_kind"] == "video":
-                where = "clip"
+            elif r["item_kind"] == "tile":
+                where = r["tile_index"]
+            else:
+                where = r["item_kind"]
             rows.append((where, r["task_kind"], _short(r["task_text"], 36), _short(answer)))
         if rows:
             print(_table(rows, ("tile/frame", "task", "asked", "answer")))

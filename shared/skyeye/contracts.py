@@ -3,8 +3,10 @@
 Two Kafka contracts:
 - :class:`ObjectEvent`: MinIO's own bucket-notification JSON (the ``notify_kafka`` format), which
   the local ``skyeye ingest`` also emits because nanio sends no notifications;
-- :class:`WorkItem`: one tile of one asset (or sampled frames of a clip), produced by the planner
-  and consumed by the worker.
+- :class:`WorkItem`: one tile of one asset (or the overview of a whole scene, or sampled frames
+  of a clip), produced by the planner and consumed by the worker.
+
+And one S3 contract: where an asset's preview PNG is stored (:func:`preview_key_for`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from urllib.parse import quote, unquote_plus
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "MAX_CLIP_FRAMES",
@@ -30,9 +39,11 @@ __all__ = [
     "TaskKind",
     "Tile",
     "WorkItem",
+    "WorkItemKind",
     "asset_id_for",
     "first_error",
     "minio_created_event",
+    "preview_key_for",
     "work_item_id_for",
 ]
 
@@ -104,7 +115,7 @@ class ObjectEvent(_Minio):
 
 
 class Tile(BaseModel):
-    """A pixel window of an asset (for now one tile per image: the whole image)."""
+    """A pixel window of an asset: the whole image, a scene tile, or a whole scene (overview)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -190,8 +201,19 @@ class ClipFrame(BaseModel):
     georef: FrameGeoref | None = None
 
 
+class WorkItemKind(StrEnum):
+    """What a work item shows the model."""
+
+    TILE = "tile"  # one model-sized tile of an image or scene
+    # the whole scene read at the tile size on its long side: scene-level tasks (caption)
+    OVERVIEW = "overview"
+    FRAME = "frame"  # one sampled frame of a clip
+    CLIP = "clip"  # every sampled frame of a clip at once: the clip caption
+
+
 class WorkItem(BaseModel):
     work_item_id: uuid.UUID
+    kind: WorkItemKind = WorkItemKind.TILE
     asset_id: uuid.UUID
     bucket: str
     key: str
@@ -204,10 +226,21 @@ class WorkItem(BaseModel):
     frames: list[ClipFrame] = Field(
         default_factory=list,
         max_length=MAX_CLIP_FRAMES,
-        description="clips: the frames shown to the model, in time order (one for a frame's "
-        "tasks, every sampled frame for the clip caption); the tile is the whole frame",
+        description="clips: the frames shown to the model, in time order (one for a frame "
+        "item, every sampled frame for the clip item); the tile is the whole frame",
     )
     tasks: list[Task] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _frames_match_kind(self) -> WorkItem:
+        count = len(self.frames)
+        if self.kind is WorkItemKind.FRAME and count != 1:
+            raise ValueError(f"a frame item shows exactly one frame, not {count}")
+        if self.kind is WorkItemKind.CLIP and count == 0:
+            raise ValueError("a clip item shows at least one frame")
+        if self.kind in (WorkItemKind.TILE, WorkItemKind.OVERVIEW) and count:
+            raise ValueError(f"a {self.kind} item shows no clip frames, not {count}")
+        return self
 
     @field_validator("tasks")
     @classmethod
@@ -231,8 +264,18 @@ def asset_id_for(bucket: str, key: str, version: str | None) -> uuid.UUID:
     return uuid.uuid5(_ASSET_NAMESPACE, f"{bucket}/{key}@{version or ''}")
 
 
-def work_item_id_for(asset_id: uuid.UUID, tile_index: int) -> uuid.UUID:
-    return uuid.uuid5(asset_id, f"tile/{tile_index}")
+def work_item_id_for(
+    asset_id: uuid.UUID, tile_index: int, kind: WorkItemKind = WorkItemKind.TILE
+) -> uuid.UUID:
+    return uuid.uuid5(asset_id, f"{kind}/{tile_index}")
+
+
+def preview_key_for(asset_id: uuid.UUID) -> str:
+    """Object key of an asset's preview PNG in the derived bucket (beside the clip frames).
+
+    Built only from the asset id (a UUID), so no part of the user's object key reaches it.
+    """
+    return f"previews/{asset_id}.png"
 
 
 def minio_created_event(

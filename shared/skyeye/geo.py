@@ -21,6 +21,11 @@ Decisions, documented once here:
   The read itself leaves the choice to GDAL (a read of fewer pixels than its window is served
   from an overview), which agrees with the plan except within a few percent below an overview's
   factor, where GDAL 3.10 with average resampling already takes that slightly coarser overview.
+- **Overview**: the whole scene as one tile (:func:`overview_tile`), read straight into at most
+  the tile size on its long side, aspect kept, so it is never held at full resolution; GDAL
+  serves the read from an overview where the scene has them. It is not letterboxed: the model's
+  preprocessing squashes every image to a square (MiniGPT-v2's eval transform, no padding), as
+  it does a non-square tile or photo, and padding would show it borders it was never trained on.
 - **Stretch default** (:func:`default_stretch`): 8-bit scenes are used as they are (0-255);
   anything else gets a per-band 2-98 percentile stretch computed once per scene from a coarse
   read (an overview where there is one). ``Stretch.fixed(0, 3000)`` is the fixed alternative for
@@ -49,6 +54,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from skyeye.contracts import Tile
+from skyeye.imagery import fit_size
 
 __all__ = [
     "DEFAULT_TILE_SIZE",
@@ -63,6 +69,7 @@ __all__ = [
     "has_data",
     "lon_lat_footprint",
     "merge_detections",
+    "overview_tile",
     "percentile_stretch",
     "plan_tiles",
     "read_tile",
@@ -288,6 +295,27 @@ def tile_at(
     if not 0 <= index < len(grid.cols) * len(grid.rows):
         raise IndexError(f"tile {index} is not in a plan of {len(grid.cols) * len(grid.rows)}")
     return _tile(meta, grid, index)
+
+
+def overview_tile(meta: SceneMeta, long_side: int = DEFAULT_TILE_SIZE) -> GeoTile:
+    """The whole scene as one tile of at most ``long_side`` output pixels on its longer side.
+
+    Aspect is kept and the scene is never upsampled (see the module docstring); the tile's
+    affine maps its output pixels onto the scene, so boxes drawn on it locate like any tile's.
+    """
+    out_width, out_height = fit_size(meta.width, meta.height, long_side)
+    fx, fy = meta.width / out_width, meta.height / out_height
+    return GeoTile(
+        index=0,
+        col_off=0,
+        row_off=0,
+        width=meta.width,
+        height=meta.height,
+        out_width=out_width,
+        out_height=out_height,
+        transform=meta.transform @ Affine.scale(fx, fy),
+        overview_level=_overview_level(meta.overviews, min(fx, fy)),
+    )
 
 
 def _band_name(name: str) -> str:

@@ -47,6 +47,15 @@ def probe(stream: BinaryIO, *, max_pixels: int) -> ImageInfo:
     return ImageInfo(media_format=(image.format or "unknown").lower(), width=width, height=height)
 
 
+def fit_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so the longer side is at most ``long_side``: aspect kept, never
+    enlarged, each side at least one pixel."""
+    if long_side < 1:
+        raise ValueError(f"long_side must be at least 1, got {long_side}")
+    scale = min(1.0, long_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def whole_image_tiles(info: ImageInfo) -> list[Tile]:
     return [Tile(index=0, x=0, y=0, width=info.width, height=info.height)]
 

@@ -1,4 +1,5 @@
-"""Georeferenced scenes in the pipeline: plan an object into tiles, read one tile, locate boxes.
+"""Georeferenced scenes in the pipeline: plan an object into tiles and an overview, read one,
+locate boxes, read a decimated preview.
 
 The raster is read straight from S3 through HTTP range requests (the S3 adapter's opener), so a
 cloud-optimised GeoTIFF costs only the blocks a tile touches, and GDAL's block cache is bounded
@@ -22,7 +23,7 @@ from sqlalchemy.engine import Connection
 from skyeye import catalog, geo
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.catalog import TaskOutcome
-from skyeye.contracts import ScenePlan, WorkItem
+from skyeye.contracts import ScenePlan, WorkItem, WorkItemKind
 from skyeye.imagery import UnreadableImage
 from skyeye.settings import Settings
 
@@ -34,6 +35,8 @@ SCENE_SUFFIXES = (".tif", ".tiff")
 class Plan:
     scene: ScenePlan
     tiles: list[geo.GeoTile]
+    # the whole scene at the tile size, for scene-level tasks; None when one tile already is
+    overview: geo.GeoTile | None
     width: int
     height: int
     lon_lat_bbox: tuple[float, float, float, float]
@@ -80,6 +83,9 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
         "overlap": settings.tile_overlap,
     }
     tiles = [t for t in geo.plan_tiles(meta, **grid) if geo.has_data(dataset, t)]
+    overview = geo.overview_tile(meta, settings.tile_size)
+    if not tiles or (len(tiles) == 1 and tiles[0].window == overview.window):
+        overview = None
     scene = ScenePlan(
         crs=dataset.crs.to_string(),
         bands=bands,
@@ -88,27 +94,41 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
         **grid,
     )
     west, south, east, north = transform_bounds(dataset.crs, geo.WGS84, *dataset.bounds)
-    return Plan(scene, tiles, meta.width, meta.height, (west, south, east, north))
+    return Plan(scene, tiles, overview, meta.width, meta.height, (west, south, east, north))
 
 
 def read(dataset: DatasetReader, item: WorkItem) -> tuple[np.ndarray, geo.GeoTile]:
-    """The work item's tile as H x W x 3 uint8 (resampled to the planned output size), and the
-    tile's georeference for :func:`locate`."""
+    """The work item's tile (or overview) as H x W x 3 uint8 (resampled to the planned output
+    size), and the tile's georeference for :func:`locate`."""
     assert item.scene is not None
-    tile = geo.tile_at(
-        geo.SceneMeta.of(dataset),
-        item.tile.index,
-        tile_size=item.scene.tile_size,
-        target_gsd=item.scene.target_gsd,
-        overlap=item.scene.overlap,
-    )
+    meta = geo.SceneMeta.of(dataset)
+    if item.kind is WorkItemKind.OVERVIEW:
+        tile = geo.overview_tile(meta, item.scene.tile_size)
+    else:
+        tile = geo.tile_at(
+            meta,
+            item.tile.index,
+            tile_size=item.scene.tile_size,
+            target_gsd=item.scene.target_gsd,
+            overlap=item.scene.overlap,
+        )
     if tile.as_tile() != item.tile:
-        raise UnreadableImage(f"the scene no longer matches its plan at tile {item.tile.index}")
-    stretch = geo.Stretch(item.scene.stretch_low, item.scene.stretch_high)
+        raise UnreadableImage(f"the scene no longer matches its plan at {item.kind} {tile.index}")
+    return _read(dataset, tile, item.scene), tile
+
+
+def read_preview(dataset: DatasetReader, scene: ScenePlan, max_side: int) -> np.ndarray:
+    """The whole scene at most ``max_side`` px on its long side, shown as its tiles are (same
+    bands and stretch), read decimated so it is never held at full resolution."""
+    return _read(dataset, geo.overview_tile(geo.SceneMeta.of(dataset), max_side), scene)
+
+
+def _read(dataset: DatasetReader, tile: geo.GeoTile, scene: ScenePlan) -> np.ndarray:
+    stretch = geo.Stretch(scene.stretch_low, scene.stretch_high)
     try:
-        return geo.read_tile(dataset, tile, item.scene.bands, stretch), tile
+        return geo.read_tile(dataset, tile, scene.bands, stretch)
     except RasterioError as exc:
-        raise UnreadableImage(f"corrupt raster data in tile {item.tile.index}: {exc}") from exc
+        raise UnreadableImage(f"corrupt raster data in {tile.window}: {exc}") from exc
 
 
 def locate(outcome: TaskOutcome, tile: geo.GeoTile, crs: str) -> TaskOutcome:

@@ -103,7 +103,8 @@ class Settings(BaseSettings):
     max_object_bytes: int = Field(2 * 1024**3, gt=0)
     derived_bucket: str = Field(
         "skyeye-derived",
-        description="objects the pipeline makes (sampled clip frames); no notifications on it, so "
+        description="objects the pipeline makes (sampled clip frames, previews); no notifications "
+        "on it, so "
         "nothing written there is ingested again",
     )
 
@@ -163,6 +164,9 @@ class Settings(BaseSettings):
     )
     rgb_bands: list[int | str] | None = Field(
         None, description='bands shown to the model, e.g. ["B4", "B3", "B2"]; unset = RGB'
+    )
+    preview_max_side: int = Field(
+        1024, ge=16, description="long side of an asset's preview PNG, px (never enlarged)"
     )
     gdal_cache_bytes: int = Field(64 * 1024**2, ge=1024**2)
     max_scene_pixels: int = Field(

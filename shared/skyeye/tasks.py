@@ -27,6 +27,15 @@ def clip_tasks(settings: Settings) -> list[Task]:
     return [Task(kind=TaskKind.VIDEO, text=settings.clips.caption_prompt)]
 
 
+def overview_tasks(settings: Settings) -> list[Task]:
+    """Per scene overview: the caption tiles get, and a detailed description (a few more
+    decoded tokens on an image already encoded)."""
+    return [
+        Task(kind=TaskKind.CAPTION, text=settings.caption_prompt),
+        Task(kind=TaskKind.DESCRIBE, text=prompts.detailed_description()),
+    ]
+
+
 def classes(task: Task) -> list[str]:
     """The class list of a CLASSIFY task, in its order."""
     return [c.strip() for c in task.text.split(",") if c.strip()]

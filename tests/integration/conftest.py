@@ -1,14 +1,20 @@
 """One real pipeline per test session: nanio, tansu, embedded PostgreSQL, Ray Serve, consumers."""
 
-from collections.abc import Iterator
+import io
+import time
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from PIL import Image
 
-from skyeye import telemetry
+from skyeye import catalog, telemetry
 from skyeye.adapters import postgres
+from skyeye.adapters.s3 import ObjectStore
+from skyeye.contracts import WorkItem
 from skyeye.pipeline import launch
 from skyeye.settings import DecodingSettings, Settings
 from skyeye.stack import Stack, resolve
@@ -30,6 +36,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         grounding_phrases=["building", "river"],
         vqa_questions=["Is there any water in the image?"],
         decoding=DecodingSettings(max_new_tokens=12),
+        # below the 640 px photos and the 1000 px scene, so previews are downscaled
+        preview_max_side=512,
     )
     telemetry.setup("skyeye-tests", home)
     stack = launch(settings, progress=lambda msg: print(f"[pipeline] {msg}"))
@@ -41,3 +49,49 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         engine.dispose()
     finally:
         stack.stop()
+
+
+def plan_forged(conn: sa.Connection, items: Sequence[WorkItem], media_format: str) -> None:
+    """Register an asset (version "v1") and record its work items as the planner would, without
+    publishing them: the test sends them, or stores their results, itself."""
+    first = items[0]
+    catalog.register_asset(
+        conn,
+        catalog.AssetRecord(
+            asset_id=first.asset_id,
+            bucket=first.bucket,
+            object_key=first.key,
+            version="v1",
+            size_bytes=None,
+            content_type=None,
+            user_metadata={},
+            event_name="s3:ObjectCreated:Put",
+            event_time=None,
+        ),
+    )
+    catalog.add_work_items(conn, first.asset_id, items)
+    catalog.mark_planned(
+        conn, first.asset_id, media_format, first.image_width, first.image_height, len(items)
+    )
+
+
+def preview(pipeline: Pipeline, asset_id: uuid.UUID) -> Image.Image:
+    """The asset's preview PNG from S3, once the worker that finished the asset has written it."""
+    deadline = time.monotonic() + 60
+    while True:
+        with pipeline.engine.connect() as conn:
+            [asset] = catalog.assets(conn, asset_id)
+            failures = [e for e in catalog.errors(conn, asset_id) if e["kind"] == "preview_failed"]
+        assert not failures, failures
+        if asset["preview_key"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert asset["preview_key"] == f"previews/{asset_id}.png"
+    store = ObjectStore(pipeline.settings)
+    derived = pipeline.settings.derived_bucket
+    assert store.content_type(derived, asset["preview_key"]) == "image/png"
+    data = store.read(derived, asset["preview_key"], max_bytes=16 * 1024**2)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == "PNG"
+    return image

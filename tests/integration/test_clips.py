@@ -12,7 +12,7 @@ from skyeye.adapters.s3 import ObjectStore
 from skyeye.ingest import ingest, wait_for
 from skyeye.tasks import default_tasks
 
-from .conftest import Pipeline
+from .conftest import Pipeline, preview
 
 WAIT_S = 300
 CORNERS = [[16.0, 48.01], [16.02, 48.01], [16.02, 48.0], [16.0, 48.0]]
@@ -44,7 +44,7 @@ def test_a_clip_gives_per_frame_results_with_times_and_a_clip_caption(
     assert asset["video_codec"] == "h264" and asset["frame_count"] == 40
     assert asset["start_time"].isoformat() == "2024-05-01T10:00:00+00:00"
     assert (asset["end_time"] - asset["start_time"]).total_seconds() == pytest.approx(4.0)
-    assert asset["tiles_planned"] == n_frames + 1
+    assert asset["tiles_planned"] == n_frames
     # uniform samples at the centres of eight half-second spans, stored as PNGs in S3
     assert [f["time_s"] for f in frames] == pytest.approx(
         [0.25 + 0.5 * i for i in range(8)], abs=0.06
@@ -63,9 +63,11 @@ def test_a_clip_gives_per_frame_results_with_times_and_a_clip_caption(
             assert 0 <= d["x1"] <= d["x2"] <= 160 and 0 <= d["y1"] <= d["y2"] <= 96
             assert d["footprint"] is None  # no sidecar: pixels only
     [caption] = [r for r in results if r["task_kind"] == "video"]
-    assert caption["frame_index"] is None and caption["tile_index"] == n_frames
+    assert caption["frame_index"] is None and caption["item_kind"] == "clip"
     assert caption["prompt"] == "[caption] briefly describe the video frame image"
     assert caption["parsed"] and caption["answer"]["text"]
+    # the clip's preview is its first sampled frame, never enlarged
+    assert preview(pipeline, done.asset_id).size == (160, 96)
 
 
 def test_a_sidecar_places_frames_and_detections_on_the_ground(

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from skyeye.contracts import (
     work_item_id_for,
 )
 from skyeye.ingest import ingest, wait_for
-from skyeye.tasks import default_tasks
+from skyeye.tasks import default_tasks, overview_tasks
 
-from .conftest import Pipeline
+from .conftest import Pipeline, plan_forged, preview
 
 WAIT_S = 300
 
@@ -83,9 +84,14 @@ def test_three_images_give_three_assets_and_their_results(
                         assert 0 <= d["y1"] <= d["y2"] <= asset["height"]
                 else:
                     assert r["detections"] == []
-    # the generated scene has a CRS: it took the scene path (one tile, smaller than 448 px)
+    # the generated scene has a CRS: it took the scene path (one tile, smaller than 448 px, so
+    # that tile is already the whole scene and no overview is asked for)
     assert asset["media_format"] == "geotiff" and asset["width"] == 256
     assert asset["crs"] == "EPSG:32633" and asset["lon_lat_bbox"]
+    assert {r["item_kind"] for r in rows} == {"tile"}
+    # the photos are 640 x 480: previews bounded to 512 px; the small scene is not enlarged
+    sizes = [preview(pipeline, item.asset_id).size for item in three_images]
+    assert sizes == [(512, 384), (512, 384), (256, 256)]
 
 
 def test_redelivered_event_and_work_item_write_nothing_twice(
@@ -232,12 +238,24 @@ def test_cli_ingest_wait_json_then_results_and_status(pipeline: Pipeline, tmp_pa
     )
     assert [a["object_key"] for a in results["assets"]] == ["it/cli/cli image.png"]
     assert len(results["results"]) == len(default_tasks(pipeline.settings))
+    preview(pipeline, uuid.UUID(row["asset_id"]))
+    text = subprocess.run(
+        [*skyeye, "results", "--asset", row["asset_id"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert (
+        f"preview: s3://{pipeline.settings.derived_bucket}/previews/{row['asset_id']}.png" in text
+    )
     status = json.loads(
         subprocess.run(
             [*skyeye, "status", "--json"], capture_output=True, text=True, timeout=60, check=True
         ).stdout
     )
     assert status["running"] and status["counts"]["assets"] >= 1
+    assert status["counts"]["previews"] >= 1
     assert {c["name"] for c in status["components"]} >= {"s3", "kafka", "postgres", "ray", "worker"}
 
 
@@ -255,22 +273,7 @@ def test_worker_records_oversize_questions_and_malformed_items(pipeline: Pipelin
         tasks=[Task(kind=TaskKind.VQA, text="why? " * 1000)],
     )
     with pipeline.engine.begin() as conn:
-        catalog.register_asset(
-            conn,
-            catalog.AssetRecord(
-                asset_id=asset_id,
-                bucket=s.bucket,
-                object_key=item.key,
-                version="v1",
-                size_bytes=None,
-                content_type=None,
-                user_metadata={},
-                event_name="s3:ObjectCreated:Put",
-                event_time=None,
-            ),
-        )
-        catalog.add_work_items(conn, asset_id, [item])
-        catalog.mark_planned(conn, asset_id, "png", 8, 8, 1)
+        plan_forged(conn, [item], "png")
     producer = kafka.producer(s)
     try:
         kafka.publish_json(producer, s.topic_work, str(asset_id), item.model_dump(mode="json"))
@@ -298,7 +301,10 @@ def test_a_utm_scene_is_tiled_and_located(pipeline: Pipeline, tmp_path: Path) ->
     with pipeline.engine.connect() as conn:
         [asset] = catalog.assets(conn, done.asset_id)
         windows = conn.execute(
-            sa.text("SELECT px_x, px_y, px_width, px_height FROM work_items WHERE asset_id = :a"),
+            sa.text(
+                "SELECT px_x, px_y, px_width, px_height FROM work_items"
+                " WHERE asset_id = :a AND kind = 'tile'"
+            ),
             {"a": done.asset_id},
         ).all()
         rows = catalog.results(conn, done.asset_id)
@@ -309,7 +315,17 @@ def test_a_utm_scene_is_tiled_and_located(pipeline: Pipeline, tmp_path: Path) ->
         assert (w, h) == (448, 448) and x + w <= 1000 and y + h <= 1000
         covered[y : y + h, x : x + w] = True
     assert covered.all()
-    assert len(rows) == 9 * len(default_tasks(s))
+    assert len(rows) == 9 * len(default_tasks(s)) + len(overview_tasks(s))
+    # the scene-level caption and description come first, from the whole-scene overview
+    overview = [r for r in rows if r["item_kind"] == "overview"]
+    assert rows[: len(overview)] == overview
+    assert {(r["tile_index"], r["task_kind"]) for r in overview} == {
+        (0, "caption"),
+        (0, "describe"),
+    }
+    assert all(r["detections"] == [] for r in overview)
+    # the preview: the whole scene bounded to 512 px, built from a decimated read
+    assert preview(pipeline, done.asset_id).size == (512, 512)
     # lon/lat of every detection the (random) model happened to draw lies inside the scene
     for d in (d for r in rows for d in r["detections"]):
         for lon, lat in d["footprint"]["coordinates"][0]:
@@ -349,29 +365,17 @@ def test_copies_of_one_object_from_overlapping_tiles_are_flagged(pipeline: Pipel
     central = catalog.Detection("ship", 421, 101, 441, 121, centrality=0.9)
     other = catalog.Detection("ship", 700, 300, 720, 320, centrality=0.5)
     with pipeline.engine.begin() as conn:
-        catalog.register_asset(
-            conn,
-            catalog.AssetRecord(
-                asset_id=asset_id,
-                bucket=s.bucket,
-                object_key="it/nms/scene.tif",
-                version="v1",
-                size_bytes=None,
-                content_type=None,
-                user_metadata={},
-                event_name="s3:ObjectCreated:Put",
-                event_time=None,
-            ),
-        )
-        catalog.add_work_items(conn, asset_id, items)
-        catalog.mark_planned(conn, asset_id, "geotiff", 864, 448, len(items))
+        plan_forged(conn, items, "geotiff")
         catalog.store_results(conn, items[0], [outcome(near_edge)], "test")
         catalog.store_results(conn, items[1], [outcome(central, other)], "test")
         assert scenes.merge_duplicates(conn, asset_id) == 1
         assert scenes.merge_duplicates(conn, asset_id) == 1  # idempotent
+        # what the preview draws
+        kept = {(d.label, d.x1) for d in catalog.kept_detections(conn, asset_id)}
         flags = {
             (d["x1"], d["duplicate"])
             for r in catalog.results(conn, asset_id)
             for d in r["detections"]
         }
     assert flags == {(420, True), (421, False), (700, False)}
+    assert kept == {("ship", 421), ("ship", 700)}

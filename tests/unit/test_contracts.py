@@ -1,8 +1,11 @@
 import json
+import re
+import uuid
 from pathlib import Path
 
 import pytest
 
+from skyeye.adapters.postgres import migrations
 from skyeye.contracts import (
     InvalidEvent,
     ObjectEvent,
@@ -10,8 +13,10 @@ from skyeye.contracts import (
     TaskKind,
     Tile,
     WorkItem,
+    WorkItemKind,
     asset_id_for,
     minio_created_event,
+    preview_key_for,
     work_item_id_for,
 )
 
@@ -117,3 +122,37 @@ def test_work_item_rejects_duplicate_tasks() -> None:
             tile=Tile(index=0, x=0, y=0, width=4, height=4),
             tasks=[task, task],
         )
+
+
+def test_overview_items_have_their_own_ids_and_tile_ids_are_unchanged() -> None:
+    a = asset_id_for("incoming", "scene.tif", "v1")
+    # ids of already planned tiles must not move
+    assert work_item_id_for(a, 3) == uuid.uuid5(a, "tile/3")
+    assert work_item_id_for(a, 0, WorkItemKind.OVERVIEW) not in {work_item_id_for(a, 0)}
+    item = WorkItem(
+        work_item_id=work_item_id_for(a, 0, WorkItemKind.OVERVIEW),
+        kind=WorkItemKind.OVERVIEW,
+        asset_id=a,
+        bucket="incoming",
+        key="scene.tif",
+        image_width=1000,
+        image_height=700,
+        tile=Tile(index=0, x=0, y=0, width=1000, height=700),
+        tasks=[Task(kind=TaskKind.CAPTION, text="briefly describe the image")],
+    )
+    assert WorkItem.model_validate_json(item.model_dump_json()).kind is WorkItemKind.OVERVIEW
+    # items from planners that predate kinds are tiles
+    legacy = item.model_dump(mode="json")
+    del legacy["kind"]
+    assert WorkItem.model_validate(legacy).kind is WorkItemKind.TILE
+
+
+def test_preview_keys_come_from_the_asset_id_alone() -> None:
+    a = asset_id_for("incoming", "../../odd key?.tif", "v1")
+    assert preview_key_for(a) == f"previews/{a}.png"
+
+
+def test_the_schema_allows_every_work_item_kind() -> None:
+    latest = [m.sql for m in migrations() if "work_items_kind_check" in m.sql][-1]
+    allowed = set(re.findall(r"'(\w+)'", latest.split("kind IN")[-1].split(";")[0]))
+    assert allowed == {kind.value for kind in WorkItemKind}

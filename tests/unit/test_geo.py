@@ -10,6 +10,8 @@ import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
 
 from skyeye import geo
 from skyeye.contracts import Tile
@@ -169,14 +171,19 @@ def test_read_at_native_resolution_is_the_window(tmp_path: Path) -> None:
     np.testing.assert_array_equal(image, np.moveaxis(expected, 0, -1))
 
 
-def test_reads_go_through_the_planned_overview(tmp_path: Path) -> None:
-    # Overviews are built from a constant 100, then the full-resolution pixels are rewritten to
-    # 200: a read answered from the overview still sees 100.
+@pytest.fixture
+def two_level_scene(tmp_path: Path) -> Path:
+    """256 px, one band: overviews (2x, 4x) built from a constant 100, then the full-resolution
+    pixels rewritten to 200, so a read shows whether an overview answered it."""
     path = _write(tmp_path / "ovr.tif", np.full((1, 256, 256), 100, dtype=np.uint8))
     with rasterio.open(path, "r+") as ds:
         ds.build_overviews([2, 4], Resampling.average)
         ds.write(np.full((1, 256, 256), 200, dtype=np.uint8))
-    with rasterio.open(path) as ds:
+    return path
+
+
+def test_reads_go_through_the_planned_overview(two_level_scene: Path) -> None:
+    with rasterio.open(two_level_scene) as ds:
         meta = geo.SceneMeta.of(ds)
         assert meta.overviews == (2, 4)
         coarse = next(geo.plan_tiles(meta, tile_size=64, target_gsd=40))
@@ -185,6 +192,56 @@ def test_reads_go_through_the_planned_overview(tmp_path: Path) -> None:
         bands, stretch = (1, 1, 1), geo.Stretch.fixed(0, 255)
         assert (geo.read_tile(ds, coarse, bands, stretch) == 100).all()
         assert (geo.read_tile(ds, native, bands, stretch) == 200).all()
+
+
+# --- overview --------------------------------------------------------------------------------
+
+
+def test_the_overview_is_the_whole_scene_at_the_tile_size_on_its_long_side() -> None:
+    meta = _meta(1000, 700, overviews=(2, 4, 8))
+    tile = geo.overview_tile(meta, 448)
+    assert tile.window == Window(0, 0, 1000, 700)
+    assert (tile.out_width, tile.out_height) == (448, 314)
+    # 1000/448 = 2.23 source px per output px: the 2x overview is the coarsest fine enough
+    assert meta.overviews[tile.overview_level or 0] == 2
+    # the output grid spans exactly the scene's extent
+    assert tile.transform @ (0, 0) == UTM_TRANSFORM @ (0, 0)
+    assert tile.transform @ (448, 314) == pytest.approx(UTM_TRANSFORM @ (1000, 700))
+    assert tile.to_scene_pixels(224, 157) == pytest.approx((500, 350))
+
+
+def test_a_small_scene_overview_is_not_enlarged() -> None:
+    tile = geo.overview_tile(_meta(300, 120, overviews=(2,)), 448)
+    assert (tile.out_width, tile.out_height, tile.overview_level) == (300, 120, None)
+
+
+def test_the_overview_is_averaged_down_from_the_whole_scene(tmp_path: Path) -> None:
+    # 8 x 4 scene of 2 x 2 blocks, each block one value: the 4 x 2 overview is the blocks
+    blocks = np.array([[10, 20, 30, 40], [50, 60, 70, 80]], dtype=np.uint8)
+    data = np.kron(blocks, np.ones((2, 2), dtype=np.uint8))[None]
+    path = _write(tmp_path / "blocks.tif", data)
+    with rasterio.open(path) as ds:
+        tile = geo.overview_tile(geo.SceneMeta.of(ds), 4)
+        image = geo.read_tile(ds, tile, (1, 1, 1), geo.Stretch.fixed(0, 255))
+    assert image.shape == (2, 4, 3)
+    np.testing.assert_array_equal(image[..., 0], blocks)
+
+
+def test_the_overview_read_is_served_from_the_scene_overviews(two_level_scene: Path) -> None:
+    with rasterio.open(two_level_scene) as ds:
+        tile = geo.overview_tile(geo.SceneMeta.of(ds), 64)
+        image = geo.read_tile(ds, tile, (1, 1, 1), geo.Stretch.fixed(0, 255))
+    assert tile.overview_level == 1 and image.shape == (64, 64, 3)
+    assert (image == 100).all()
+
+
+def test_a_box_on_the_overview_maps_to_the_scene_bounds(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "scene.tif", size=300)
+    with rasterio.open(path) as ds:
+        tile = geo.overview_tile(geo.SceneMeta.of(ds), 100)
+        west, south, east, north = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    where = geo.footprint((0, 0, 100, 100), tile, UTM33N, densify=1)
+    assert where.bbox == pytest.approx((west, south, east, north), abs=1e-9)
 
 
 def test_all_nodata_tiles_are_skipped(tmp_path: Path) -> None:

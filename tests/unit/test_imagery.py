@@ -52,3 +52,25 @@ def test_tile_outside_the_image_is_refused() -> None:
         imagery.read_tile(
             _png(10, 10), Tile(index=0, x=5, y=0, width=10, height=10), max_pixels=10_000
         )
+
+
+@pytest.mark.parametrize(
+    ("size", "long_side", "expected"),
+    [
+        ((1000, 1000), 448, (448, 448)),
+        ((2000, 1000), 1024, (1024, 512)),
+        ((1000, 700), 448, (448, 314)),
+        ((700, 1000), 448, (314, 448)),
+        ((300, 200), 1024, (300, 200)),  # never enlarged
+        ((20_000, 3), 448, (448, 1)),  # at least one pixel
+    ],
+)
+def test_fit_size_bounds_the_long_side_and_keeps_the_aspect(
+    size: tuple[int, int], long_side: int, expected: tuple[int, int]
+) -> None:
+    assert imagery.fit_size(*size, long_side) == expected
+
+
+def test_fit_size_needs_a_positive_side() -> None:
+    with pytest.raises(ValueError, match="long_side"):
+        imagery.fit_size(10, 10, 0)

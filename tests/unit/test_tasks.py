@@ -7,7 +7,7 @@ from skyeye.contracts import Task, TaskKind, Tile
 from skyeye.model import prompts
 from skyeye.model.answers import Box
 from skyeye.settings import Settings
-from skyeye.tasks import default_tasks, identify_box, instruction, interpret
+from skyeye.tasks import default_tasks, identify_box, instruction, interpret, overview_tasks
 
 TILE = Tile(index=3, x=100, y=50, width=200, height=400)
 
@@ -151,3 +151,11 @@ def test_the_schema_allows_every_task_kind() -> None:
     latest = [m.sql for m in migrations() if "task_kind" in m.sql][-1]
     allowed = set(re.findall(r"'(\w+)'", latest.split("task_kind IN")[-1]))
     assert allowed == {kind.value for kind in TaskKind}
+
+
+def test_an_overview_is_captioned_and_described() -> None:
+    settings = Settings(caption_prompt="describe the scene")
+    assert [(t.kind, t.text) for t in overview_tasks(settings)] == [
+        (TaskKind.CAPTION, "describe the scene"),
+        (TaskKind.DESCRIBE, "Describe this image in detail."),
+    ]

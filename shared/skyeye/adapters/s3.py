@@ -75,6 +75,9 @@ class ObjectStore:
     def put_bytes(self, data: bytes, bucket: str, key: str, content_type: str) -> None:
         self._client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def content_type(self, bucket: str, key: str) -> str | None:
+        return self._client.stat_object(bucket, key).content_type
+
     def size(self, bucket: str, key: str) -> int:
         return self._client.stat_object(bucket, key).size or 0
 

@@ -1,0 +1,85 @@
+"""Preview PNGs: boxes and labels drawn where the detections are, size bounded."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skyeye import previews
+from skyeye.catalog import Detection
+
+GRAY = (90, 90, 90)
+
+
+def _decode(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.mode == "RGB"
+        return np.asarray(image)
+
+
+def _gray(width: int, height: int) -> np.ndarray:
+    return np.full((height, width, 3), GRAY, dtype=np.uint8)
+
+
+def test_a_box_is_drawn_in_its_label_colour_scaled_from_asset_pixels() -> None:
+    # the image is the asset at half resolution: boxes in asset pixels land at half the numbers
+    png = previews.render(
+        _gray(200, 100), (400, 200), [Detection("building", 40, 80, 200, 160)], max_side=1024
+    )
+    out = _decode(png)
+    color = previews.label_color("building")
+    assert out.shape == (100, 200, 3)
+    # outline on every edge of (20, 40)-(100, 80), inside and outside untouched
+    for x, y in [(20, 60), (100, 60), (60, 40), (60, 80)]:
+        assert tuple(out[y, x]) == color, (x, y)
+    assert tuple(out[60, 60]) == GRAY and tuple(out[90, 150]) == GRAY
+    # the label sits on a filled patch of the same colour just above the box, with dark text
+    label = out[40 - 16 : 40, 20:80]
+    assert (label == color).all(axis=-1).sum() > label.shape[0] * label.shape[1] // 3
+    assert (label.max(axis=-1) < 60).any()
+
+
+def test_the_long_side_is_bounded_and_never_enlarged() -> None:
+    big = previews.render(_gray(3000, 1500), (3000, 1500), [], max_side=1024)
+    small = previews.render(_gray(300, 200), (300, 200), [], max_side=1024)
+    assert _decode(big).shape == (512, 1024, 3)
+    out = _decode(small)
+    assert out.shape == (200, 300, 3) and (out == GRAY).all()
+
+
+def test_boxes_scale_with_the_downscaled_image() -> None:
+    det = Detection("ship", 1000, 500, 2000, 1000)
+    out = _decode(previews.render(_gray(3000, 1500), (3000, 1500), [det], max_side=300))
+    color = previews.label_color("ship")
+    assert out.shape == (150, 300, 3)
+    assert tuple(out[75, 100]) == color and tuple(out[75, 200]) == color
+    assert tuple(out[75, 150]) == GRAY
+
+
+@pytest.mark.parametrize(
+    "det",
+    [
+        Detection("roof at the very top", 0, 0, 50, 10),
+        Detection("x" * 200, 180, 90, 200, 100),
+        Detection("partly outside", -20, -20, 400, 300),
+        Detection("a point", 30, 30, 30, 30),
+    ],
+)
+def test_labels_and_boxes_at_edges_stay_on_the_canvas(det: Detection) -> None:
+    out = _decode(previews.render(_gray(200, 100), (200, 100), [det], max_side=1024))
+    assert out.shape == (100, 200, 3)
+    assert (out == previews.label_color(det.label)).all(axis=-1).any()
+
+
+def test_label_colours_are_stable_and_ignore_case() -> None:
+    assert previews.label_color("Building ") == previews.label_color("building")
+    assert previews.label_color("vehicle") in previews.PALETTE
+
+
+def test_a_box_reaching_the_image_edge_shows_its_far_sides() -> None:
+    out = _decode(
+        previews.render(_gray(200, 100), (200, 100), [Detection("field", 0, 0, 200, 100)], 1024)
+    )
+    color = previews.label_color("field")
+    assert tuple(out[50, 199]) == color and tuple(out[99, 100]) == color
