@@ -474,3 +474,42 @@ def counts(conn: Connection) -> dict[str, int]:
         )
     ).one()
     return dict(row._mapping)
+
+
+def stac_asset(conn: Connection, asset_id: uuid.UUID) -> dict[str, Any] | None:
+    """Every column of the asset (later migrations' too: a clip's time range, a preview key),
+    with its lon/lat box as [west, south, east, north]; None if unknown."""
+    row = conn.execute(
+        sa.text(
+            f"SELECT a.*, {_bounds('a.lon_lat_bbox')} AS lon_lat_bounds"
+            " FROM assets a WHERE a.asset_id = :id"
+        ),
+        {"id": asset_id},
+    ).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The asset's detections with the task, model and tile that produced each, and each
+    located one's lon/lat box as [west, south, east, north]."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT d.detection_id, d.label, d.x1, d.y1, d.x2, d.y2, d.footprint, d.duplicate,"
+            " d.centrality, r.task_kind, r.model, w.tile_index,"
+            f" {_bounds('d.lon_lat_bbox')} AS lon_lat_bounds"
+            " FROM detections d JOIN results r USING (result_id)"
+            " JOIN work_items w ON w.work_item_id = r.work_item_id"
+            " WHERE d.asset_id = :id ORDER BY w.tile_index, r.result_id, d.ordinal"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def _bounds(box: str) -> str:
+    """SQL for a box column as [west, south, east, north], NULL for a NULL box."""
+    # PostgreSQL keeps a box's points as (upper right, lower left)
+    return (
+        f"CASE WHEN {box} IS NOT NULL THEN"
+        f" ARRAY[({box}[1])[0], ({box}[1])[1], ({box}[0])[0], ({box}[0])[1]] END"
+    )

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from skyeye import catalog, samples, telemetry
+from skyeye import catalog, samples, stac, telemetry
 from skyeye.adapters import kafka, postgres
 from skyeye.evaluation import evaluate
 from skyeye.ingest import ingest, wait_for
@@ -140,6 +140,57 @@ def cmd_results(args: argparse.Namespace) -> int:
     settings = resolve(_settings(args))
     _print_results(settings, args.asset, args.json)
     return 0
+
+
+def _asset_and_detections(
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    settings = resolve(_settings(args))
+    assert settings.database_url is not None
+    with postgres.create_engine(settings.database_url).connect() as conn:
+        asset = catalog.stac_asset(conn, args.asset)
+        detections = catalog.asset_detections(conn, args.asset)
+    if asset is None:
+        raise SystemExit(f"skyeye {args.command}: no asset {args.asset} in the catalog")
+    return asset, detections
+
+
+def cmd_stac(args: argparse.Namespace) -> int:
+    asset, detections = _asset_and_detections(args)
+    derived = _settings(args).derived_bucket
+    print(_dump(stac.item(asset, detections, args.labels_href, preview_bucket=derived)))
+    return 0
+
+
+def cmd_detections(args: argparse.Namespace) -> int:
+    asset, detections = _asset_and_detections(args)
+    if args.geojson:
+        print(_dump(stac.detections_collection(detections)))
+        return 0
+    size = f"{asset['width']}x{asset['height']}" if asset["width"] else "?"
+    print(f"{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
+    rows = [
+        (
+            d["detection_id"],
+            d["tile_index"],
+            d["task_kind"],
+            _short(d["label"], 30),
+            "({:.0f},{:.0f})-({:.0f},{:.0f})".format(d["x1"], d["y1"], d["x2"], d["y2"]),
+            _lon_lat_centre(d["lon_lat_bounds"]),
+            "yes" if d["duplicate"] else "",
+        )
+        for d in detections
+    ]
+    header = ("id", "tile", "task", "label", "pixel box", "lon, lat (centre)", "duplicate")
+    print(_table(rows, header) if rows else "no detections")
+    return 0
+
+
+def _lon_lat_centre(bounds: Sequence[float] | None) -> str:
+    if bounds is None:
+        return "-"
+    west, south, east, north = bounds
+    return f"{(west + east) / 2:.6f}, {(south + north) / 2:.6f}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -292,6 +343,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asset", type=uuid.UUID, help="only this asset id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser(
+        "stac", help="print an asset's STAC 1.1 Item (label and projection extensions)"
+    )
+    p.add_argument("asset", type=uuid.UUID, metavar="ASSET_ID")
+    p.add_argument(
+        "--labels-href",
+        metavar="HREF",
+        help="where the Item says its detections GeoJSON is"
+        " (default: ./ASSET_ID-detections.geojson, beside the Item)",
+    )
+    p.set_defaults(func=cmd_stac)
+
+    p = sub.add_parser("detections", help="print an asset's detections: a table, or GeoJSON")
+    p.add_argument("asset", type=uuid.UUID, metavar="ASSET_ID")
+    p.add_argument(
+        "--geojson",
+        action="store_true",
+        help="a GeoJSON FeatureCollection following the STAC label extension",
+    )
+    p.set_defaults(func=cmd_detections)
 
     p = sub.add_parser("status", help="components, pids, ports, topic lag, counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -30,6 +30,20 @@ def test_results_without_a_stack_is_a_clear_error(
     assert "start it with `skyeye up`" in capsys.readouterr().err
 
 
+def test_stac_and_detections_take_an_asset_id_and_need_a_stack(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asset = "00000000-0000-4000-8000-000000000001"
+    args = build_parser().parse_args(["detections", asset, "--geojson"])
+    assert str(args.asset) == asset and args.geojson
+    args = build_parser().parse_args(["stac", asset, "--labels-href", "l.geojson"])
+    assert args.labels_href == "l.geojson"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["stac", "not-a-uuid"])
+    assert main(["--home", str(tmp_path), "stac", asset]) == 2
+    assert "start it with `skyeye up`" in capsys.readouterr().err
+
+
 def test_ingest_refuses_missing_files_first(tmp_path) -> None:
     with pytest.raises(SystemExit, match="not a file"):
         main(["--home", str(tmp_path), "ingest", str(tmp_path / "nope.png")])
