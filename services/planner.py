@@ -57,7 +57,7 @@ class _Layout:
     height: int
     tiles: list[Tile]
     scene: ScenePlan | None = None
-    lon_lat_bbox: tuple[float, float, float, float] | None = None
+    georef: catalog.Georeference | None = None
     overview: Tile | None = None  # scenes cut into several tiles
     # clips: the sampled frames, tile i showing frame i
     clip: catalog.ClipRecord | None = None
@@ -183,8 +183,7 @@ class Planner:
                 layout.width,
                 layout.height,
                 len(layout.tiles),
-                crs=layout.scene.crs if layout.scene else None,
-                lon_lat_bbox=layout.lon_lat_bbox,
+                layout.georef,
             )
         log.info(
             "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
@@ -202,7 +201,9 @@ class Planner:
                     plan.height,
                     [t.as_tile() for t in plan.tiles],
                     plan.scene,
-                    plan.lon_lat_bbox,
+                    catalog.Georeference(
+                        plan.scene.crs, plan.lon_lat_bbox, plan.transform, plan.bands
+                    ),
                     plan.overview.as_tile() if plan.overview else None,
                 )
         with self._store.open(bucket, key) as stream:
@@ -275,7 +276,7 @@ class Planner:
             info.width,
             info.height,
             tiles,
-            lon_lat_bbox=bbox,
+            georef=catalog.Georeference(lon_lat_bbox=bbox),
             clip=clip,
             frames=tuple(records),
         )

@@ -162,6 +162,17 @@ def record_clip(
         )
 
 
+@dataclass(frozen=True)
+class Georeference:
+    """Where an asset lies, as far as planning found out: nothing for a plain image, a lon/lat
+    box for a placed clip, everything for a scene."""
+
+    crs: str | None = None
+    lon_lat_bbox: tuple[float, float, float, float] | None = None
+    transform: tuple[float, float, float, float, float, float] | None = None
+    bands: list[dict[str, object]] | None = None
+
+
 def mark_planned(
     conn: Connection,
     asset_id: uuid.UUID,
@@ -169,14 +180,15 @@ def mark_planned(
     width: int,
     height: int,
     tiles: int,
-    crs: str | None = None,
-    lon_lat_bbox: tuple[float, float, float, float] | None = None,
+    georef: Georeference | None = None,
 ) -> None:
     """Close planning once every work item is published."""
+    georef = georef or Georeference()
     conn.execute(
         sa.text(
             "UPDATE assets SET status = 'planned', media_format = :fmt, width = :w, height = :h,"
             " tiles_planned = :n, crs = :crs, lon_lat_bbox = CAST(:bbox AS box),"
+            " transform = :transform, bands = CAST(:bands AS jsonb),"
             " updated_at = now() WHERE asset_id = :id AND status = 'registered'"
         ),
         {
@@ -184,8 +196,10 @@ def mark_planned(
             "w": width,
             "h": height,
             "n": tiles,
-            "crs": crs,
-            "bbox": _box_literal(lon_lat_bbox),
+            "crs": georef.crs,
+            "bbox": _box_literal(georef.lon_lat_bbox),
+            "transform": list(georef.transform) if georef.transform else None,
+            "bands": json.dumps(georef.bands) if georef.bands is not None else None,
             "id": asset_id,
         },
     )

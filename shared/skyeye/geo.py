@@ -318,6 +318,31 @@ def overview_tile(meta: SceneMeta, long_side: int = DEFAULT_TILE_SIZE) -> GeoTil
     )
 
 
+# Band names of STAC's eo extension, by Sentinel-2 band (see :func:`common_name`).
+_SENTINEL2_COMMON_NAMES = {
+    "b1": "coastal",
+    "b2": "blue",
+    "b3": "green",
+    "b4": "red",
+    "b5": "rededge071",
+    "b6": "rededge075",
+    "b7": "rededge078",
+    "b8": "nir",
+    "b8a": "nir08",
+    "b9": "nir09",
+    "b11": "swir16",
+    "b12": "swir22",
+}
+
+
+def common_name(description: str | None, colorinterp: ColorInterp) -> str | None:
+    """The band's eo common name (``red``, ``nir``...) from its colour interpretation, else its
+    Sentinel-2 name; None when neither says."""
+    if colorinterp in (ColorInterp.red, ColorInterp.green, ColorInterp.blue):
+        return colorinterp.name
+    return _SENTINEL2_COMMON_NAMES.get(_band_name(description)) if description else None
+
+
 def _band_name(name: str) -> str:
     # "B04" and "b4" name the same Sentinel-2 band; "B8A" stays distinct from "B8".
     return re.sub(r"^b0(\d)", r"b\1", name.strip().casefold())

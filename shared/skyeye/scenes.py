@@ -40,6 +40,9 @@ class Plan:
     width: int
     height: int
     lon_lat_bbox: tuple[float, float, float, float]
+    # the full-resolution raster's affine (a, b, c, d, e, f) and its bands, for STAC
+    transform: tuple[float, float, float, float, float, float]
+    bands: list[dict[str, object]]
 
 
 def is_scene_candidate(key: str, content_type: str | None) -> bool:
@@ -94,7 +97,31 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
         **grid,
     )
     west, south, east, north = transform_bounds(dataset.crs, geo.WGS84, *dataset.bounds)
-    return Plan(scene, tiles, overview, meta.width, meta.height, (west, south, east, north))
+    return Plan(
+        scene,
+        tiles,
+        overview,
+        meta.width,
+        meta.height,
+        (west, south, east, north),
+        tuple(meta.transform)[:6],
+        band_facts(meta, bands),
+    )
+
+
+def band_facts(meta: geo.SceneMeta, shown: tuple[int, ...]) -> list[dict[str, object]]:
+    """Each band's description, common name, type and nodata, and whether the model sees it:
+    what a STAC Item says of the raster's bands."""
+    return [
+        {
+            "name": meta.descriptions[i - 1],
+            "common_name": geo.common_name(meta.descriptions[i - 1], meta.colorinterp[i - 1]),
+            "data_type": meta.dtype,
+            "nodata": meta.nodata,
+            "shown": i in shown,
+        }
+        for i in range(1, meta.count + 1)
+    ]
 
 
 def read(dataset: DatasetReader, item: WorkItem) -> tuple[np.ndarray, geo.GeoTile]:

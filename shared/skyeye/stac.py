@@ -15,9 +15,11 @@ a file. Decisions, documented once here:
   ``datetime``; anything else is dated by its start, else by the object-created event, else by
   when the catalog registered it: the pipeline knows no acquisition time for a still image.
 - **Projection fields** sit on the ``data`` asset, not on the Item: the preview PNG and the
-  label GeoJSON are not in the scene's CRS. Only what the catalog knows is written (the CRS code
-  and the raster's shape); the affine transform is not stored, so ``proj:transform`` is absent.
-- **No eo fields**: the catalog keeps no band names, wavelengths or cloud cover to report.
+  label GeoJSON are not in the scene's CRS. Only what the catalog knows is written: the CRS
+  code, the raster's shape and its affine (``proj:transform``), from the scene's header.
+- **Bands**: a scene's ``data`` asset lists its bands (STAC 1.1 ``bands``: name, data type,
+  nodata) with ``eo:common_name`` where the colour interpretation or a Sentinel-2 band name
+  says which it is; no wavelengths or cloud cover, which the catalog does not know.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from urllib.parse import quote
 
 __all__ = [
+    "EO_EXTENSION",
     "GEOJSON_MEDIA_TYPE",
     "LABEL_EXTENSION",
     "PROJECTION_EXTENSION",
@@ -43,6 +46,7 @@ __all__ = [
 
 STAC_VERSION = "1.1.0"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+EO_EXTENSION = "https://stac-extensions.github.io/eo/v2.0.0/schema.json"
 LABEL_EXTENSION = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
 GEOJSON_MEDIA_TYPE = "application/geo+json"
 
@@ -82,7 +86,8 @@ def item(
     """
     bounds = asset.get("lon_lat_bounds")
     projection = _projection(asset)
-    assets = {"data": _data_asset(asset, projection)}
+    bands = _bands(asset)
+    assets = {"data": {**_data_asset(asset, projection), **({"bands": bands} if bands else {})}}
     if preview_bucket and asset.get("preview_key"):
         assets["preview"] = _preview_asset(preview_bucket, asset["preview_key"])
     assets["labels"] = {
@@ -94,7 +99,11 @@ def item(
     body: dict[str, Any] = {
         "type": "Feature",
         "stac_version": STAC_VERSION,
-        "stac_extensions": [LABEL_EXTENSION, *([PROJECTION_EXTENSION] if projection else [])],
+        "stac_extensions": [
+            LABEL_EXTENSION,
+            *([PROJECTION_EXTENSION] if projection else []),
+            *([EO_EXTENSION] if any("eo:common_name" in b for b in bands) else []),
+        ],
         "id": str(asset["asset_id"]),
         "geometry": None if bounds is None else _bbox_polygon(bounds),
     }
@@ -186,7 +195,22 @@ def _projection(asset: Row) -> dict[str, Any]:
         fields["proj:code"] = crs.upper()
     if asset.get("width") and asset.get("height"):
         fields["proj:shape"] = [asset["height"], asset["width"]]
+    if asset.get("transform"):
+        fields["proj:transform"] = [float(v) for v in asset["transform"]]
     return fields
+
+
+def _bands(asset: Row) -> list[dict[str, Any]]:
+    bands = []
+    for index, band in enumerate(asset.get("bands") or [], start=1):
+        out: dict[str, Any] = {"name": band.get("name") or f"b{index}"}
+        if band.get("common_name"):
+            out["eo:common_name"] = band["common_name"]
+        out["data_type"] = band["data_type"]
+        if band.get("nodata") is not None:
+            out["nodata"] = band["nodata"]
+        bands.append(out)
+    return bands
 
 
 def _data_asset(asset: Row, projection: Mapping[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,14 @@ def test_a_scene_item_and_its_label_geojson_validate(
     data = item["assets"]["data"]
     assert data["href"] == f"s3://{pipeline.settings.bucket}/it/stac/stac%20scene.tif"
     assert data["proj:code"] == "EPSG:32633" and data["proj:shape"] == [600, 600]
+    with rasterio.open(scene_path) as ds:
+        assert data["proj:transform"] == pytest.approx(list(ds.transform)[:6])
+    assert [(b["name"], b["eo:common_name"]) for b in data["bands"]] == [
+        ("b1", "red"),
+        ("b2", "green"),
+        ("b3", "blue"),
+    ]
+    assert {b["data_type"] for b in data["bands"]} == {"uint8"}
     assert item["assets"]["labels"]["href"] == f"./{asset_id}-detections.geojson"
     derived = pipeline.settings.derived_bucket
     assert item["assets"]["preview"]["href"] == f"s3://{derived}/previews/{asset_id}.png"

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from skyeye import geo
+from skyeye import geo, scenes
 from skyeye.contracts import Tile
 from skyeye.samples import write_geotiff
 
@@ -259,6 +259,34 @@ def test_all_nodata_tiles_are_skipped(tmp_path: Path) -> None:
     # rows/cols 40..87 touch tiles 1 and 2 of each axis; the lone pixel is in tile (0, 3)
     assert kept == [3, 5, 6, 9, 10]
     assert (image[8:, 8:] == 128).all() and (image[:8, :] == 0).all()
+
+
+def test_band_facts_name_the_bands_the_model_sees(multispectral: Path) -> None:
+    with rasterio.open(multispectral) as ds:
+        meta = geo.SceneMeta.of(ds)
+        facts = scenes.band_facts(meta, geo.select_bands(meta))
+    assert [(f["name"], f["common_name"], f["shown"]) for f in facts] == [
+        ("B2", "blue", True),
+        ("B3", "green", True),
+        ("B4", "red", True),
+        ("B8", "nir", False),
+    ]
+    assert {f["data_type"] for f in facts} == {"uint16"}
+
+
+@pytest.mark.parametrize(
+    ("description", "interp", "name"),
+    [
+        (None, ColorInterp.red, "red"),
+        ("B04", ColorInterp.gray, "red"),
+        ("b8A", ColorInterp.undefined, "nir08"),
+        ("B12", ColorInterp.undefined, "swir22"),
+        ("elevation", ColorInterp.gray, None),
+        (None, ColorInterp.gray, None),
+    ],
+)
+def test_common_names(description: str | None, interp: ColorInterp, name: str | None) -> None:
+    assert geo.common_name(description, interp) == name
 
 
 def test_a_scene_without_nodata_needs_no_probe(tmp_path: Path) -> None:

@@ -58,6 +58,11 @@ def _scene() -> dict[str, Any]:
         crs="EPSG:32633",
         lon_lat_bbox="(15.1,45.1),(14.9,44.9)",
         lon_lat_bounds=SCENE_BOUNDS,
+        transform=[10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0],
+        bands=[
+            {"name": "B4", "common_name": "red", "data_type": "uint16", "nodata": 0, "shown": True},
+            {"name": None, "common_name": None, "data_type": "uint16", "nodata": 0, "shown": False},
+        ],
     )
 
 
@@ -112,6 +117,11 @@ def _check_extension_fields(item: dict[str, Any], collection: dict[str, Any]) ->
     for asset in projected:
         assert re.fullmatch(r"[A-Z]+:[0-9A-Za-z_.]+", asset["proj:code"])
         assert len(asset["proj:shape"]) == 2 and all(n > 0 for n in asset["proj:shape"])
+        assert len(asset.get("proj:transform", [0] * 6)) in (6, 9)
+    named = [
+        b for a in item["assets"].values() for b in a.get("bands", []) if "eo:common_name" in b
+    ]
+    assert (stac.EO_EXTENSION in item["stac_extensions"]) == bool(named)
 
 
 def test_a_georeferenced_scene_item_validates_with_its_labels() -> None:
@@ -137,7 +147,13 @@ def test_a_georeferenced_scene_item_validates_with_its_labels() -> None:
     assert data["href"] == "s3://skyeye/it/scene/utm%20scene.tif"
     assert data["type"] == "image/tiff; application=geotiff" and data["roles"] == ["data"]
     assert data["proj:code"] == "EPSG:32633" and data["proj:shape"] == [800, 1000]
+    assert data["proj:transform"] == [10.0, 0.0, 500000.0, 0.0, -10.0, 5000000.0]
     assert "proj:code" not in item["properties"]
+    assert data["bands"] == [
+        {"name": "B4", "eo:common_name": "red", "data_type": "uint16", "nodata": 0},
+        {"name": "b2", "data_type": "uint16", "nodata": 0},
+    ]
+    assert stac.EO_EXTENSION in item["stac_extensions"]
     assert item["assets"]["labels"]["href"] == f"./{item['id']}-detections.geojson"
     assert "preview" not in item["assets"]
     # duplicates stay in the GeoJSON (flagged) but not in the class counts
