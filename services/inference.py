@@ -28,6 +28,22 @@ def _configure_threads(stage: DeploymentSettings) -> None:
     torch.set_num_threads(max(1, round(stage.num_cpus)))
 
 
+def encode_requests(
+    encoder: VisionEncoder, requests: list[list[np.ndarray]], max_images: int
+) -> list[torch.Tensor]:
+    """(frames, 256, width) per request, from forward passes of at most ``max_images`` images.
+
+    The batch size counts requests and a clip's request holds up to 12 frames: the cap keeps one
+    pass of the full-size tower within the memory a batch of tiles needs.
+    """
+    images = [image for images in requests for image in images]
+    passes = [
+        encoder.encode(images[start : start + max_images])
+        for start in range(0, len(images), max_images)
+    ]
+    return list(torch.split(torch.cat(passes), [len(images) for images in requests]))
+
+
 @serve.deployment
 class VisionEncoderDeployment:
     """Pixels -> LLM-ready image embeddings (256 x LLM width per image), batched across tiles.
@@ -38,14 +54,13 @@ class VisionEncoderDeployment:
     def __init__(self, model_dir: str, device: str, stage: DeploymentSettings) -> None:
         _configure_threads(stage)
         self._encoder = VisionEncoder.load(Path(model_dir), device=device)
+        self._max_images = stage.max_batch_size
         self.encode.set_max_batch_size(stage.max_batch_size)
         self.encode.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
     @serve.batch
     async def encode(self, requests: list[list[np.ndarray]]) -> list[torch.Tensor]:
-        # every image of the batch in one forward pass, then (frames, 256, width) per request
-        embeds = self._encoder.encode([image for images in requests for image in images])
-        return list(torch.split(embeds, [len(images) for images in requests]))
+        return encode_requests(self._encoder, requests, self._max_images)
 
 
 @serve.deployment
