@@ -2,11 +2,14 @@
 
 Two stages (their knobs are :class:`Stages`):
 
-1. ``pretrain``: the vision tower alone learns dense targets, a per-patch class (background, each
-   object class, water) through a throwaway linear head on its ``ln_vision`` patch tokens. From
+1. ``pretrain``: the vision tower alone learns dense targets through throwaway linear heads on its
+   ``ln_vision`` patch tokens: a per-patch class (background, each object class, water) and the
+   number features (:func:`number_features`) of the patch's centre and of its object's box. From
    scratch, a tower trained only through the decoder's answer loss barely learns to look.
 2. ``instruct``: tower (its top layers), ``llama_proj`` and the Llama decoder learn the answers of
-   :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum.
+   :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum;
+   the number tokens ``<0>``..``<100>`` start from those same features and box numbers are scored
+   against a Gaussian over neighbouring values.
 
 Prompts are assembled by :class:`TextDecoder` itself (its ``_rows``), so training sees exactly the
 sequence inference builds; the answer tokens and EOS follow ``[/INST]``.
@@ -98,10 +101,6 @@ class Stages:
     # can copy instead of inferring them from sequence positions.
     dense_boxes: bool = True
     dense_weight: float = 1.0
-    # Start llama_proj's first dimensions as the stage-1 regressor (averaged over the merged
-    # patches), so image tokens enter the decoder already holding the number features that the
-    # number embeddings use: copying a box is then a linear routing, not a re-discovery.
-    project_dense: bool = True
     instruct_steps: int | None = None
     images_per_step: int = 4
     questions_per_image: int = 8
@@ -271,7 +270,6 @@ class _Run:
         self.losses: list[tuple[str, int, float]] = []
         self.steps = {"pretrain": 0, "instruct": 0}
         self.patch_accuracy: dict[str, float] = {}
-        self.regressor: nn.Linear | None = None  # stage 1's dense head, once trained
         self.evaluation: dict[str, Any] = {}
 
     def elapsed(self) -> float:
@@ -379,7 +377,6 @@ class _Run:
                 t0 = time.perf_counter()
             self.steps["pretrain"] = step
             self.maybe_checkpoint()
-        self.regressor = regressor if stages.dense_boxes else None
         self.patch_accuracy = _patch_accuracy(
             self.vision, head, regressor if stages.dense_boxes else None, self.config
         )
@@ -402,27 +399,6 @@ class _Run:
             self.vision.llama_proj.weight.mul_(factor)
             self.vision.llama_proj.bias.mul_(factor)
         self.progress(f"image tokens scaled by {factor:.3f} to norm {text_norm.item():.3f}")
-
-    def project_dense(self, regressor: nn.Linear) -> None:
-        """Overwrite llama_proj's first outputs with the regressor's number features (mean of a
-        merged token's patches), scaled to the image tokens' current norm."""
-        merge = self.config.merge
-        outputs = regressor.out_features
-        scenes = self.scenes(4, 1.0)
-        pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
-        proj = self.vision.llama_proj
-        with torch.no_grad():
-            target = self.vision(pixels).norm(dim=-1).mean()
-            proj.weight[:outputs] = regressor.weight.repeat(1, merge) / merge
-            proj.bias[:outputs] = regressor.bias
-            tokens = self.vision(pixels)
-            dense = tokens[..., :outputs].norm(dim=-1).mean()
-            rest = tokens[..., outputs:].norm(dim=-1).mean()
-            # Half of the token's energy in the number features, half in the rest.
-            proj.weight[:outputs] *= target / dense / math.sqrt(2)
-            proj.bias[:outputs] *= target / dense / math.sqrt(2)
-            proj.weight[outputs:] *= target / rest / math.sqrt(2)
-            proj.bias[outputs:] *= target / rest / math.sqrt(2)
 
     def structure_numbers(self) -> None:
         """Write the number features of <0>..<100> into the first embedding dimensions (input and
@@ -559,14 +535,10 @@ def _dense_loss(
     values = torch.from_numpy(np.stack([v for v, _ in targets]))
     has_object = torch.from_numpy(np.stack([h for _, h in targets]))
     predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
-    features = number_features(values)
-    # Background patches regress zero box features: a token then holds a box only where there is
-    # an object, so attention spread over the image still reads the objects' boxes.
-    features[..., 2:, :] *= has_object[..., None, None]
-    errors = (predicted - features).pow(2).mean(dim=-1)
-    boxes = errors[..., 2:].mean(dim=-1)
-    objects = (boxes * has_object).sum() / has_object.sum().clamp(min=1)
-    return errors[..., :2].mean() + objects + (boxes * ~has_object).mean()
+    errors = (predicted - number_features(values)).pow(2).mean(dim=-1)
+    centre = errors[..., :2].mean()
+    box = (errors[..., 2:].mean(dim=-1) * has_object).sum() / has_object.sum().clamp(min=1)
+    return centre + box
 
 
 def _decoded(features: torch.Tensor) -> torch.Tensor:
@@ -631,10 +603,6 @@ def train(
         run.pretrain(run.started + stages.pretrain_share * minutes * 60)
     if stages.match_token_scale:
         run.match_token_scale()
-    # A decoder narrower than the dense features (toy configs) has no room for them.
-    dense = run.regressor
-    if stages.project_dense and dense is not None and dense.out_features < config.llm.hidden_size:
-        run.project_dense(dense)
     if stages.number_embeddings:
         run.structure_numbers()
     run.instruct(run.deadline)

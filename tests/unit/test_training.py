@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.checkpoint import read_manifest
 from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
-from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_vocabulary
 from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
@@ -23,7 +22,6 @@ from skyeye.training import (
     _cosine,
     _decoded,
     _difficulty_cap,
-    _patch_tokens,
     _Run,
     dense_targets,
     number_features,
@@ -122,25 +120,6 @@ def test_number_embeddings_and_soft_targets(tmp_path: Path) -> None:
     losses = run._token_losses(logits, torch.tensor([[int(target)], [-100]]))
     assert losses[0, 0] == pytest.approx(F.cross_entropy(logits[0], target[None]).item())
     assert losses[1, 0] == 0
-
-
-def test_projecting_dense_features_puts_them_first_in_image_tokens(tmp_path: Path) -> None:
-    # A decoder wide enough for the 72 dense features.
-    wide = TOY.model_copy(update={"llm": TOY.llm.model_copy(update={"hidden_size": 96})})
-    run = _Run(tmp_path / "m", 0, 1.0, wide, FEW, lambda _: None)
-    regressor = torch.nn.Linear(16, 72)
-    run.project_dense(regressor)
-    scene = render_scene(2, size=112, difficulty=0.0)
-    pixels = preprocess([scene.image], 112)
-    with torch.no_grad():
-        tokens = run.vision(pixels)[0]
-        patches = regressor(_patch_tokens(run.vision, pixels))[0]
-    merged = patches.unflatten(0, (16, 4)).mean(dim=1)
-    # The same features up to the one scale that matched the tokens' norm.
-    scale = (tokens[:, :72] * merged).sum() / merged.pow(2).sum()
-    assert torch.allclose(tokens[:, :72], scale * merged, atol=1e-5)
-    half = tokens[:, :72].norm(dim=-1).mean() / tokens[:, 72:].norm(dim=-1).mean()
-    assert half.item() == pytest.approx(1.0, rel=0.3)
 
 
 def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
