@@ -391,11 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_commands.add_parser(
         "train",
         help="train skyeye-tiny from scratch on the procedural aerial world (CPU, reproducible)",
-        description="Train skyeye-tiny: stage 1 pretrains the vision tower on per-patch classes, "
+        description="Train skyeye-tiny: stage 1 pretrains the vision tower on per-patch classes "
+        "and coordinates, "
         "stage 2 tunes tower top, projector and decoder on instructions. A time budget sizes "
         "the step counts; the log (training.json beside the weights) records them, and passing "
         "them back with --pretrain-steps/--instruct-steps repeats the run exactly. "
-        "The packaged model: --seed 0 --pretrain-steps 1649 --instruct-steps 2964.",
+        "The packaged model: --seed 0 --pretrain-steps 1520 --instruct-steps 3390.",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")

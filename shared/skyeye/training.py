@@ -2,11 +2,14 @@
 
 Two stages (their knobs are :class:`Stages`):
 
-1. ``pretrain``: the vision tower alone learns dense targets, a per-patch class (background, each
-   object class, water) through a throwaway linear head on its ``ln_vision`` patch tokens. From
+1. ``pretrain``: the vision tower alone learns dense targets through throwaway linear heads on its
+   ``ln_vision`` patch tokens: a per-patch class (background, each object class, water) and the
+   number features (:func:`number_features`) of the patch's centre and of its object's box. From
    scratch, a tower trained only through the decoder's answer loss barely learns to look.
 2. ``instruct``: tower (its top layers), ``llama_proj`` and the Llama decoder learn the answers of
-   :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum.
+   :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum;
+   the number tokens ``<0>``..``<100>`` start from those same features and box numbers are scored
+   against a Gaussian over neighbouring values.
 
 Prompts are assembled by :class:`TextDecoder` itself (its ``_rows``), so training sees exactly the
 sequence inference builds; the answer tokens and EOS follow ``[/INST]``.
@@ -38,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM
 
+from skyeye.model.answers import Box
 from skyeye.model.architecture import VisionStage, llama_config
 from skyeye.model.checkpoint import save_model
 from skyeye.model.config import ModelConfig
@@ -54,7 +58,15 @@ from skyeye.world import (
     render_scene,
 )
 
-__all__ = ["LOG_FILE", "Stages", "TrainReport", "patch_labels", "train"]
+__all__ = [
+    "LOG_FILE",
+    "Stages",
+    "TrainReport",
+    "dense_targets",
+    "number_features",
+    "patch_labels",
+    "train",
+]
 
 LOG_FILE = "training.json"
 
@@ -65,6 +77,12 @@ _PATCH_CLASSES = _WATER + 1
 _OBJECT_SHARE = 0.1
 # Background is most patches; down-weighting it keeps the head from settling on "background".
 _BACKGROUND_WEIGHT = 0.2
+# Periods (on the 0-100 box scale) of the sinusoidal features of a number: the longest spans
+# the scale without aliasing, the shortest makes neighbouring values distinguishable.
+_PERIODS = (200.0, 100.0, 50.0, 25.0, 12.5, 6.25)
+NUMBER_FEATURES = 2 * len(_PERIODS)
+# Dense coordinate targets per patch: its own centre (x, y), its object's box (x1, y1, x2, y2).
+_DENSE_VALUES = 6
 # The figures reported for stage 1 and the final evaluation use evaluation seed 1 (held-out
 # scenes, never trained on), leaving seed 0 to the project's own figures.
 _MEASURE_SEED = 1
@@ -78,10 +96,21 @@ class Stages:
     pretrain_steps: int | None = None
     pretrain_images: int = 8
     pretrain_lr: float = 2e-3
+    # Stage 1 also regresses, from each patch token, the sinusoidal features of its own centre and
+    # (object patches) of its object's box, so that image tokens carry coordinates the decoder
+    # can copy instead of inferring them from sequence positions.
+    dense_boxes: bool = True
+    dense_weight: float = 1.0
     instruct_steps: int | None = None
     images_per_step: int = 4
     questions_per_image: int = 8
     lr: float = 1e-3
+    # The embeddings (input and output) of <0>..<100> start from the sinusoidal features of
+    # their value, the same features stage 1 teaches the tower.
+    number_embeddings: bool = True
+    # Gaussian soft targets (this many steps of the 0-100 scale) on box-number answer tokens, so
+    # a near miss costs less than a far one: the cross-entropy over 101 bins acts as a regression.
+    number_sigma: float = 1.5
     vision_lr: float = 3e-4
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
     # also spares their backward pass. Negative: all layers.
@@ -134,6 +163,46 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
     objects = shares[1:_WATER]
     labels = np.where(shares[_WATER] > 0.5, _WATER, 0)
     return np.where(objects.max(axis=0) >= _OBJECT_SHARE, 1 + objects.argmax(axis=0), labels)
+
+
+def number_features(values: torch.Tensor) -> torch.Tensor:
+    """(..., NUMBER_FEATURES) cos/sin of ``values`` (0-100 scale) at each of ``_PERIODS``."""
+    omega = 2 * math.pi / torch.tensor(_PERIODS)
+    angles = values.float().unsqueeze(-1) * omega
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def _box_values(box: Box) -> list[int]:
+    return [box.x1, box.y1, box.x2, box.y2]
+
+
+def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch (grid * grid rows, row-major): (values (.., 6) on the 0-100 scale, has_object).
+
+    Values are the patch's centre (x, y) and the box (x1, y1, x2, y2) of the object covering most
+    of it (zero where ``has_object`` is False: no object covers ``_OBJECT_SHARE`` of the patch).
+    """
+    width, height = scene.size
+    cell_h, cell_w = height // grid, width // grid
+    instances = scene.instances[: grid * cell_h, : grid * cell_w].astype(np.int64)
+    rows = np.arange(grid * cell_h) // cell_h
+    cols = np.arange(grid * cell_w) // cell_w
+    patch = rows[:, None] * grid + cols[None, :]
+    n = len(scene.objects) + 1
+    shares = np.bincount((patch * n + instances).ravel(), minlength=grid * grid * n)
+    shares = shares.reshape(grid * grid, n)[:, 1:] / (cell_h * cell_w)
+    owner = shares.argmax(axis=1) if n > 1 else np.zeros(grid * grid, dtype=np.int64)
+    has_object = (shares.max(axis=1) >= _OBJECT_SHARE) if n > 1 else np.zeros(grid * grid, bool)
+    boxes = np.array(
+        [_box_values(o.model_box(width, height)) for o in scene.objects] or [[0, 0, 0, 0]],
+        dtype=np.float32,
+    )
+    centre = (np.arange(grid, dtype=np.float32) + 0.5) * 100 / grid
+    values = np.zeros((grid * grid, _DENSE_VALUES), dtype=np.float32)
+    values[:, 0] = np.tile(centre, grid)
+    values[:, 1] = np.repeat(centre, grid)
+    values[:, 2:] = np.where(has_object[:, None], boxes[owner], 0.0)
+    return values, has_object
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -189,6 +258,12 @@ class _Run:
             )
         )
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
+        self.number_ids = torch.tensor(
+            self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
+        )
+        # Vocabulary id -> its number (0-100), -1 for every other token.
+        self.number_of = torch.full((config.llm.vocab_size,), -1, dtype=torch.long)
+        self.number_of[self.number_ids] = torch.arange(101)
         # One generator per purpose, so that changing one stage's draws leaves the other's alone.
         self.scene_rng = np.random.default_rng([seed, 1])
         self.question_rng = np.random.default_rng([seed, 2])
@@ -266,7 +341,10 @@ class _Run:
     def pretrain(self, budget_end: float) -> None:
         stages, grid = self.stages, self.config.vision.grid_size
         head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES)
+        regressor = nn.Linear(self.config.vision.hidden_size, _DENSE_VALUES * NUMBER_FEATURES)
         params = [*self.vision.vision_model.parameters(), *head.parameters()]
+        if stages.dense_boxes:
+            params += regressor.parameters()
         optimiser = torch.optim.AdamW(params, lr=stages.pretrain_lr, weight_decay=0.01)
         weights = torch.ones(_PATCH_CLASSES)
         weights[0] = _BACKGROUND_WEIGHT
@@ -280,8 +358,10 @@ class _Run:
             scenes = self.scenes(stages.pretrain_images, cap)
             pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
             labels = torch.from_numpy(np.stack([patch_labels(s, grid).ravel() for s in scenes]))
-            logits = head(_patch_tokens(self.vision, pixels))
-            loss = F.cross_entropy(logits.flatten(0, 1), labels.ravel(), weight=weights)
+            tokens = _patch_tokens(self.vision, pixels)
+            loss = F.cross_entropy(head(tokens).flatten(0, 1), labels.ravel(), weight=weights)
+            if stages.dense_boxes:
+                loss = loss + stages.dense_weight * _dense_loss(regressor, tokens, scenes, grid)
             for group in optimiser.param_groups:
                 group["lr"] = stages.pretrain_lr * _cosine(step, total, stages.warmup_steps)
             optimiser.zero_grad(set_to_none=True)
@@ -297,7 +377,9 @@ class _Run:
                 t0 = time.perf_counter()
             self.steps["pretrain"] = step
             self.maybe_checkpoint()
-        self.patch_accuracy = _patch_accuracy(self.vision, head, self.config)
+        self.patch_accuracy = _patch_accuracy(
+            self.vision, head, regressor if stages.dense_boxes else None, self.config
+        )
         self.progress(f"pretrain done: per-patch {self.patch_accuracy}")
 
     # Stage 2 -------------------------------------------------------------------------------
@@ -317,6 +399,16 @@ class _Run:
             self.vision.llama_proj.weight.mul_(factor)
             self.vision.llama_proj.bias.mul_(factor)
         self.progress(f"image tokens scaled by {factor:.3f} to norm {text_norm.item():.3f}")
+
+    def structure_numbers(self) -> None:
+        """Write the number features of <0>..<100> into the first embedding dimensions (input and
+        output), at the rows' mean norm; the other dimensions keep their random identity."""
+        features = number_features(torch.arange(101))
+        with torch.no_grad():
+            for table in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()):
+                norm = table.weight.norm(dim=-1).mean()
+                scaled = features * norm / features.norm(dim=-1, keepdim=True)
+                table.weight[self.number_ids, :NUMBER_FEATURES] = scaled
 
     def _questions(self, scene: Scene) -> list[Sample]:
         """Up to ``questions_per_image`` distinct samples, kinds drawn by ``kind_weights``."""
@@ -366,11 +458,26 @@ class _Run:
             # Position p predicts token p + 1: the last prompt position predicts the first answer.
             targets[i, prompt_len - 1 : prompt_len - 1 + len(answer)] = torch.tensor(answer)
         logits = self.llm(inputs_embeds=inputs, attention_mask=mask).logits
-        per_token = F.cross_entropy(
-            logits.flatten(0, 1), targets.ravel(), ignore_index=-100, reduction="none"
-        ).view(len(rows), length)
+        per_token = self._token_losses(logits, targets)
         counted = (targets != -100).sum(dim=1)
         return (per_token.sum(dim=1) / counted).mean(), len(rows)
+
+    def _token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, L) cross-entropy; on box numbers against a Gaussian over the 101 number tokens
+        when ``number_sigma`` > 0. Ignored positions (-100) cost 0."""
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        known = targets != -100
+        safe = targets.where(known, 0)
+        losses = -log_p.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+        sigma = self.stages.number_sigma
+        values = self.number_of[safe].where(known, -1)
+        if sigma > 0 and bool((values >= 0).any()):
+            numbers = values >= 0
+            offsets = torch.arange(101).float() - values[numbers].float().unsqueeze(-1)
+            soft = torch.softmax(-offsets.pow(2) / (2 * sigma**2), dim=-1)
+            picked = log_p[numbers][:, self.number_ids]
+            losses = losses.masked_scatter(numbers, -(soft * picked).sum(dim=-1))
+        return losses * known
 
     def instruct(self, budget_end: float) -> None:
         stages = self.stages
@@ -420,22 +527,56 @@ class _Run:
         self.llm.eval()
 
 
-def _patch_accuracy(stage: VisionStage, head: nn.Linear, config: ModelConfig) -> dict[str, float]:
-    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean."""
+def _dense_loss(
+    regressor: nn.Linear, tokens: torch.Tensor, scenes: list[Scene], grid: int
+) -> torch.Tensor:
+    """MSE of the number features of each patch's centre and, on object patches, object box."""
+    targets = [dense_targets(s, grid) for s in scenes]
+    values = torch.from_numpy(np.stack([v for v, _ in targets]))
+    has_object = torch.from_numpy(np.stack([h for _, h in targets]))
+    predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
+    errors = (predicted - number_features(values)).pow(2).mean(dim=-1)
+    centre = errors[..., :2].mean()
+    box = (errors[..., 2:].mean(dim=-1) * has_object).sum() / has_object.sum().clamp(min=1)
+    return centre + box
+
+
+def _decoded(features: torch.Tensor) -> torch.Tensor:
+    """The 0-100 value whose number features are nearest (dot product) to ``features``."""
+    table = number_features(torch.arange(101))
+    return (features @ table.T).argmax(dim=-1).float()
+
+
+def _patch_accuracy(
+    stage: VisionStage, head: nn.Linear, regressor: nn.Linear | None, config: ModelConfig
+) -> dict[str, float]:
+    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean, and
+    with dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes."""
     scenes = list(held_out_scenes(16, _MEASURE_SEED, size=config.vision.image_size))
     grid = config.vision.grid_size
     with torch.no_grad():
         pixels = preprocess([s.image for s in scenes], config.vision.image_size)
-        predicted = head(_patch_tokens(stage, pixels)).argmax(dim=-1).numpy().ravel()
+        tokens = _patch_tokens(stage, pixels)
+        predicted = head(tokens).argmax(dim=-1).numpy().ravel()
+        features = None if regressor is None else regressor(tokens)
     truth = np.concatenate([patch_labels(s, grid).ravel() for s in scenes])
     recalls = [float((predicted[truth == c] == c).mean()) for c in np.unique(truth)]
     objects = (truth > 0) & (truth < _WATER)
-    return {
+    figures = {
         "accuracy": round(float((predicted == truth).mean()), 4),
         "background_share": round(float((truth == 0).mean()), 4),
         "object_recall": round(float((predicted[objects] == truth[objects]).mean()), 4),
         "mean_class_recall": round(float(np.mean(recalls)), 4),
     }
+    if features is not None:
+        decoded = _decoded(features.unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))).flatten(0, 1)
+        targets = [dense_targets(s, grid) for s in scenes]
+        values = torch.from_numpy(np.concatenate([v for v, _ in targets]))
+        has_object = torch.from_numpy(np.concatenate([h for _, h in targets]))
+        errors = (decoded - values).abs()
+        figures["centre_mae"] = round(errors[:, :2].mean().item(), 2)
+        figures["box_mae"] = round(errors[has_object, 2:].mean().item(), 2)
+    return figures
 
 
 def train(
@@ -462,6 +603,8 @@ def train(
         run.pretrain(run.started + stages.pretrain_share * minutes * 60)
     if stages.match_token_scale:
         run.match_token_scale()
+    if stages.number_embeddings:
+        run.structure_numbers()
     run.instruct(run.deadline)
     run.save()
     if stages.eval_scenes:

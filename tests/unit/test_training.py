@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.checkpoint import read_manifest
@@ -19,8 +20,11 @@ from skyeye.training import (
     LOG_FILE,
     Stages,
     _cosine,
+    _decoded,
     _difficulty_cap,
     _Run,
+    dense_targets,
+    number_features,
     patch_labels,
     train,
 )
@@ -64,6 +68,58 @@ def test_patch_labels_mark_objects_and_water() -> None:
     assert set(np.unique(labels)) <= set(range(7))
     assert (labels == 6).any()  # a harbour has open water
     assert ((labels > 0) & (labels < 6)).any() == bool(scene.objects)
+
+
+def test_dense_targets_give_patch_centres_and_object_boxes() -> None:
+    scene = render_scene(5, size=112, difficulty=0.0)
+    values, has_object = dense_targets(scene, 8)
+    assert values.shape == (64, 6)
+    assert has_object.shape == (64,)
+    # Row-major patch centres on the 0-100 scale.
+    assert values[1, :2].tolist() == [18.75, 6.25]
+    assert values[8, :2].tolist() == [6.25, 18.75]
+    # An object patch carries the model box of an object; other patches carry zeros.
+    boxes = {
+        tuple(int(v) for v in str(o.model_box(112, 112))[1:-1].strip("<>").split("><"))
+        for o in scene.objects
+    }
+    assert has_object.any() == bool(scene.objects)
+    assert {tuple(int(v) for v in row) for row in values[has_object, 2:]} <= boxes
+    assert not values[~has_object, 2:].any()
+
+
+def test_number_features_decode_back_to_every_value() -> None:
+    values = torch.arange(101)
+    features = number_features(values)
+    assert features.shape == (101, 12)
+    assert torch.equal(_decoded(features), values.float())
+    # Neighbouring values are more alike than distant ones: the structure the embeddings share.
+    similarity = features @ features.T
+    assert set(similarity[50].topk(3).indices.tolist()) == {49, 50, 51}
+
+
+def test_number_embeddings_and_soft_targets(tmp_path: Path) -> None:
+    run = _Run(tmp_path / "m", 0, 1.0, TOY, FEW, lambda _: None)
+    run.structure_numbers()
+    table = run.llm.get_input_embeddings().weight
+    head = run.llm.get_output_embeddings().weight
+    features = number_features(torch.arange(101))
+    for weights in (table, head):
+        rows = weights[run.number_ids, :12]
+        assert torch.allclose(rows / rows.norm(dim=-1, keepdim=True), features / 6**0.5, atol=1e-5)
+    # A logit peaked one step off the true number costs less than one peaked far off.
+    vocab = TOY.llm.vocab_size
+    target = run.number_ids[40]
+    logits = torch.zeros(2, 1, vocab)
+    logits[0, 0, run.number_ids[41]] = 5.0
+    logits[1, 0, run.number_ids[90]] = 5.0
+    losses = run._token_losses(logits, torch.full((2, 1), int(target)))
+    assert losses[0, 0] < losses[1, 0]
+    hard = Stages(**{**FEW.__dict__, "number_sigma": 0.0})
+    run.stages = hard
+    losses = run._token_losses(logits, torch.tensor([[int(target)], [-100]]))
+    assert losses[0, 0] == pytest.approx(F.cross_entropy(logits[0], target[None]).item())
+    assert losses[1, 0] == 0
 
 
 def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
