@@ -336,6 +336,43 @@ class _Run:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _optimise(
+        self,
+        stage: str,
+        optimiser: torch.optim.Optimizer,
+        fixed_steps: int | None,
+        budget_end: float,
+        loss_of: Callable[[float], tuple[torch.Tensor, int]],
+    ) -> None:
+        """The loop both stages share: curriculum cap, LR schedule, clipped step, step count
+        sized from the pace unless fixed, progress and checkpoints. ``loss_of(cap)`` draws a
+        batch no harder than ``cap`` and returns its loss and how many samples it held."""
+        stages = self.stages
+        bases = [g["lr"] for g in optimiser.param_groups]
+        params = [p for g in optimiser.param_groups for p in g["params"]]
+        total = fixed_steps if fixed_steps is not None else 10**9
+        step, t0, timed_from, items = 0, time.perf_counter(), 0.0, 0
+        while step < total:
+            if step == stages.warmup_steps:
+                timed_from = time.perf_counter()
+            loss, n = loss_of(_difficulty_cap(step, total, stages.warmup_steps, stages.curriculum))
+            items += n
+            factor = _cosine(step, total, stages.warmup_steps)
+            for group, base in zip(optimiser.param_groups, bases, strict=True):
+                group["lr"] = base * factor
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            step += 1
+            if step == 2 * stages.warmup_steps and fixed_steps is None:
+                total = self.sized(step, timed_from, budget_end)
+            if step % stages.progress_every == 0 or step == total:
+                self.report(stage, step, total, loss.item(), items, t0)
+                t0, items = time.perf_counter(), 0
+            self.steps[stage] = step
+            self.maybe_checkpoint()
+
     # Stage 1 -------------------------------------------------------------------------------
 
     def pretrain(self, budget_end: float) -> None:
@@ -348,13 +385,9 @@ class _Run:
         optimiser = torch.optim.AdamW(params, lr=stages.pretrain_lr, weight_decay=0.01)
         weights = torch.ones(_PATCH_CLASSES)
         weights[0] = _BACKGROUND_WEIGHT
-        total = stages.pretrain_steps if stages.pretrain_steps is not None else 10**9
-        step, t0, timed_from = 0, time.perf_counter(), 0.0
         self.vision.train()
-        while step < total:
-            if step == stages.warmup_steps:
-                timed_from = time.perf_counter()
-            cap = _difficulty_cap(step, total, stages.warmup_steps, stages.curriculum)
+
+        def loss_of(cap: float) -> tuple[torch.Tensor, int]:
             scenes = self.scenes(stages.pretrain_images, cap)
             pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
             labels = torch.from_numpy(np.stack([patch_labels(s, grid).ravel() for s in scenes]))
@@ -362,21 +395,9 @@ class _Run:
             loss = F.cross_entropy(head(tokens).flatten(0, 1), labels.ravel(), weight=weights)
             if stages.dense_boxes:
                 loss = loss + stages.dense_weight * _dense_loss(regressor, tokens, scenes, grid)
-            for group in optimiser.param_groups:
-                group["lr"] = stages.pretrain_lr * _cosine(step, total, stages.warmup_steps)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            step += 1
-            if step == 2 * stages.warmup_steps and stages.pretrain_steps is None:
-                total = self.sized(step, timed_from, budget_end)
-            if step % stages.progress_every == 0 or step == total:
-                images = stages.progress_every * stages.pretrain_images
-                self.report("pretrain", step, total, loss.item(), images, t0)
-                t0 = time.perf_counter()
-            self.steps["pretrain"] = step
-            self.maybe_checkpoint()
+            return loss, len(scenes)
+
+        self._optimise("pretrain", optimiser, stages.pretrain_steps, budget_end, loss_of)
         self.patch_accuracy = _patch_accuracy(
             self.vision, head, regressor if stages.dense_boxes else None, self.config
         )
@@ -496,33 +517,13 @@ class _Run:
             {"params": vision_params, "lr": stages.vision_lr},
         ]
         optimiser = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.01)
-        bases = [g["lr"] for g in optimiser.param_groups]
-        params = [p for g in optimiser.param_groups for p in g["params"]]
-        total = stages.instruct_steps if stages.instruct_steps is not None else 10**9
-        step, t0, timed_from, items = 0, time.perf_counter(), 0.0, 0
         self.vision.train()
         self.llm.train()
-        while step < total:
-            if step == stages.warmup_steps:
-                timed_from = time.perf_counter()
-            cap = _difficulty_cap(step, total, stages.warmup_steps, stages.curriculum)
-            loss, n = self.instruct_loss(self.scenes(stages.images_per_step, cap))
-            items += n
-            factor = _cosine(step, total, stages.warmup_steps)
-            for group, base in zip(optimiser.param_groups, bases, strict=True):
-                group["lr"] = base * factor
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, 1.0)
-            optimiser.step()
-            step += 1
-            if step == 2 * stages.warmup_steps and stages.instruct_steps is None:
-                total = self.sized(step, timed_from, budget_end)
-            if step % stages.progress_every == 0 or step == total:
-                self.report("instruct", step, total, loss.item(), items, t0)
-                t0, items = time.perf_counter(), 0
-            self.steps["instruct"] = step
-            self.maybe_checkpoint()
+
+        def loss_of(cap: float) -> tuple[torch.Tensor, int]:
+            return self.instruct_loss(self.scenes(stages.images_per_step, cap))
+
+        self._optimise("instruct", optimiser, stages.instruct_steps, budget_end, loss_of)
         self.vision.eval()
         self.llm.eval()
 
