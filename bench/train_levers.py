@@ -2,7 +2,8 @@
 overridden, then score it on held-out scenes (evaluation seed 0, as `skyeye model eval`).
 
 Fixed step counts (not a time budget) keep lever runs comparable on a CPU shared with other
-work, and repeat exactly from the seed. Overrides are ``field=value`` with JSON values:
+work, and repeat exactly from the seed; ``--minutes`` sizes them from a time budget instead (the
+counts are printed, to repeat the run). Overrides are ``field=value`` with JSON values:
 
     .venv/bin/python bench/train_levers.py --out /tmp/lev/base --threads 1 \\
         pretrain_steps=250 instruct_steps=350 dense_boxes=false number_embeddings=false \\
@@ -26,13 +27,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored")
+    parser.add_argument(
+        "--minutes", type=float, help="time budget sizing the steps not fixed by overrides"
+    )
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="Stages fields")
     args = parser.parse_args()
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     # The closing 20-scene evaluation of train() would only repeat part of the one below.
     stages = Stages(**{"eval_scenes": 0, "progress_every": 50, **overrides})
     start = time.perf_counter()
-    report = train(args.out, seed=args.seed, minutes=10**6, stages=stages, threads=args.threads)
+    minutes = 10**6 if args.minutes is None else args.minutes
+    report = train(args.out, seed=args.seed, minutes=minutes, stages=stages, threads=args.threads)
     seconds = time.perf_counter() - start
     scores = evaluate(args.out, args.scenes, 0, 16)
     print(scores.table())
@@ -43,6 +48,7 @@ def main() -> None:
             {
                 "overrides": overrides,
                 "train_seconds": round(seconds),
+                "steps": {"pretrain": report.pretrain_steps, "instruct": report.instruct_steps},
                 "patch": report.patch_accuracy,
                 "scores": figures,
                 "grounding_parsed": grounding,
