@@ -2,16 +2,14 @@
 
 Two stages (their knobs are :class:`Stages`):
 
-1. ``pretrain``: the vision tower alone learns dense targets through linear heads on its
-   ``ln_vision`` patch tokens: a per-patch class (background, each object class, water), the
-   colour of the patch's object, and the number features (:func:`number_features`) of the
-   patch's centre and of its object's box. From scratch, a tower trained only through the
-   decoder's answer loss barely learns to look.
+1. ``pretrain``: the vision tower alone learns dense targets through throwaway linear heads on its
+   ``ln_vision`` patch tokens: a per-patch class (background, each object class, water) and the
+   number features (:func:`number_features`) of the patch's centre and of its object's box. From
+   scratch, a tower trained only through the decoder's answer loss barely learns to look.
 2. ``instruct``: tower (its top layers), ``llama_proj`` and the Llama decoder learn the answers of
-   :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum.
-   ``llama_proj`` starts as the stage-1 heads, the number tokens ``<0>``..``<100>`` start from
-   the same number features, and box numbers are scored against a Gaussian over neighbouring
-   values.
+   :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum;
+   the number tokens ``<0>``..``<100>`` start from those same features and box numbers are scored
+   against a Gaussian over neighbouring values.
 
 Prompts are assembled by :class:`TextDecoder` itself (its ``_rows``), so training sees exactly the
 sequence inference builds; the answer tokens and EOS follow ``[/INST]``.
@@ -52,7 +50,6 @@ from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_tokenizer
 from skyeye.world import (
     OBJECT_CLASSES,
-    OBJECT_COLOURS,
     TRAINING_SEED_LIMIT,
     Sample,
     Scene,
@@ -67,7 +64,6 @@ __all__ = [
     "TrainReport",
     "dense_targets",
     "number_features",
-    "patch_colours",
     "patch_labels",
     "train",
 ]
@@ -105,17 +101,6 @@ class Stages:
     # can copy instead of inferring them from sequence positions.
     dense_boxes: bool = True
     dense_weight: float = 1.0
-    # Background patches regress zero box features: a token holds a box only where there is an
-    # object, so an attention spread over the image still decodes to the attended object's box
-    # (a scaled number feature decodes to the same number) instead of to noise.
-    zero_background_boxes: bool = True
-    # Stage 1 also classifies the colour of each object patch: the word that tells objects of one
-    # class apart in most [refer] expressions ("the red vehicle").
-    colour_targets: bool = True
-    # llama_proj starts as the stage-1 heads (mean over a merged token's patches) in its first
-    # outputs, so image tokens enter the decoder holding coordinates as the number features the
-    # number embeddings use, and class and colour scores the question can attend to.
-    project_heads: bool = True
     instruct_steps: int | None = None
     images_per_step: int = 4
     questions_per_image: int = 8
@@ -191,9 +176,12 @@ def _box_values(box: Box) -> list[int]:
     return [box.x1, box.y1, box.x2, box.y2]
 
 
-def _patch_owners(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch (grid * grid, row-major): (index into ``scene.objects`` of the object covering
-    most of it, whether that object covers at least ``_OBJECT_SHARE`` of it)."""
+def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch (grid * grid rows, row-major): (values (.., 6) on the 0-100 scale, has_object).
+
+    Values are the patch's centre (x, y) and the box (x1, y1, x2, y2) of the object covering most
+    of it (zero where ``has_object`` is False: no object covers ``_OBJECT_SHARE`` of the patch).
+    """
     width, height = scene.size
     cell_h, cell_w = height // grid, width // grid
     instances = scene.instances[: grid * cell_h, : grid * cell_w].astype(np.int64)
@@ -205,17 +193,6 @@ def _patch_owners(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     shares = shares.reshape(grid * grid, n)[:, 1:] / (cell_h * cell_w)
     owner = shares.argmax(axis=1) if n > 1 else np.zeros(grid * grid, dtype=np.int64)
     has_object = (shares.max(axis=1) >= _OBJECT_SHARE) if n > 1 else np.zeros(grid * grid, bool)
-    return owner, has_object
-
-
-def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch (grid * grid rows, row-major): (values (.., 6) on the 0-100 scale, has_object).
-
-    Values are the patch's centre (x, y) and the box (x1, y1, x2, y2) of the object covering most
-    of it (zero where ``has_object`` is False: no object covers ``_OBJECT_SHARE`` of the patch).
-    """
-    width, height = scene.size
-    owner, has_object = _patch_owners(scene, grid)
     boxes = np.array(
         [_box_values(o.model_box(width, height)) for o in scene.objects] or [[0, 0, 0, 0]],
         dtype=np.float32,
@@ -226,14 +203,6 @@ def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     values[:, 1] = np.repeat(centre, grid)
     values[:, 2:] = np.where(has_object[:, None], boxes[owner], 0.0)
     return values, has_object
-
-
-def patch_colours(scene: Scene, grid: int) -> np.ndarray:
-    """(grid * grid,) int64, row-major: the index in ``OBJECT_COLOURS`` of the colour of the
-    patch's object (as :func:`dense_targets` assigns objects), -1 for patches without one."""
-    owner, has_object = _patch_owners(scene, grid)
-    colours = np.array([OBJECT_COLOURS.index(o.colour) for o in scene.objects] or [-1])
-    return np.where(has_object, colours[owner], -1)
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -258,20 +227,6 @@ def _patch_tokens(stage: VisionStage, pixels: torch.Tensor) -> torch.Tensor:
     tower = stage.vision_model
     hidden = tower.encoder(inputs_embeds=tower.embeddings(pixels)).last_hidden_state
     return tower.post_layernorm(hidden)[:, 1:, :]
-
-
-@dataclass
-class _Heads:
-    """Stage 1's linear heads on the tower's patch tokens (the optional ones None when off)."""
-
-    classes: nn.Linear
-    boxes: nn.Linear | None
-    colours: nn.Linear | None
-
-    def present(self) -> list[nn.Linear]:
-        """In the order their outputs start llama_proj: coordinates first, the number features
-        the number embeddings share."""
-        return [h for h in (self.boxes, self.classes, self.colours) if h is not None]
 
 
 class _Run:
@@ -315,7 +270,6 @@ class _Run:
         self.losses: list[tuple[str, int, float]] = []
         self.steps = {"pretrain": 0, "instruct": 0}
         self.patch_accuracy: dict[str, float] = {}
-        self.heads: _Heads | None = None  # stage 1's, once trained
         self.evaluation: dict[str, Any] = {}
 
     def elapsed(self) -> float:
@@ -423,14 +377,11 @@ class _Run:
 
     def pretrain(self, budget_end: float) -> None:
         stages, grid = self.stages, self.config.vision.grid_size
-        width = self.config.vision.hidden_size
-        heads = _Heads(
-            nn.Linear(width, _PATCH_CLASSES),
-            nn.Linear(width, _DENSE_VALUES * NUMBER_FEATURES) if stages.dense_boxes else None,
-            nn.Linear(width, len(OBJECT_COLOURS)) if stages.colour_targets else None,
-        )
-        params = [*self.vision.vision_model.parameters()]
-        params += [p for head in heads.present() for p in head.parameters()]
+        head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES)
+        regressor = nn.Linear(self.config.vision.hidden_size, _DENSE_VALUES * NUMBER_FEATURES)
+        params = [*self.vision.vision_model.parameters(), *head.parameters()]
+        if stages.dense_boxes:
+            params += regressor.parameters()
         optimiser = torch.optim.AdamW(params, lr=stages.pretrain_lr, weight_decay=0.01)
         weights = torch.ones(_PATCH_CLASSES)
         weights[0] = _BACKGROUND_WEIGHT
@@ -441,23 +392,15 @@ class _Run:
             pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
             labels = torch.from_numpy(np.stack([patch_labels(s, grid).ravel() for s in scenes]))
             tokens = _patch_tokens(self.vision, pixels)
-            loss = F.cross_entropy(
-                heads.classes(tokens).flatten(0, 1), labels.ravel(), weight=weights
-            )
-            if heads.boxes is not None:
-                loss = loss + stages.dense_weight * _dense_loss(
-                    heads.boxes, tokens, scenes, grid, stages.zero_background_boxes
-                )
-            if heads.colours is not None:
-                colours = torch.from_numpy(np.stack([patch_colours(s, grid) for s in scenes]))
-                loss = loss + F.cross_entropy(
-                    heads.colours(tokens).flatten(0, 1), colours.ravel(), ignore_index=-1
-                )
+            loss = F.cross_entropy(head(tokens).flatten(0, 1), labels.ravel(), weight=weights)
+            if stages.dense_boxes:
+                loss = loss + stages.dense_weight * _dense_loss(regressor, tokens, scenes, grid)
             return loss, len(scenes)
 
         self._optimise("pretrain", optimiser, stages.pretrain_steps, budget_end, loss_of)
-        self.heads = heads
-        self.patch_accuracy = _patch_accuracy(self.vision, heads, self.config)
+        self.patch_accuracy = _patch_accuracy(
+            self.vision, head, regressor if stages.dense_boxes else None, self.config
+        )
         self.progress(f"pretrain done: per-patch {self.patch_accuracy}")
 
     # Stage 2 -------------------------------------------------------------------------------
@@ -477,36 +420,6 @@ class _Run:
             self.vision.llama_proj.weight.mul_(factor)
             self.vision.llama_proj.bias.mul_(factor)
         self.progress(f"image tokens scaled by {factor:.3f} to norm {text_norm.item():.3f}")
-
-    def project_heads(self, heads: list[nn.Linear]) -> None:
-        """Overwrite llama_proj's first outputs with ``heads`` (each the mean over a merged
-        token's patches), each block scaled to its share of dimensions of half the image tokens'
-        current norm; the remaining outputs keep the other half."""
-        merge = self.config.merge
-        scenes = self.scenes(4, 1.0)
-        pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
-        proj = self.vision.llama_proj
-        seeded = sum(h.out_features for h in heads)
-        with torch.no_grad():
-            target = self.vision(pixels).norm(dim=-1).mean()
-            start = 0
-            for head in heads:
-                block = slice(start, start + head.out_features)
-                proj.weight[block] = head.weight.repeat(1, merge) / merge
-                proj.bias[block] = head.bias
-                start = block.stop
-            tokens = self.vision(pixels)
-            start = 0
-            blocks = [(h.out_features, h.out_features / seeded) for h in heads]
-            blocks.append((proj.out_features - seeded, 1.0))
-            for size, share in blocks:
-                block = slice(start, start + size)
-                norm = tokens[..., block].norm(dim=-1).mean()
-                factor = (target * math.sqrt(share / 2) / norm).item()
-                proj.weight[block] *= factor
-                proj.bias[block] *= factor
-                start = block.stop
-        self.progress(f"llama_proj starts as the stage-1 heads in its first {seeded} outputs")
 
     def structure_numbers(self) -> None:
         """Write the number features of <0>..<100> into the first embedding dimensions (input and
@@ -616,27 +529,17 @@ class _Run:
 
 
 def _dense_loss(
-    regressor: nn.Linear,
-    tokens: torch.Tensor,
-    scenes: list[Scene],
-    grid: int,
-    zero_background: bool,
+    regressor: nn.Linear, tokens: torch.Tensor, scenes: list[Scene], grid: int
 ) -> torch.Tensor:
-    """MSE of the number features of each patch's centre and, on object patches, object box;
-    with ``zero_background`` also of zero box features on the other patches."""
+    """MSE of the number features of each patch's centre and, on object patches, object box."""
     targets = [dense_targets(s, grid) for s in scenes]
     values = torch.from_numpy(np.stack([v for v, _ in targets]))
     has_object = torch.from_numpy(np.stack([h for _, h in targets]))
     predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
-    features = number_features(values)
-    features[..., 2:, :] *= has_object[..., None, None]
-    errors = (predicted - features).pow(2).mean(dim=-1)
+    errors = (predicted - number_features(values)).pow(2).mean(dim=-1)
     centre = errors[..., :2].mean()
-    boxes = errors[..., 2:].mean(dim=-1)
-    loss = centre + (boxes * has_object).sum() / has_object.sum().clamp(min=1)
-    if zero_background:
-        loss = loss + (boxes * ~has_object).mean()
-    return loss
+    box = (errors[..., 2:].mean(dim=-1) * has_object).sum() / has_object.sum().clamp(min=1)
+    return centre + box
 
 
 def _decoded(features: torch.Tensor) -> torch.Tensor:
@@ -645,18 +548,18 @@ def _decoded(features: torch.Tensor) -> torch.Tensor:
     return (features @ table.T).argmax(dim=-1).float()
 
 
-def _patch_accuracy(stage: VisionStage, heads: _Heads, config: ModelConfig) -> dict[str, float]:
-    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean; with
-    dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes, with
-    colour targets the colour accuracy on object patches."""
+def _patch_accuracy(
+    stage: VisionStage, head: nn.Linear, regressor: nn.Linear | None, config: ModelConfig
+) -> dict[str, float]:
+    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean, and
+    with dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes."""
     scenes = list(held_out_scenes(16, _MEASURE_SEED, size=config.vision.image_size))
     grid = config.vision.grid_size
     with torch.no_grad():
         pixels = preprocess([s.image for s in scenes], config.vision.image_size)
         tokens = _patch_tokens(stage, pixels)
-        predicted = heads.classes(tokens).argmax(dim=-1).numpy().ravel()
-        features = None if heads.boxes is None else heads.boxes(tokens)
-        colours = None if heads.colours is None else heads.colours(tokens).argmax(dim=-1)
+        predicted = head(tokens).argmax(dim=-1).numpy().ravel()
+        features = None if regressor is None else regressor(tokens)
     truth = np.concatenate([patch_labels(s, grid).ravel() for s in scenes])
     recalls = [float((predicted[truth == c] == c).mean()) for c in np.unique(truth)]
     objects = (truth > 0) & (truth < _WATER)
@@ -674,11 +577,6 @@ def _patch_accuracy(stage: VisionStage, heads: _Heads, config: ModelConfig) -> d
         errors = (decoded - values).abs()
         figures["centre_mae"] = round(errors[:, :2].mean().item(), 2)
         figures["box_mae"] = round(errors[has_object, 2:].mean().item(), 2)
-    if colours is not None:
-        truth_colours = np.concatenate([patch_colours(s, grid) for s in scenes])
-        coloured = truth_colours >= 0
-        right = colours.numpy().ravel()[coloured] == truth_colours[coloured]
-        figures["colour_accuracy"] = round(float(right.mean()), 4)
     return figures
 
 
@@ -706,11 +604,6 @@ def train(
         run.pretrain(run.started + stages.pretrain_share * minutes * 60)
     if stages.match_token_scale:
         run.match_token_scale()
-    if stages.project_heads and run.heads is not None:
-        heads = run.heads.present()
-        # A toy decoder narrower than the heads' outputs has no room for them.
-        if sum(h.out_features for h in heads) < config.llm.hidden_size:
-            run.project_heads(heads)
     if stages.number_embeddings:
         run.structure_numbers()
     run.instruct(run.deadline)

@@ -14,7 +14,6 @@ from torch.nn import functional as F
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.checkpoint import read_manifest
 from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
-from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_vocabulary
 from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
@@ -22,17 +21,14 @@ from skyeye.training import (
     Stages,
     _cosine,
     _decoded,
-    _dense_loss,
     _difficulty_cap,
-    _patch_tokens,
     _Run,
     dense_targets,
     number_features,
-    patch_colours,
     patch_labels,
     train,
 )
-from skyeye.world import OBJECT_COLOURS, render_scene
+from skyeye.world import render_scene
 
 # 112 px keeps patch 14 and the 1x4 merge (an 8x8 grid, 16 image tokens) at a fraction of the cost.
 TOY = ModelConfig(
@@ -90,65 +86,6 @@ def test_dense_targets_give_patch_centres_and_object_boxes() -> None:
     assert has_object.any() == bool(scene.objects)
     assert {tuple(int(v) for v in row) for row in values[has_object, 2:]} <= boxes
     assert not values[~has_object, 2:].any()
-
-
-def test_patch_colours_name_the_colour_of_each_object_patch() -> None:
-    scene = render_scene(5, size=112, difficulty=0.0)
-    colours = patch_colours(scene, 8)
-    _, has_object = dense_targets(scene, 8)
-    assert colours.shape == (64,)
-    assert ((colours >= 0) == has_object).all()
-    assert {OBJECT_COLOURS[c] for c in colours[has_object]} <= {o.colour for o in scene.objects}
-
-
-def test_zero_background_boxes_also_score_the_background_patches() -> None:
-    scene = render_scene(5, size=112, difficulty=0.0)
-    values, has_object = dense_targets(scene, 8)
-    background = torch.from_numpy(~has_object)
-    assert background.any() and not background.all()
-    # Exact on every centre and object box, and zero box features on the background...
-    exact = number_features(torch.from_numpy(values)).flatten(-2)
-    exact[background, 24:] = 0
-    # ... or the same with noise in the background's box features.
-    noisy = exact.clone()
-    noisy[background, 24:] = 1.0
-    tokens = torch.zeros(1, 64, 1)
-    for outputs, zero_background, low in (
-        (noisy, False, True),
-        (noisy, True, False),
-        (exact, True, True),
-    ):
-        loss = _dense_loss(_Fixed(outputs), tokens, [scene], 8, zero_background).item()
-        assert (loss < 1e-6) == low
-
-
-class _Fixed(torch.nn.Linear):
-    """A regressor answering fixed outputs whatever the tokens."""
-
-    def __init__(self, outputs: torch.Tensor) -> None:
-        super().__init__(1, outputs.shape[-1])
-        self.outputs = outputs
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.outputs.expand(tokens.shape[0], -1, -1)
-
-
-def test_llama_proj_starts_as_the_stage_1_heads(tmp_path: Path) -> None:
-    run = _Run(tmp_path / "m", 0, 1.0, TOY, FEW, lambda _: None)
-    width = TOY.vision.hidden_size
-    heads = [torch.nn.Linear(width, 12), torch.nn.Linear(width, 7)]
-    run.project_heads(heads)
-    pixels = preprocess([render_scene(3, size=112).image], 112)
-    with torch.no_grad():
-        patches = _patch_tokens(run.vision, pixels)
-        tokens = run.vision(pixels)
-        for block, head in zip((slice(0, 12), slice(12, 19)), heads, strict=True):
-            # A merged token starts as the mean of its patches' head outputs, up to one scale.
-            expected = head(patches).unflatten(1, (-1, TOY.merge)).mean(dim=2)
-            got = tokens[..., block]
-            factor = (got * expected).sum() / expected.pow(2).sum()
-            assert factor > 0
-            assert torch.allclose(got, factor * expected, atol=1e-4)
 
 
 def test_number_features_decode_back_to_every_value() -> None:
