@@ -41,11 +41,11 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM
 
-from skyeye.model.answers import Box
+from skyeye.model.answers import Box, parse_boxes
 from skyeye.model.architecture import VisionStage, llama_config
 from skyeye.model.checkpoint import save_model
 from skyeye.model.config import ModelConfig
-from skyeye.model.decoder import TextDecoder
+from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder
 from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_tokenizer
 from skyeye.world import (
@@ -111,6 +111,9 @@ class Stages:
     # Gaussian soft targets (this many steps of the 0-100 scale) on box-number answer tokens, so
     # a near miss costs less than a far one: the cross-entropy over 101 bins acts as a regression.
     number_sigma: float = 1.5
+    # Weight of an auxiliary loss pulling one head's attention (the last layer's first), at the
+    # positions that predict a [refer] box's numbers, onto the referred object's image tokens.
+    attention_supervision: float = 0.0
     vision_lr: float = 3e-4
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
     # also spares their backward pass. Negative: all layers.
@@ -257,6 +260,9 @@ class _Run:
                 pad_id=self.tokenizer.pad_token_id,
             )
         )
+        if stages.attention_supervision > 0:
+            # SDPA returns no attention weights; eager computes the same attention with them.
+            self.llm.set_attn_implementation("eager")
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
         self.number_ids = torch.tensor(
             self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
@@ -461,12 +467,22 @@ class _Run:
         embeds = self.vision(pixels)
         embed = self.llm.get_input_embeddings()
         rows: list[tuple[torch.Tensor, list[int], int]] = []
+        # (row, positions predicting the box numbers, image positions on the referred object)
+        supervised: list[tuple[int, list[int], torch.Tensor]] = []
         for scene, image in zip(scenes, embeds, strict=True):
             questions = self._questions(scene)
             prompts = self.decoder._rows(image, [q.instruction for q in questions])
             for (ids, prompt), question in zip(prompts, questions, strict=True):
                 answer = self._answer_ids(question.answer)
                 row = torch.cat([prompt, embed(torch.tensor(answer))])
+                if question.kind == "refer" and self.stages.attention_supervision > 0:
+                    numbers = [
+                        len(ids) - 1 + i for i, t in enumerate(answer) if self.number_of[t] >= 0
+                    ]
+                    box = parse_boxes(question.answer)[0]
+                    start = ids.index(IMAGE_TOKEN)
+                    on = _box_tokens(box, self.config.vision.grid_size, self.config.merge) + start
+                    supervised.append((len(rows), numbers[:4], on))
                 rows.append((row, answer, len(ids)))
         length = max(r.shape[0] for r, _, _ in rows)
         hidden = rows[0][0].shape[1]
@@ -478,10 +494,18 @@ class _Run:
             mask[i, : row.shape[0]] = 1
             # Position p predicts token p + 1: the last prompt position predicts the first answer.
             targets[i, prompt_len - 1 : prompt_len - 1 + len(answer)] = torch.tensor(answer)
-        logits = self.llm(inputs_embeds=inputs, attention_mask=mask).logits
-        per_token = self._token_losses(logits, targets)
+        out = self.llm(
+            inputs_embeds=inputs, attention_mask=mask, output_attentions=bool(supervised)
+        )
+        per_token = self._token_losses(out.logits, targets)
         counted = (targets != -100).sum(dim=1)
-        return (per_token.sum(dim=1) / counted).mean(), len(rows)
+        loss = (per_token.sum(dim=1) / counted).mean()
+        if supervised:
+            head = out.attentions[-1][:, 0]  # (B, L, L)
+            masses = [head[r][numbers][:, on].sum(dim=-1) for r, numbers, on in supervised]
+            aux = -torch.log(torch.cat(masses) + 1e-6).mean()
+            loss = loss + self.stages.attention_supervision * aux
+        return loss, len(rows)
 
     def _token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, L) cross-entropy; on box numbers against a Gaussian over the 101 number tokens
@@ -526,6 +550,16 @@ class _Run:
         self._optimise("instruct", optimiser, stages.instruct_steps, budget_end, loss_of)
         self.vision.eval()
         self.llm.eval()
+
+
+def _box_tokens(box: Box, grid: int, merge: int) -> torch.Tensor:
+    """Indices (row-major) of the merged image tokens that overlap ``box`` (0-100 scale)."""
+    rows = torch.arange(grid)
+    cols = torch.arange(grid // merge)
+    cell_y, cell_x = 100 / grid, 100 * merge / grid
+    in_rows = (rows * cell_y < max(box.y2, box.y1 + 1)) & ((rows + 1) * cell_y > box.y1)
+    in_cols = (cols * cell_x < max(box.x2, box.x1 + 1)) & ((cols + 1) * cell_x > box.x1)
+    return (in_rows[:, None] & in_cols[None, :]).flatten().nonzero().flatten()
 
 
 def _dense_loss(

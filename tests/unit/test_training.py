@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from skyeye.model import TextDecoder, VisionEncoder
+from skyeye.model.answers import Box
 from skyeye.model.checkpoint import read_manifest
 from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
 from skyeye.model.vocabulary import tiny_vocabulary
@@ -19,6 +20,7 @@ from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
     LOG_FILE,
     Stages,
+    _box_tokens,
     _cosine,
     _decoded,
     _difficulty_cap,
@@ -120,6 +122,30 @@ def test_number_embeddings_and_soft_targets(tmp_path: Path) -> None:
     losses = run._token_losses(logits, torch.tensor([[int(target)], [-100]]))
     assert losses[0, 0] == pytest.approx(F.cross_entropy(logits[0], target[None]).item())
     assert losses[1, 0] == 0
+
+
+def test_box_tokens_are_the_merged_tokens_a_box_overlaps() -> None:
+    # Grid 32, merge 4: a token spans 12.5 of the 0-100 scale across and 3.125 down.
+    assert _box_tokens(Box(x1=0, y1=0, x2=12, y2=3), 32, 4).tolist() == [0]
+    assert _box_tokens(Box(x1=10, y1=2, x2=30, y2=5), 32, 4).tolist() == [0, 1, 2, 8, 9, 10]
+    # A box thinner than a token still has one.
+    assert _box_tokens(Box(x1=99, y1=99, x2=99, y2=99), 32, 4).tolist() == [255]
+
+
+def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> None:
+    refer_only = {**FEW.__dict__, "kind_weights": {"refer": 1.0}}
+    scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
+    losses = []
+    for weight in (0.0, 1.0):
+        stages = Stages(**{**refer_only, "attention_supervision": weight})
+        run = _Run(tmp_path / "m", 0, 1.0, TOY, stages, lambda _: None)
+        run.question_rng = np.random.default_rng(0)
+        loss, _ = run.instruct_loss(scenes)
+        loss.backward()
+        losses.append(loss.item())
+    # Same seed, same weights and questions: the difference is the attention term alone.
+    assert math.isfinite(losses[1])
+    assert losses[1] > losses[0] + 0.5
 
 
 def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
