@@ -23,21 +23,8 @@ import torch
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.decoder import IMAGE_TOKEN
 from skyeye.settings import PACKAGED_MODEL
+from skyeye.training import box_tokens
 from skyeye.world import held_out_scenes, make_samples, refer_expressions
-
-
-def _object_tokens(
-    box: tuple[int, int, int, int], image_size: int, grid: int, merge: int
-) -> np.ndarray:
-    """(grid * grid / merge,) bool: merged image tokens (1 x ``merge`` patches, row-major) that
-    overlap ``box`` (x1, y1 inclusive, x2, y2 exclusive, image pixels)."""
-    patch = image_size / grid
-    x1, y1, x2, y2 = box
-    rows = np.arange(grid)
-    cols = np.arange(grid // merge)
-    in_rows = (rows * patch < y2) & ((rows + 1) * patch > y1)
-    in_cols = (cols * patch * merge < x2) & ((cols + 1) * patch * merge > x1)
-    return (in_rows[:, None] & in_cols[None, :]).ravel()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     encoder, decoder = VisionEncoder.load(args.model), TextDecoder.load(args.model)
     # SDPA returns no attention weights; eager computes the same attention and keeps them
     decoder.llm.set_attn_implementation("eager")
-    vision = encoder.config.vision
+    vision, merge = encoder.config.vision, encoder.config.merge
     tokenizer = decoder.tokenizer
     opening = tokenizer("{", add_special_tokens=False, split_special_tokens=True).input_ids
     lifts: list[np.ndarray] = []  # per question: (layers, heads)
@@ -72,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
             with torch.inference_mode():
                 attentions = decoder.llm(inputs_embeds=inputs, output_attentions=True).attentions
             image = torch.tensor([i == IMAGE_TOKEN for i in ids] + [False] * len(opening))
-            on_object = _object_tokens(target.box, vision.image_size, vision.grid_size, 4)
+            on_object = np.zeros(vision.num_patches // merge, dtype=bool)
+            on_object[box_tokens(target.box, vision.image_size, vision.grid_size, merge)] = True
             share = on_object.mean()
             per_layer = []
             for layer in attentions:

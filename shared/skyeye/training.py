@@ -62,6 +62,7 @@ __all__ = [
     "LOG_FILE",
     "Stages",
     "TrainReport",
+    "box_tokens",
     "dense_targets",
     "number_features",
     "patch_labels",
@@ -481,7 +482,8 @@ class _Run:
                     ]
                     box = parse_boxes(question.answer)[0]
                     start = ids.index(IMAGE_TOKEN)
-                    on = _box_tokens(box, self.config.vision.grid_size, self.config.merge) + start
+                    grid, merge = self.config.vision.grid_size, self.config.merge
+                    on = box_tokens(_box_values(box), 100, grid, merge) + start
                     supervised.append((len(rows), numbers[:4], on))
                 rows.append((row, answer, len(ids)))
         length = max(r.shape[0] for r, _, _ in rows)
@@ -552,13 +554,19 @@ class _Run:
         self.llm.eval()
 
 
-def _box_tokens(box: Box, grid: int, merge: int) -> torch.Tensor:
-    """Indices (row-major) of the merged image tokens that overlap ``box`` (0-100 scale)."""
+def box_tokens(
+    box: tuple[float, float, float, float], extent: float, grid: int, merge: int
+) -> torch.Tensor:
+    """Indices (row-major) of the merged image tokens (1 x ``merge`` patches of a ``grid`` x
+    ``grid`` patch grid) that overlap ``box`` (x1, y1, x2, y2 with x2, y2 exclusive, on a square
+    scale of ``extent``: 100 for model boxes, the image size for pixels). A box less than one unit
+    wide or high still overlaps the token it sits on."""
+    x1, y1, x2, y2 = box
     rows = torch.arange(grid)
     cols = torch.arange(grid // merge)
-    cell_y, cell_x = 100 / grid, 100 * merge / grid
-    in_rows = (rows * cell_y < max(box.y2, box.y1 + 1)) & ((rows + 1) * cell_y > box.y1)
-    in_cols = (cols * cell_x < max(box.x2, box.x1 + 1)) & ((cols + 1) * cell_x > box.x1)
+    cell_y, cell_x = extent / grid, extent * merge / grid
+    in_rows = (rows * cell_y < max(y2, y1 + 1)) & ((rows + 1) * cell_y > y1)
+    in_cols = (cols * cell_x < max(x2, x1 + 1)) & ((cols + 1) * cell_x > x1)
     return (in_rows[:, None] & in_cols[None, :]).flatten().nonzero().flatten()
 
 

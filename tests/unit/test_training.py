@@ -12,7 +12,6 @@ import torch
 from torch.nn import functional as F
 
 from skyeye.model import TextDecoder, VisionEncoder
-from skyeye.model.answers import Box
 from skyeye.model.checkpoint import read_manifest
 from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
 from skyeye.model.vocabulary import tiny_vocabulary
@@ -20,11 +19,11 @@ from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
     LOG_FILE,
     Stages,
-    _box_tokens,
     _cosine,
     _decoded,
     _difficulty_cap,
     _Run,
+    box_tokens,
     dense_targets,
     number_features,
     patch_labels,
@@ -126,10 +125,10 @@ def test_number_embeddings_and_soft_targets(tmp_path: Path) -> None:
 
 def test_box_tokens_are_the_merged_tokens_a_box_overlaps() -> None:
     # Grid 32, merge 4: a token spans 12.5 of the 0-100 scale across and 3.125 down.
-    assert _box_tokens(Box(x1=0, y1=0, x2=12, y2=3), 32, 4).tolist() == [0]
-    assert _box_tokens(Box(x1=10, y1=2, x2=30, y2=5), 32, 4).tolist() == [0, 1, 2, 8, 9, 10]
+    assert box_tokens((0, 0, 12, 3), 100, 32, 4).tolist() == [0]
+    assert box_tokens((10, 2, 30, 5), 100, 32, 4).tolist() == [0, 1, 2, 8, 9, 10]
     # A box thinner than a token still has one.
-    assert _box_tokens(Box(x1=99, y1=99, x2=99, y2=99), 32, 4).tolist() == [255]
+    assert box_tokens((99, 99, 99, 99), 100, 32, 4).tolist() == [255]
 
 
 def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> None:
