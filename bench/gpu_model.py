@@ -2,7 +2,9 @@
 
 EVA ViT-g/14 at 448 px + ln_vision + 1x4 merge + llama_proj, and a Llama-2-7B-shaped decoder,
 built directly on the device in bf16 (random weights: throughput does not depend on the values).
-Prints encoder images/s and decoder tokens/s at each batch size and the peak device memory.
+Prints, at each batch size: encoder images/s; decoder tokens/s over the tasks of one tile, with
+the shared image prefix computed once (the serving path) and without (every row prefilled in
+full); the time to the first token; and the peak device memory of that batch.
 
     python bench/gpu_model.py                 # on a CUDA machine, the published dimensions
     python bench/gpu_model.py --tiny --device cpu --batches 1 2   # a quick check anywhere
@@ -17,6 +19,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import transformers
 from transformers import LlamaForCausalLM
 
 from skyeye.model import TextDecoder, prompts
@@ -52,11 +55,18 @@ def _decode(
     embeds: torch.Tensor,
     instructions: list[str],
     new_tokens: int,
+    reuse_prefix: bool,
     produced: list[int],
 ) -> None:
     # random weights may stop a row early at EOS: count what was really decoded
-    ids = decoder.generate_ids(embeds, instructions, new_tokens)
+    ids = decoder.generate_ids(embeds, instructions, new_tokens, reuse_prefix=reuse_prefix)
     produced.append(sum(len(row) for row in ids))
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
 
 
 def main() -> None:
@@ -91,56 +101,70 @@ def main() -> None:
     torch.set_default_dtype(torch.float32)
     built = time.perf_counter() - built
     decoder = TextDecoder(config, llm, tokenizer)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    weights_gib = _peak_gib(device)
 
     size = config.vision.image_size
     rows = []
     for batch in args.batches:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
         with torch.inference_mode():
             enc_s = _timed(lambda p=pixels: vision(p), device, args.repeats)
             embeds = vision(pixels[:1])[0]
         instructions = [TASKS[i % len(TASKS)] for i in range(batch)]
-        produced: list[int] = []
-        decode = functools.partial(
-            _decode, decoder, embeds, instructions, args.new_tokens, produced
-        )
-        dec_s = _timed(decode, device, args.repeats)
-        tokens = produced[-1]
-        rows.append(
-            {
-                "batch": batch,
-                "encoder_images_per_s": round(batch / enc_s, 2),
-                "decoder_tokens_per_s": round(tokens / dec_s, 1),
-                "decoder_tokens_per_call": tokens,
-            }
-        )
+        row: dict[str, float | int | None] = {
+            "batch": batch,
+            "encoder_images_per_s": round(batch / enc_s, 2),
+        }
+        for reuse in (True, False):
+            produced: list[int] = []
+            decode = functools.partial(
+                _decode, decoder, embeds, instructions, args.new_tokens, reuse, produced
+            )
+            dec_s = _timed(decode, device, args.repeats)
+            key = "decoder_tokens_per_s" + ("" if reuse else "_no_reuse")
+            row[key] = round(produced[-1] / dec_s, 1)
+        row["decoder_tokens_per_call"] = produced[-1]
+        first = functools.partial(_decode, decoder, embeds, instructions, 1, True, [])
+        row["first_token_ms"] = round(1000 * _timed(first, device, args.repeats), 1)
+        row["peak_memory_gib"] = _peak_gib(device)
+        rows.append(row)
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": args.dtype,
         "config": "tiny" if args.tiny else "published",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "attention": {
+            "vision": vision.vision_model.config._attn_implementation,
+            "llm": llm.config._attn_implementation,
+        },
         "build_s": round(built, 1),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        if device.type == "cuda"
-        else None,
+        "weights_gib": weights_gib,
         "rows": rows,
     }
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(
-        f"{report['config']} model on {report['device']} ({args.dtype}), "
-        f"built in {report['build_s']} s"
+        f"{report['config']} model on {report['device']} ({args.dtype}, attention "
+        f"{report['attention']}), built in {report['build_s']} s, weights "
+        f"{report['weights_gib']} GiB; torch {report['torch']}, "
+        f"transformers {report['transformers']}"
     )
-    print(f"{'batch':>5}  {'encoder img/s':>13}  {'decoder tok/s':>13}  {'tokens/call':>11}")
+    columns = [
+        ("batch", "batch"),
+        ("encoder img/s", "encoder_images_per_s"),
+        ("decoder tok/s", "decoder_tokens_per_s"),
+        ("no reuse tok/s", "decoder_tokens_per_s_no_reuse"),
+        ("tokens/call", "decoder_tokens_per_call"),
+        ("first token ms", "first_token_ms"),
+        ("peak GiB", "peak_memory_gib"),
+    ]
+    print("  ".join(f"{title:>{len(title)}}" for title, _ in columns))
     for r in rows:
-        print(
-            f"{r['batch']:>5}  {r['encoder_images_per_s']:>13}  {r['decoder_tokens_per_s']:>13}"
-            f"  {r['decoder_tokens_per_call']:>11}"
-        )
-    if report["peak_memory_gib"] is not None:
-        print(f"peak memory: {report['peak_memory_gib']} GiB")
+        print("  ".join(f"{r[key]!s:>{len(title)}}" for title, key in columns))
 
 
 if __name__ == "__main__":
