@@ -26,7 +26,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored")
+    parser.add_argument("--device", default="cpu", help="where the model trains, e.g. cuda")
+    parser.add_argument("--workers", type=int, default=0, help="scene-rendering processes")
+    parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored (0: none)")
     parser.add_argument(
         "--minutes", type=float, help="time budget sizing the steps not fixed by overrides"
     )
@@ -37,8 +39,20 @@ def main() -> None:
     stages = Stages(**{"eval_scenes": 0, "progress_every": 50, **overrides})
     start = time.perf_counter()
     minutes = 10**6 if args.minutes is None else args.minutes
-    report = train(args.out, seed=args.seed, minutes=minutes, stages=stages, threads=args.threads)
+    report = train(
+        args.out,
+        seed=args.seed,
+        minutes=minutes,
+        stages=stages,
+        threads=args.threads,
+        device=args.device,
+        workers=args.workers,
+    )
     seconds = time.perf_counter() - start
+    steps = {"pretrain": report.pretrain_steps, "instruct": report.instruct_steps}
+    if args.scenes == 0:
+        print(json.dumps({"overrides": overrides, "train_seconds": round(seconds), "steps": steps}))
+        return
     scores = evaluate(args.out, args.scenes, 0, 16)
     print(scores.table())
     figures = {name: round(family.score, 3) for name, family in scores.families.items()}
@@ -48,7 +62,7 @@ def main() -> None:
             {
                 "overrides": overrides,
                 "train_seconds": round(seconds),
-                "steps": {"pretrain": report.pretrain_steps, "instruct": report.instruct_steps},
+                "steps": steps,
                 "patch": report.patch_accuracy,
                 "scores": figures,
                 "grounding_parsed": grounding,

@@ -300,7 +300,13 @@ def cmd_model_train(args: argparse.Namespace) -> int:
     )
     _say(f"training skyeye-tiny (seed {args.seed}, {args.minutes:g} min budget) into {args.out}")
     report = train(
-        args.out, seed=args.seed, minutes=args.minutes, stages=stages, threads=args.threads
+        args.out,
+        seed=args.seed,
+        minutes=args.minutes,
+        stages=stages,
+        threads=args.threads,
+        device=args.device,
+        workers=args.workers,
     )
     _say(
         f"trained in {report.seconds / 60:.1f} min: {report.pretrain_steps} pretraining and "
@@ -390,13 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_eval)
     p = model_commands.add_parser(
         "train",
-        help="train skyeye-tiny from scratch on the procedural aerial world (CPU, reproducible)",
+        help="train skyeye-tiny from scratch on the procedural aerial world (reproducible)",
         description="Train skyeye-tiny: stage 1 pretrains the vision tower on per-patch classes "
         "and coordinates, "
         "stage 2 tunes tower top, projector and decoder on instructions. A time budget sizes "
         "the step counts; the log (training.json beside the weights) records them, and passing "
-        "them back with --pretrain-steps/--instruct-steps repeats the run exactly. "
-        "The packaged model: --seed 0 --pretrain-steps 1520 --instruct-steps 3390.",
+        "them back with --pretrain-steps/--instruct-steps repeats the run exactly (same device "
+        "and --threads). The packaged model: --seed 0 --pretrain-steps 1520 "
+        "--instruct-steps 3390 on the CPU at 2 threads.",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
@@ -404,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=int, help="fix stage 1's steps (default: by time)")
     p.add_argument("--instruct-steps", type=int, help="fix stage 2's steps (default: by time)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--device", default="cpu", help="where the model trains, e.g. cuda")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes rendering the training scenes (0: in line; on a GPU the renderer is "
+        "the bottleneck)",
+    )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"
     )

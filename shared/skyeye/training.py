@@ -1,4 +1,4 @@
-"""Train skyeye-tiny on the procedural aerial world, on the CPU, reproducibly from a seed.
+"""Train skyeye-tiny on the procedural aerial world, reproducibly from a seed (CPU or GPU).
 
 Two stages (their knobs are :class:`Stages`):
 
@@ -18,13 +18,16 @@ Reproducibility: every random draw comes from ``seed`` (torch's generator, and n
 for scene seeds, difficulties and question choice). A time budget only decides the step counts,
 from the pace of each stage's first steps, whose schedule (warm-up, then a plateau) does not depend
 on them; the counts are logged, and passing them back (``pretrain_steps``, ``instruct_steps``)
-repeats the run exactly.
+repeats the run exactly on the same device and torch thread count. On a GPU the same recipe
+runs far faster, which makes the scene renderer (numpy, one scene at a time) the bottleneck:
+``workers`` renders each batch's scenes in that many processes, the same scenes in the same order.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -171,7 +174,7 @@ def patch_labels(scene: Scene, grid: int) -> np.ndarray:
 
 def number_features(values: torch.Tensor) -> torch.Tensor:
     """(..., NUMBER_FEATURES) cos/sin of ``values`` (0-100 scale) at each of ``_PERIODS``."""
-    omega = 2 * math.pi / torch.tensor(_PERIODS)
+    omega = 2 * math.pi / torch.tensor(_PERIODS, device=values.device)
     angles = values.float().unsqueeze(-1) * omega
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
@@ -244,14 +247,21 @@ class _Run:
         config: ModelConfig,
         stages: Stages,
         progress: Callable[[str], None],
+        device: str = "cpu",
+        workers: int = 0,
     ) -> None:
         self.out_dir, self.seed, self.config, self.stages = out_dir, seed, config, stages
+        self.device = torch.device(device)
+        # Forked before any CUDA work, which a forked child must not inherit; the renderer
+        # needs only numpy.
+        self.pool = multiprocessing.get_context("fork").Pool(workers) if workers > 0 else None
         self.progress = progress
         self.started = time.perf_counter()
         self.deadline = self.started + minutes * 60
         self.last_checkpoint = self.started
         torch.manual_seed(seed)
         self.tokenizer = tiny_tokenizer()
+        # Built on the CPU first, so the initial weights are the same on every device.
         self.vision = VisionStage(config)
         self.llm = LlamaForCausalLM(
             llama_config(
@@ -261,16 +271,20 @@ class _Run:
                 pad_id=self.tokenizer.pad_token_id,
             )
         )
+        self.vision.to(self.device)
+        self.llm.to(self.device)
         if stages.attention_supervision > 0:
             # SDPA returns no attention weights; eager computes the same attention with them.
             self.llm.set_attn_implementation("eager")
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
         self.number_ids = torch.tensor(
-            self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
+            self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)]), device=self.device
         )
         # Vocabulary id -> its number (0-100), -1 for every other token.
-        self.number_of = torch.full((config.llm.vocab_size,), -1, dtype=torch.long)
-        self.number_of[self.number_ids] = torch.arange(101)
+        self.number_of = torch.full(
+            (config.llm.vocab_size,), -1, dtype=torch.long, device=self.device
+        )
+        self.number_of[self.number_ids] = torch.arange(101, device=self.device)
         # One generator per purpose, so that changing one stage's draws leaves the other's alone.
         self.scene_rng = np.random.default_rng([seed, 1])
         self.question_rng = np.random.default_rng([seed, 2])
@@ -279,16 +293,24 @@ class _Run:
         self.patch_accuracy: dict[str, float] = {}
         self.evaluation: dict[str, Any] = {}
 
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def scenes(self, n: int, cap: float) -> list[Scene]:
         seeds = self.scene_rng.integers(0, TRAINING_SEED_LIMIT, size=n)
         difficulties = self.scene_rng.uniform(0.0, cap, size=n)
-        return [
-            render_scene(int(s), size=self.config.vision.image_size, difficulty=float(d))
-            for s, d in zip(seeds, difficulties, strict=True)
-        ]
+        size = self.config.vision.image_size
+        jobs = [(int(s), size, float(d)) for s, d in zip(seeds, difficulties, strict=True)]
+        if self.pool is not None:
+            return self.pool.starmap(_render, jobs)
+        return [_render(*job) for job in jobs]
+
+    def pixels(self, scenes: list[Scene]) -> torch.Tensor:
+        return preprocess([s.image for s in scenes], self.config.vision.image_size).to(self.device)
 
     def sized(self, step: int, timed_from: float, budget_end: float) -> int:
         """The steps that fit before ``budget_end`` at the pace since step ``warmup_steps``."""
@@ -322,6 +344,7 @@ class _Run:
             "seconds": round(self.elapsed(), 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": str(self.device),
             "python": platform.python_version(),
         }
 
@@ -384,21 +407,22 @@ class _Run:
 
     def pretrain(self, budget_end: float) -> None:
         stages, grid = self.stages, self.config.vision.grid_size
-        head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES)
+        head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES).to(self.device)
         regressor = nn.Linear(self.config.vision.hidden_size, _DENSE_VALUES * NUMBER_FEATURES)
+        regressor.to(self.device)
         params = [*self.vision.vision_model.parameters(), *head.parameters()]
         if stages.dense_boxes:
             params += regressor.parameters()
         optimiser = torch.optim.AdamW(params, lr=stages.pretrain_lr, weight_decay=0.01)
-        weights = torch.ones(_PATCH_CLASSES)
+        weights = torch.ones(_PATCH_CLASSES, device=self.device)
         weights[0] = _BACKGROUND_WEIGHT
         self.vision.train()
 
         def loss_of(cap: float) -> tuple[torch.Tensor, int]:
             scenes = self.scenes(stages.pretrain_images, cap)
-            pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
-            labels = torch.from_numpy(np.stack([patch_labels(s, grid).ravel() for s in scenes]))
-            tokens = _patch_tokens(self.vision, pixels)
+            labels = np.stack([patch_labels(s, grid).ravel() for s in scenes])
+            labels = torch.from_numpy(labels).to(self.device)
+            tokens = _patch_tokens(self.vision, self.pixels(scenes))
             loss = F.cross_entropy(head(tokens).flatten(0, 1), labels.ravel(), weight=weights)
             if stages.dense_boxes:
                 loss = loss + stages.dense_weight * _dense_loss(regressor, tokens, scenes, grid)
@@ -419,9 +443,8 @@ class _Run:
         decoder's RMSNorm-ed residual stream is dominated by them from the first layer.
         """
         scenes = self.scenes(4, 1.0)
-        pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
         with torch.no_grad():
-            image_norm = self.vision(pixels).norm(dim=-1).mean()
+            image_norm = self.vision(self.pixels(scenes)).norm(dim=-1).mean()
             text_norm = self.llm.get_input_embeddings().weight.norm(dim=-1).mean()
             factor = (text_norm / image_norm).item()
             self.vision.llama_proj.weight.mul_(factor)
@@ -431,7 +454,7 @@ class _Run:
     def structure_numbers(self) -> None:
         """Write the number features of <0>..<100> into the first embedding dimensions (input and
         output), at the rows' mean norm; the other dimensions keep their random identity."""
-        features = number_features(torch.arange(101))
+        features = number_features(torch.arange(101, device=self.device))
         with torch.no_grad():
             for table in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()):
                 norm = table.weight.norm(dim=-1).mean()
@@ -464,8 +487,7 @@ class _Run:
 
     def instruct_loss(self, scenes: list[Scene]) -> tuple[torch.Tensor, int]:
         """Mean answer-token loss per sequence, averaged over sequences."""
-        pixels = preprocess([s.image for s in scenes], self.config.vision.image_size)
-        embeds = self.vision(pixels)
+        embeds = self.vision(self.pixels(scenes))
         embed = self.llm.get_input_embeddings()
         rows: list[tuple[torch.Tensor, list[int], int]] = []
         # (row, positions predicting the box numbers, image positions on the referred object)
@@ -475,7 +497,7 @@ class _Run:
             prompts = self.decoder._rows(image, [q.instruction for q in questions])
             for (ids, prompt), question in zip(prompts, questions, strict=True):
                 answer = self._answer_ids(question.answer)
-                row = torch.cat([prompt, embed(torch.tensor(answer))])
+                row = torch.cat([prompt, embed(torch.tensor(answer, device=self.device))])
                 if question.kind == "refer" and self.stages.attention_supervision > 0:
                     numbers = [
                         len(ids) - 1 + i for i, t in enumerate(answer) if self.number_of[t] >= 0
@@ -484,7 +506,7 @@ class _Run:
                     start = ids.index(IMAGE_TOKEN)
                     grid, merge = self.config.vision.grid_size, self.config.merge
                     on = box_tokens(_box_values(box), 100, grid, merge) + start
-                    supervised.append((len(rows), numbers[:4], on))
+                    supervised.append((len(rows), numbers[:4], on.to(self.device)))
                 rows.append((row, answer, len(ids)))
         length = max(r.shape[0] for r, _, _ in rows)
         hidden = rows[0][0].shape[1]
@@ -496,6 +518,7 @@ class _Run:
             mask[i, : row.shape[0]] = 1
             # Position p predicts token p + 1: the last prompt position predicts the first answer.
             targets[i, prompt_len - 1 : prompt_len - 1 + len(answer)] = torch.tensor(answer)
+        mask, targets = mask.to(self.device), targets.to(self.device)
         out = self.llm(
             inputs_embeds=inputs, attention_mask=mask, output_attentions=bool(supervised)
         )
@@ -520,7 +543,8 @@ class _Run:
         values = self.number_of[safe].where(known, -1)
         if sigma > 0 and bool((values >= 0).any()):
             numbers = values >= 0
-            offsets = torch.arange(101).float() - values[numbers].float().unsqueeze(-1)
+            offsets = torch.arange(101, device=logits.device) - values[numbers].unsqueeze(-1)
+            offsets = offsets.float()
             soft = torch.softmax(-offsets.pow(2) / (2 * sigma**2), dim=-1)
             picked = log_p[numbers][:, self.number_ids]
             losses = losses.masked_scatter(numbers, -(soft * picked).sum(dim=-1))
@@ -570,13 +594,17 @@ def box_tokens(
     return (in_rows[:, None] & in_cols[None, :]).flatten().nonzero().flatten()
 
 
+def _render(seed: int, size: int, difficulty: float) -> Scene:
+    return render_scene(seed, size=size, difficulty=difficulty)
+
+
 def _dense_loss(
     regressor: nn.Linear, tokens: torch.Tensor, scenes: list[Scene], grid: int
 ) -> torch.Tensor:
     """MSE of the number features of each patch's centre and, on object patches, object box."""
     targets = [dense_targets(s, grid) for s in scenes]
-    values = torch.from_numpy(np.stack([v for v, _ in targets]))
-    has_object = torch.from_numpy(np.stack([h for _, h in targets]))
+    values = torch.from_numpy(np.stack([v for v, _ in targets])).to(tokens.device)
+    has_object = torch.from_numpy(np.stack([h for _, h in targets])).to(tokens.device)
     predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
     errors = (predicted - number_features(values)).pow(2).mean(dim=-1)
     centre = errors[..., :2].mean()
@@ -586,7 +614,7 @@ def _dense_loss(
 
 def _decoded(features: torch.Tensor) -> torch.Tensor:
     """The 0-100 value whose number features are nearest (dot product) to ``features``."""
-    table = number_features(torch.arange(101))
+    table = number_features(torch.arange(101, device=features.device))
     return (features @ table.T).argmax(dim=-1).float()
 
 
@@ -597,11 +625,12 @@ def _patch_accuracy(
     with dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes."""
     scenes = list(held_out_scenes(16, _MEASURE_SEED, size=config.vision.image_size))
     grid = config.vision.grid_size
+    device = head.weight.device
     with torch.no_grad():
-        pixels = preprocess([s.image for s in scenes], config.vision.image_size)
+        pixels = preprocess([s.image for s in scenes], config.vision.image_size).to(device)
         tokens = _patch_tokens(stage, pixels)
-        predicted = head(tokens).argmax(dim=-1).numpy().ravel()
-        features = None if regressor is None else regressor(tokens)
+        predicted = head(tokens).argmax(dim=-1).cpu().numpy().ravel()
+        features = None if regressor is None else regressor(tokens).cpu()
     truth = np.concatenate([patch_labels(s, grid).ravel() for s in scenes])
     recalls = [float((predicted[truth == c] == c).mean()) for c in np.unique(truth)]
     objects = (truth > 0) & (truth < _WATER)
@@ -631,24 +660,30 @@ def train(
     stages: Stages | None = None,
     progress: Callable[[str], None] = print,
     threads: int = 2,
+    device: str = "cpu",
+    workers: int = 0,
 ) -> TrainReport:
     """Train from scratch into ``out_dir`` (replaced atomically), evaluate, and log beside it.
 
     ``minutes`` bounds the training stages (saving and the closing evaluation come after it) and
-    is ignored by a stage whose step count ``stages`` fixes.
+    is ignored by a stage whose step count ``stages`` fixes. ``device`` is where the model trains
+    (``cuda`` on a GPU); ``workers`` > 0 renders scenes in that many processes.
     """
     # Data generation runs in this thread between steps, so torch gets all the cores meanwhile.
     torch.set_num_threads(threads)
     config = config or ModelConfig.skyeye_tiny()
     stages = stages or Stages()
-    run = _Run(Path(out_dir), seed, minutes, config, stages, progress)
-    if stages.pretrain_share > 0 and stages.pretrain_steps != 0:
-        run.pretrain(run.started + stages.pretrain_share * minutes * 60)
-    if stages.match_token_scale:
-        run.match_token_scale()
-    if stages.number_embeddings:
-        run.structure_numbers()
-    run.instruct(run.deadline)
+    run = _Run(Path(out_dir), seed, minutes, config, stages, progress, device, workers)
+    try:
+        if stages.pretrain_share > 0 and stages.pretrain_steps != 0:
+            run.pretrain(run.started + stages.pretrain_share * minutes * 60)
+        if stages.match_token_scale:
+            run.match_token_scale()
+        if stages.number_embeddings:
+            run.structure_numbers()
+        run.instruct(run.deadline)
+    finally:
+        run.close()
     run.save()
     if stages.eval_scenes:
         from skyeye.evaluation import evaluate
