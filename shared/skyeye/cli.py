@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="processes rendering the training scenes (0: in line; on a GPU the renderer is "
-        "the bottleneck)",
+        help="processes rendering the training scenes (0: in the training process; use "
+        "several on a GPU, where the model's step is fast)",
     )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"

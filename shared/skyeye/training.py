@@ -18,9 +18,9 @@ Reproducibility: every random draw comes from ``seed`` (torch's generator, and n
 for scene seeds, difficulties and question choice). A time budget only decides the step counts,
 from the pace of each stage's first steps, whose schedule (warm-up, then a plateau) does not depend
 on them; the counts are logged, and passing them back (``pretrain_steps``, ``instruct_steps``)
-repeats the run exactly on the same device and torch thread count. On a GPU the same recipe
-runs far faster, which makes the scene renderer (numpy, one scene at a time) the bottleneck:
-``workers`` renders each batch's scenes in that many processes, the same scenes in the same order.
+repeats the run exactly on the same device and torch thread count. On a GPU the model's step is
+short beside rendering the step's scenes (numpy, about 12 ms each): ``workers`` renders them in
+that many processes, the same scenes in the same order.
 """
 
 from __future__ import annotations
