@@ -116,8 +116,9 @@ class Stages:
     # a near miss costs less than a far one: the cross-entropy over 101 bins acts as a regression.
     number_sigma: float = 1.5
     # Weight of an auxiliary loss pulling one head's attention (the last layer's first), at the
-    # positions that predict a [refer] box's numbers, onto the referred object's image tokens.
-    attention_supervision: float = 0.0
+    # positions that predict a [refer] box's numbers, onto the referred object's image tokens:
+    # without it the decoder cannot pick the referred object's first coordinate (0 turns it off).
+    attention_supervision: float = 0.3
     vision_lr: float = 3e-4
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
     # also spares their backward pass. Negative: all layers.
