@@ -117,9 +117,11 @@ def test_a_scene_item_and_its_label_geojson_validate(
         if not feature["properties"]["duplicate"]:
             label = feature["properties"]["label"]
             kept[label] = kept.get(label, 0) + 1
-    ships = [f["properties"] for f in collection["features"] if f["properties"]["label"] == "ship"]
+    # the two ships stored above; the model may report ships of its own
+    ships = [
+        f["properties"] for f in collection["features"] if f["properties"]["model"] == "test-ships"
+    ]
     assert sorted((p["tile"], p["duplicate"]) for p in ships) == [(0, True), (1, False)]
-    assert kept["ship"] == 1
     [overview] = item["properties"]["label:overviews"]
     assert {c["name"]: c["count"] for c in overview["counts"]} == kept
     assert item["properties"]["label:classes"] == [{"name": "label", "classes": sorted(kept)}]
