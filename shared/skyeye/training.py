@@ -278,9 +278,10 @@ class _Run:
             # SDPA returns no attention weights; eager computes the same attention with them.
             self.llm.set_attn_implementation("eager")
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
-        self.number_ids = torch.tensor(
-            self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)]), device=self.device
-        )
+        number_ids = self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
+        # Looked up per answer token on the host: indexing a GPU tensor would sync each time.
+        self.number_id_set = frozenset(number_ids)
+        self.number_ids = torch.tensor(number_ids, device=self.device)
         # Vocabulary id -> its number (0-100), -1 for every other token.
         self.number_of = torch.full(
             (config.llm.vocab_size,), -1, dtype=torch.long, device=self.device
@@ -501,7 +502,7 @@ class _Run:
                 row = torch.cat([prompt, embed(torch.tensor(answer, device=self.device))])
                 if question.kind == "refer" and self.stages.attention_supervision > 0:
                     numbers = [
-                        len(ids) - 1 + i for i, t in enumerate(answer) if self.number_of[t] >= 0
+                        len(ids) - 1 + i for i, t in enumerate(answer) if t in self.number_id_set
                     ]
                     box = parse_boxes(question.answer)[0]
                     start = ids.index(IMAGE_TOKEN)
