@@ -308,8 +308,8 @@ class _Run:
         size = self.config.vision.image_size
         jobs = [(int(s), size, float(d)) for s, d in zip(seeds, difficulties, strict=True)]
         if self.pool is not None:
-            return self.pool.starmap(_render, jobs)
-        return [_render(*job) for job in jobs]
+            return self.pool.starmap(render_scene, jobs)
+        return [render_scene(*job) for job in jobs]
 
     def pixels(self, scenes: list[Scene]) -> torch.Tensor:
         return preprocess([s.image for s in scenes], self.config.vision.image_size).to(self.device)
@@ -594,10 +594,6 @@ def box_tokens(
     in_rows = (rows * cell_y < max(y2, y1 + 1)) & ((rows + 1) * cell_y > y1)
     in_cols = (cols * cell_x < max(x2, x1 + 1)) & ((cols + 1) * cell_x > x1)
     return (in_rows[:, None] & in_cols[None, :]).flatten().nonzero().flatten()
-
-
-def _render(seed: int, size: int, difficulty: float) -> Scene:
-    return render_scene(seed, size=size, difficulty=difficulty)
 
 
 def _dense_loss(
