@@ -105,6 +105,10 @@ class Stages:
     # can copy instead of inferring them from sequence positions.
     dense_boxes: bool = True
     dense_weight: float = 1.0
+    # Background patches also regress zero box features. A merged image token is four patches,
+    # mostly background around a small object: with zero there, what the token (or an attention
+    # spread over the object's neighbours) holds decodes to the object's box, not a blend.
+    zero_background_boxes: bool = False
     instruct_steps: int | None = None
     images_per_step: int = 4
     questions_per_image: int = 8
@@ -115,10 +119,12 @@ class Stages:
     # Gaussian soft targets (this many steps of the 0-100 scale) on box-number answer tokens, so
     # a near miss costs less than a far one: the cross-entropy over 101 bins acts as a regression.
     number_sigma: float = 1.5
-    # Weight of an auxiliary loss pulling one head's attention (the last layer's first), at the
-    # positions that predict a [refer] box's numbers, onto the referred object's image tokens:
-    # without it the decoder cannot pick the referred object's first coordinate (0 turns it off).
+    # Weight of an auxiliary loss pulling the attention of the last layer's first
+    # ``supervised_heads`` heads, at the positions that predict a [refer] box's numbers, onto the
+    # referred object's image tokens: without it the decoder cannot pick the referred object's
+    # first coordinate (0 turns it off). One head copies through head_dim values only.
     attention_supervision: float = 0.3
+    supervised_heads: int = 1
     vision_lr: float = 3e-4
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
     # also spares their backward pass. Negative: all layers.
@@ -274,9 +280,7 @@ class _Run:
         )
         self.vision.to(self.device)
         self.llm.to(self.device)
-        if stages.attention_supervision > 0:
-            # SDPA returns no attention weights; eager computes the same attention with them.
-            self.llm.set_attn_implementation("eager")
+        self.last_attention = _AttentionInputs(self.llm.model.layers[-1].self_attn)
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
         number_ids = self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
         # Looked up per answer token on the host: indexing a GPU tensor would sync each time.
@@ -296,6 +300,7 @@ class _Run:
         self.evaluation: dict[str, Any] = {}
 
     def close(self) -> None:
+        self.last_attention.remove()
         if self.pool is not None:
             self.pool.terminate()
 
@@ -427,7 +432,8 @@ class _Run:
             tokens = _patch_tokens(self.vision, self.pixels(scenes))
             loss = F.cross_entropy(head(tokens).flatten(0, 1), labels.ravel(), weight=weights)
             if stages.dense_boxes:
-                loss = loss + stages.dense_weight * _dense_loss(regressor, tokens, scenes, grid)
+                dense = _dense_loss(regressor, tokens, scenes, grid, stages.zero_background_boxes)
+                loss = loss + stages.dense_weight * dense
             return loss, len(scenes)
 
         self._optimise("pretrain", optimiser, stages.pretrain_steps, budget_end, loss_of)
@@ -521,16 +527,17 @@ class _Run:
             # Position p predicts token p + 1: the last prompt position predicts the first answer.
             targets[i, prompt_len - 1 : prompt_len - 1 + len(answer)] = torch.tensor(answer)
         mask, targets = mask.to(self.device), targets.to(self.device)
-        out = self.llm(
-            inputs_embeds=inputs, attention_mask=mask, output_attentions=bool(supervised)
-        )
+        out = self.llm(inputs_embeds=inputs, attention_mask=mask)
         per_token = self._token_losses(out.logits, targets)
         counted = (targets != -100).sum(dim=1)
         loss = (per_token.sum(dim=1) / counted).mean()
         if supervised:
-            head = out.attentions[-1][:, 0]  # (B, L, L)
-            masses = [head[r][numbers][:, on].sum(dim=-1) for r, numbers, on in supervised]
-            aux = -torch.log(torch.cat(masses) + 1e-6).mean()
+            heads = self.stages.supervised_heads
+            masses = [
+                self.last_attention.weights(r, numbers, heads)[..., on].sum(dim=-1)
+                for r, numbers, on in supervised
+            ]
+            aux = -torch.log(torch.cat([m.flatten() for m in masses]) + 1e-6).mean()
             loss = loss + self.stages.attention_supervision * aux
         return loss, len(rows)
 
@@ -596,18 +603,81 @@ def box_tokens(
     return (in_rows[:, None] & in_cols[None, :]).flatten().nonzero().flatten()
 
 
-def _dense_loss(
-    regressor: nn.Linear, tokens: torch.Tensor, scenes: list[Scene], grid: int
+class _AttentionInputs:
+    """Keeps what one attention layer was last called with, to recompute some of its heads'
+    weights at a few query positions: the forward itself stays on SDPA, which returns none, and
+    eager attention over every head and position would slow training by a quarter."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        self.attention = attention
+        self.hidden: torch.Tensor | None = None
+        self.rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.handle = attention.register_forward_pre_hook(self._keep, with_kwargs=True)
+
+    def _keep(self, _module: nn.Module, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.hidden, self.rotary = kwargs["hidden_states"], kwargs["position_embeddings"]
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+    def weights(self, row: int, queries: list[int], heads: int) -> torch.Tensor:
+        """(heads, len(queries), L) causal attention weights of the first ``heads`` heads of
+        ``row`` of the last call, as eager attention computes them."""
+        if self.hidden is None or self.rotary is None:
+            raise RuntimeError("the attention layer has not run yet")
+        attention = self.attention
+        size = attention.head_dim
+        hidden = self.hidden[row]
+        cos, sin = (t[min(row, t.shape[0] - 1)] for t in self.rotary)
+        kv_heads = [h // attention.num_key_value_groups for h in range(heads)]
+        q = _heads(attention.q_proj, hidden[queries], list(range(heads)), size)
+        k = _heads(attention.k_proj, hidden, kv_heads, size)
+        q = q * cos[queries] + _rotate_half(q) * sin[queries]
+        k = k * cos + _rotate_half(k) * sin
+        scores = (q @ k.transpose(-1, -2)) * attention.scaling
+        keys = torch.arange(hidden.shape[0], device=hidden.device)
+        future = keys[None, :] > torch.tensor(queries, device=hidden.device)[:, None]
+        scores = scores.masked_fill(future, float("-inf"))
+        return torch.softmax(scores.float(), dim=-1)
+
+
+def _heads(
+    projection: nn.Linear, hidden: torch.Tensor, heads: list[int], size: int
 ) -> torch.Tensor:
-    """MSE of the number features of each patch's centre and, on object patches, object box."""
+    """(len(heads), positions, size): the given heads' slices of a q/k projection."""
+    rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in heads]).to(hidden.device)
+    bias = None if projection.bias is None else projection.bias[rows]
+    out = F.linear(hidden, projection.weight[rows], bias)
+    return out.unflatten(-1, (len(heads), size)).transpose(0, 1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def _dense_loss(
+    regressor: nn.Linear,
+    tokens: torch.Tensor,
+    scenes: list[Scene],
+    grid: int,
+    zero_background: bool = False,
+) -> torch.Tensor:
+    """MSE of the number features of each patch's centre and, on object patches, object box;
+    with ``zero_background`` also of zero box features on the other patches."""
     targets = [dense_targets(s, grid) for s in scenes]
     values = torch.from_numpy(np.stack([v for v, _ in targets])).to(tokens.device)
     has_object = torch.from_numpy(np.stack([h for _, h in targets])).to(tokens.device)
     predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
-    errors = (predicted - number_features(values)).pow(2).mean(dim=-1)
+    features = number_features(values)
+    features[..., 2:, :] *= has_object[..., None, None]
+    errors = (predicted - features).pow(2).mean(dim=-1)
     centre = errors[..., :2].mean()
-    box = (errors[..., 2:].mean(dim=-1) * has_object).sum() / has_object.sum().clamp(min=1)
-    return centre + box
+    boxes = errors[..., 2:].mean(dim=-1)
+    loss = centre + (boxes * has_object).sum() / has_object.sum().clamp(min=1)
+    if zero_background:
+        loss = loss + (boxes * ~has_object).mean()
+    return loss
 
 
 def _decoded(features: torch.Tensor) -> torch.Tensor:

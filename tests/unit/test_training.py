@@ -21,6 +21,7 @@ from skyeye.training import (
     Stages,
     _cosine,
     _decoded,
+    _dense_loss,
     _difficulty_cap,
     _Run,
     box_tokens,
@@ -146,7 +147,7 @@ def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> N
     scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
     losses = []
     for weight in (0.0, 1.0):
-        stages = Stages(**{**refer_only, "attention_supervision": weight})
+        stages = Stages(**{**refer_only, "attention_supervision": weight, "supervised_heads": 2})
         run = _Run(tmp_path / "m", 0, 1.0, TOY, stages, lambda _: None)
         run.question_rng = np.random.default_rng(0)
         loss, _ = run.instruct_loss(scenes)
@@ -155,6 +156,33 @@ def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> N
     # Same seed, same weights and questions: the difference is the attention term alone.
     assert math.isfinite(losses[1])
     assert losses[1] > losses[0] + 0.5
+
+
+def test_recomputed_head_attention_is_eager_attention(tmp_path: Path) -> None:
+    config = TOY.model_copy(update={"llm": TOY.llm.model_copy(update={"num_layers": 2})})
+    run = _Run(tmp_path / "m", 0, 1.0, config, FEW, lambda _: None)
+    run.llm.eval()
+    inputs = torch.randn(3, 9, config.llm.hidden_size)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0  # right padding, as training batches rows of different lengths
+    with torch.no_grad():
+        run.llm(inputs_embeds=inputs, attention_mask=mask)
+        queries = [2, 5]
+        recomputed = run.last_attention.weights(1, queries, heads=2)
+        run.llm.set_attn_implementation("eager")
+        eager = run.llm(inputs_embeds=inputs, attention_mask=mask, output_attentions=True)
+    expected = eager.attentions[-1][1][:, queries]
+    assert recomputed.shape == expected.shape == (2, 2, 9)
+    torch.testing.assert_close(recomputed, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_zero_background_boxes_adds_the_background_term() -> None:
+    scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
+    tokens = torch.randn(2, 64, 8)
+    regressor = torch.nn.Linear(8, 6 * 12)
+    plain = _dense_loss(regressor, tokens, scenes, 8)
+    zero = _dense_loss(regressor, tokens, scenes, 8, zero_background=True)
+    assert zero > plain
 
 
 def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
