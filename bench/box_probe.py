@@ -6,7 +6,10 @@ decoder (teacher forcing). At each of the four positions that predict a number t
 - the decoder's own error: mean absolute error (0-100 scale) of its most likely number there,
   given the true numbers before it;
 - a linear probe's error: ridge regressions from each layer's hidden state at that position to
-  the true number, fitted on questions about training-world scenes and scored on held-out ones.
+  the true number, fitted on questions about training-world scenes and scored on held-out ones;
+- the same probe on the mean of the referred object's image tokens (the ``llama_proj`` rows that
+  overlap its true box): how precisely the box can be read from what a head focused on the
+  object alone would see, a ceiling for copying it.
 
 A decoder that misses x1 but gets x2 and y2 once x1 and y1 are given knows the objects' extents
 and fails at picking the referred object; a probe that beats the decoder at some layer means the
@@ -28,6 +31,7 @@ import torch
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.answers import parse_boxes
 from skyeye.settings import PACKAGED_MODEL
+from skyeye.training import box_tokens
 from skyeye.world import Scene, held_out_scenes, make_samples, render_scene
 
 COORDINATES = ("x1", "y1", "x2", "y2")
@@ -44,16 +48,18 @@ def _number(decoder: TextDecoder, token_id: int) -> int | None:
 @torch.no_grad()
 def _collect(
     encoder: VisionEncoder, decoder: TextDecoder, scenes: Iterable[Scene]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(hidden (questions, layers + 1, 4, width), truth (questions, 4), decoder's (questions, 4),
-    -1 where its most likely token is not a number)."""
+    -1 where its most likely token is not a number, object tokens (questions, width))."""
     tokenizer, embed = decoder.tokenizer, decoder.llm.get_input_embeddings()
-    hidden, truth, own = [], [], []
+    grid, merge = encoder.config.vision.grid_size, encoder.config.merge
+    hidden, truth, own, objects = [], [], [], []
     for scene in scenes:
         samples = [s for s in make_samples(scene) if s.kind == "refer"]
         if not samples:
             continue
-        rows = decoder._rows(encoder.encode([scene.image])[0], [s.instruction for s in samples])
+        image = encoder.encode([scene.image])[0]
+        rows = decoder._rows(image, [s.instruction for s in samples])
         for (_, prompt), sample in zip(rows, samples, strict=True):
             answer = tokenizer(sample.answer, add_special_tokens=False, split_special_tokens=True)
             ids = answer.input_ids
@@ -65,9 +71,16 @@ def _collect(
             hidden.append(torch.stack([h[0, at] for h in out.hidden_states]).float().numpy())
             box = parse_boxes(sample.answer)[0]
             truth.append([box.x1, box.y1, box.x2, box.y2])
+            on = box_tokens((box.x1, box.y1, box.x2, box.y2), 100, grid, merge)
+            objects.append(image[on].mean(dim=0).float().numpy())
             guesses = [_number(decoder, int(t)) for t in out.logits[0, at].argmax(dim=-1)]
             own.append([-1 if g is None else g for g in guesses])
-    return np.array(hidden), np.array(truth, dtype=float), np.array(own, dtype=float)
+    return (
+        np.array(hidden),
+        np.array(truth, dtype=float),
+        np.array(own, dtype=float),
+        np.array(objects),
+    )
 
 
 def _probe_error(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
@@ -93,8 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         render_scene(_FIT_SEED_BASE + i, difficulty=i / max(1, args.fit_scenes - 1))
         for i in range(args.fit_scenes)
     )
-    fit_hidden, fit_truth, _ = _collect(encoder, decoder, fit)
-    hidden, truth, own = _collect(encoder, decoder, held_out_scenes(args.scenes, 0))
+    fit_hidden, fit_truth, _, fit_objects = _collect(encoder, decoder, fit)
+    hidden, truth, own, objects = _collect(encoder, decoder, held_out_scenes(args.scenes, 0))
     # An answer that is not a number counts as the middle of the scale.
     decoder_error = np.abs(np.where(own >= 0, own, 50) - truth).mean(axis=0)
     mean_box_error = np.abs(truth - fit_truth.mean(axis=0)).mean(axis=0)
@@ -105,11 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         ]
         for layer in range(hidden.shape[1])
     ]
+    object_probe = [
+        _probe_error(fit_objects, fit_truth[:, c], objects, truth[:, c]) for c in range(4)
+    ]
     report = {
         "questions": {"fit": len(fit_truth), "scored": len(truth)},
         "decoder_mae": dict(zip(COORDINATES, np.round(decoder_error, 1).tolist(), strict=True)),
         "mean_box_mae": dict(zip(COORDINATES, np.round(mean_box_error, 1).tolist(), strict=True)),
         "probe_mae_per_layer": [np.round(p, 1).tolist() for p in probes],
+        "object_tokens_probe_mae": dict(
+            zip(COORDINATES, np.round(object_probe, 1).tolist(), strict=True)
+        ),
     }
     if args.json:
         print(json.dumps(report))
@@ -124,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     for layer, errors in enumerate(probes):
         name = "embeddings" if layer == 0 else f"layer {layer}"
         print(f"{name:<12}" + "  ".join(f"{v:5.1f}" for v in errors))
+    print("object toks " + "  ".join(f"{v:5.1f}" for v in object_probe))
 
 
 if __name__ == "__main__":
