@@ -402,8 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stage 2 tunes tower top, projector and decoder on instructions. A time budget sizes "
         "the step counts; the log (training.json beside the weights) records them, and passing "
         "them back with --pretrain-steps/--instruct-steps repeats the run exactly (same device "
-        "and --threads). The packaged model: --seed 0 --pretrain-steps 2112 "
-        "--instruct-steps 2980 --threads 1 on the CPU.",
+        "and --threads). The packaged model: --seed 0 --pretrain-steps 2067 "
+        "--instruct-steps 3843 --threads 1 on the CPU.",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")

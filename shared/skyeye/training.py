@@ -4,8 +4,9 @@ Two stages (their knobs are :class:`Stages`):
 
 1. ``pretrain``: the vision tower alone learns dense targets through throwaway linear heads on its
    ``ln_vision`` patch tokens: a per-patch class (background, each object class, water) and the
-   number features (:func:`number_features`) of the patch's centre and of its object's box. From
-   scratch, a tower trained only through the decoder's answer loss barely learns to look.
+   number features (:func:`number_features`) of the patch's centre and of its object's box (zero
+   on background patches). From scratch, a tower trained only through the decoder's answer loss
+   barely learns to look.
 2. ``instruct``: tower (its top layers), ``llama_proj`` and the Llama decoder learn the answers of
    :func:`skyeye.world.make_samples`, loss on answer tokens only, with a difficulty curriculum;
    the number tokens ``<0>``..``<100>`` start from those same features and box numbers are scored
@@ -108,7 +109,7 @@ class Stages:
     # Background patches also regress zero box features. A merged image token is four patches,
     # mostly background around a small object: with zero there, what the token (or an attention
     # spread over the object's neighbours) holds decodes to the object's box, not a blend.
-    zero_background_boxes: bool = False
+    zero_background_boxes: bool = True
     instruct_steps: int | None = None
     images_per_step: int = 4
     questions_per_image: int = 8
