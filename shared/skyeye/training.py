@@ -120,12 +120,10 @@ class Stages:
     # Gaussian soft targets (this many steps of the 0-100 scale) on box-number answer tokens, so
     # a near miss costs less than a far one: the cross-entropy over 101 bins acts as a regression.
     number_sigma: float = 1.5
-    # Weight of an auxiliary loss pulling the attention of the last layer's first
-    # ``supervised_heads`` heads, at the positions that predict a [refer] box's numbers, onto the
-    # referred object's image tokens: without it the decoder cannot pick the referred object's
-    # first coordinate (0 turns it off). One head copies through head_dim values only.
+    # Weight of an auxiliary loss pulling one head's attention (the last layer's first), at the
+    # positions that predict a [refer] box's numbers, onto the referred object's image tokens:
+    # without it the decoder cannot pick the referred object's first coordinate (0 turns it off).
     attention_supervision: float = 0.3
-    supervised_heads: int = 1
     vision_lr: float = 3e-4
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
     # also spares their backward pass. Negative: all layers.
@@ -533,9 +531,8 @@ class _Run:
         counted = (targets != -100).sum(dim=1)
         loss = (per_token.sum(dim=1) / counted).mean()
         if supervised:
-            heads = self.stages.supervised_heads
             masses = [
-                self.last_attention.weights(r, numbers, heads)[..., on].sum(dim=-1)
+                self.last_attention.weights(r, numbers, heads=1)[..., on].sum(dim=-1)
                 for r, numbers, on in supervised
             ]
             aux = -torch.log(torch.cat([m.flatten() for m in masses]) + 1e-6).mean()
@@ -662,7 +659,7 @@ def _dense_loss(
     tokens: torch.Tensor,
     scenes: list[Scene],
     grid: int,
-    zero_background: bool = False,
+    zero_background: bool,
 ) -> torch.Tensor:
     """MSE of the number features of each patch's centre and, on object patches, object box;
     with ``zero_background`` also of zero box features on the other patches."""

@@ -147,7 +147,7 @@ def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> N
     scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
     losses = []
     for weight in (0.0, 1.0):
-        stages = Stages(**{**refer_only, "attention_supervision": weight, "supervised_heads": 2})
+        stages = Stages(**{**refer_only, "attention_supervision": weight})
         run = _Run(tmp_path / "m", 0, 1.0, TOY, stages, lambda _: None)
         run.question_rng = np.random.default_rng(0)
         loss, _ = run.instruct_loss(scenes)
@@ -180,7 +180,7 @@ def test_zero_background_boxes_adds_the_background_term() -> None:
     scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
     tokens = torch.randn(2, 64, 8)
     regressor = torch.nn.Linear(8, 6 * 12)
-    plain = _dense_loss(regressor, tokens, scenes, 8)
+    plain = _dense_loss(regressor, tokens, scenes, 8, zero_background=False)
     zero = _dense_loss(regressor, tokens, scenes, 8, zero_background=True)
     assert zero > plain
 
