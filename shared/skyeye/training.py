@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import rotate_half
 
 from skyeye.model.answers import Box, parse_boxes
 from skyeye.model.architecture import VisionStage, llama_config
@@ -532,10 +533,10 @@ class _Run:
         loss = (per_token.sum(dim=1) / counted).mean()
         if supervised:
             masses = [
-                self.last_attention.weights(r, numbers, heads=1)[..., on].sum(dim=-1)
+                self.last_attention.weights(r, numbers)[:, on].sum(dim=-1)
                 for r, numbers, on in supervised
             ]
-            aux = -torch.log(torch.cat([m.flatten() for m in masses]) + 1e-6).mean()
+            aux = -torch.log(torch.cat(masses) + 1e-6).mean()
             loss = loss + self.stages.attention_supervision * aux
         return loss, len(rows)
 
@@ -602,7 +603,7 @@ def box_tokens(
 
 
 class _AttentionInputs:
-    """Keeps what one attention layer was last called with, to recompute some of its heads'
+    """Keeps what one attention layer was last called with, to recompute its first head's
     weights at a few query positions: the forward itself stays on SDPA, which returns none, and
     eager attention over every head and position would slow training by a quarter."""
 
@@ -618,40 +619,28 @@ class _AttentionInputs:
     def remove(self) -> None:
         self.handle.remove()
 
-    def weights(self, row: int, queries: list[int], heads: int) -> torch.Tensor:
-        """(heads, len(queries), L) causal attention weights of the first ``heads`` heads of
-        ``row`` of the last call, as eager attention computes them."""
+    def weights(self, row: int, queries: list[int]) -> torch.Tensor:
+        """(len(queries), L) causal attention weights of the first head at ``row`` of the last
+        call, as eager attention computes them."""
         if self.hidden is None or self.rotary is None:
             raise RuntimeError("the attention layer has not run yet")
         attention = self.attention
         size = attention.head_dim
         hidden = self.hidden[row]
         cos, sin = (t[min(row, t.shape[0] - 1)] for t in self.rotary)
-        kv_heads = [h // attention.num_key_value_groups for h in range(heads)]
-        q = _heads(attention.q_proj, hidden[queries], list(range(heads)), size)
-        k = _heads(attention.k_proj, hidden, kv_heads, size)
-        q = q * cos[queries] + _rotate_half(q) * sin[queries]
-        k = k * cos + _rotate_half(k) * sin
-        scores = (q @ k.transpose(-1, -2)) * attention.scaling
+        # The first head's rows of q_proj and k_proj (its key head is the first too, grouped
+        # or not).
+        q, k = (
+            F.linear(x, proj.weight[:size], None if proj.bias is None else proj.bias[:size])
+            for x, proj in ((hidden[queries], attention.q_proj), (hidden, attention.k_proj))
+        )
+        q = q * cos[queries] + rotate_half(q) * sin[queries]
+        k = k * cos + rotate_half(k) * sin
+        scores = (q @ k.T) * attention.scaling
         keys = torch.arange(hidden.shape[0], device=hidden.device)
         future = keys[None, :] > torch.tensor(queries, device=hidden.device)[:, None]
         scores = scores.masked_fill(future, float("-inf"))
         return torch.softmax(scores.float(), dim=-1)
-
-
-def _heads(
-    projection: nn.Linear, hidden: torch.Tensor, heads: list[int], size: int
-) -> torch.Tensor:
-    """(len(heads), positions, size): the given heads' slices of a q/k projection."""
-    rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in heads]).to(hidden.device)
-    bias = None if projection.bias is None else projection.bias[rows]
-    out = F.linear(hidden, projection.weight[rows], bias)
-    return out.unflatten(-1, (len(heads), size)).transpose(0, 1)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def _dense_loss(
