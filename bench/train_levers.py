@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from skyeye.evaluation import evaluate
+from skyeye.model.config import ModelConfig
 from skyeye.training import Stages, train
 
 
@@ -30,6 +31,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="scene-rendering processes")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored (0: none)")
     parser.add_argument(
+        "--vision-width", type=int, default=96, help="ViT width (heads of 32, MLP 4x wide)"
+    )
+    parser.add_argument("--vision-layers", type=int, default=3, help="ViT depth")
+    parser.add_argument(
+        "--tower", type=Path, help="start from this run's vision tower instead of stage 1"
+    )
+    parser.add_argument(
         "--minutes", type=float, help="time budget sizing the steps not fixed by overrides"
     )
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="Stages fields")
@@ -39,14 +47,25 @@ def main() -> None:
     stages = Stages(**{"eval_scenes": 0, "progress_every": 50, **overrides})
     start = time.perf_counter()
     minutes = 10**6 if args.minutes is None else args.minutes
+    tiny = ModelConfig.skyeye_tiny()
+    vision = tiny.vision.model_copy(
+        update={
+            "hidden_size": args.vision_width,
+            "num_layers": args.vision_layers,
+            "num_heads": args.vision_width // 32,
+            "mlp_hidden_size": 4 * args.vision_width,
+        }
+    )
     report = train(
         args.out,
         seed=args.seed,
+        config=tiny.model_copy(update={"vision": vision}),
         minutes=minutes,
         stages=stages,
         threads=args.threads,
         device=args.device,
         workers=args.workers,
+        tower=args.tower,
     )
     seconds = time.perf_counter() - start
     steps = {"pretrain": report.pretrain_steps, "instruct": report.instruct_steps}

@@ -20,12 +20,16 @@ for scene seeds, difficulties and question choice). A time budget only decides t
 from the pace of each stage's first steps, whose schedule (warm-up, then a plateau) does not depend
 on them; the counts are logged, and passing them back (``pretrain_steps``, ``instruct_steps``)
 repeats the run exactly on the same device and torch thread count. On a GPU the model's step is
-short beside rendering the step's scenes (numpy, about 12 ms each): ``workers`` renders them in
-that many processes, the same scenes in the same order.
+short beside assembling the step's scenes (rendering about 12 ms each, preprocessing 5, stage 1's
+targets 4): ``workers`` assembles them in that many processes, the same scenes in the same order.
+
+The stages can run on different machines: a stage-1-only run (``instruct_steps=0``) on a GPU,
+where a wider tower trains fast, then stage 2 on the CPU from its folder (``tower``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -37,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +52,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from skyeye.model.answers import Box, parse_boxes
 from skyeye.model.architecture import VisionStage, llama_config
-from skyeye.model.checkpoint import save_model
+from skyeye.model.checkpoint import load_vision, read_manifest, save_model
 from skyeye.model.config import ModelConfig
 from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder
 from skyeye.model.vision import preprocess
@@ -243,6 +247,24 @@ def _patch_tokens(stage: VisionStage, pixels: torch.Tensor) -> torch.Tensor:
     return tower.post_layernorm(hidden)[:, 1:, :]
 
 
+_Item = TypeVar("_Item")
+
+
+def _scene_item(seed: int, size: int, difficulty: float) -> tuple[Scene, np.ndarray]:
+    """A training scene and its preprocessed (3, size, size) pixels."""
+    scene = render_scene(seed, size, difficulty)
+    return scene, preprocess([scene.image], size)[0].numpy()
+
+
+def _dense_item(
+    seed: int, size: int, difficulty: float, *, grid: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 1's inputs for one scene: pixels, per-patch labels, dense values, has_object (not
+    the Scene itself: its maps would cross the process boundary for nothing)."""
+    scene, pixels = _scene_item(seed, size, difficulty)
+    return pixels, patch_labels(scene, grid).ravel(), *dense_targets(scene, grid)
+
+
 class _Run:
     """State shared by the stages: modules, tokenizer, RNGs, clock, log."""
 
@@ -259,9 +281,14 @@ class _Run:
     ) -> None:
         self.out_dir, self.seed, self.config, self.stages = out_dir, seed, config, stages
         self.device = torch.device(device)
-        # Forked before any CUDA work, which a forked child must not inherit; the renderer
-        # needs only numpy.
-        self.pool = multiprocessing.get_context("fork").Pool(workers) if workers > 0 else None
+        # Spawned, not forked: the workers preprocess pixels with torch, whose thread pool (and
+        # CUDA context) a forked child inherits in a state it can hang on. One thread each, as
+        # there is one worker per core.
+        self.pool = (
+            multiprocessing.get_context("spawn").Pool(workers, torch.set_num_threads, (1,))
+            if workers > 0
+            else None
+        )
         self.progress = progress
         self.started = time.perf_counter()
         self.deadline = self.started + minutes * 60
@@ -298,6 +325,7 @@ class _Run:
         self.steps = {"pretrain": 0, "instruct": 0}
         self.patch_accuracy: dict[str, float] = {}
         self.evaluation: dict[str, Any] = {}
+        self.tower: dict[str, Any] = {}
 
     def close(self) -> None:
         self.last_attention.remove()
@@ -307,14 +335,22 @@ class _Run:
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
-    def scenes(self, n: int, cap: float) -> list[Scene]:
+    def _assembled(self, item: Callable[..., _Item], n: int, cap: float) -> list[_Item]:
+        """``item(seed, size, difficulty)`` for the next ``n`` scenes: in the worker processes
+        when there are any (the same scenes, in the same order, as without them)."""
         seeds = self.scene_rng.integers(0, TRAINING_SEED_LIMIT, size=n)
         difficulties = self.scene_rng.uniform(0.0, cap, size=n)
         size = self.config.vision.image_size
         jobs = [(int(s), size, float(d)) for s, d in zip(seeds, difficulties, strict=True)]
         if self.pool is not None:
-            return self.pool.starmap(render_scene, jobs)
-        return [render_scene(*job) for job in jobs]
+            return self.pool.starmap(item, jobs)
+        return [item(*job) for job in jobs]
+
+    def scenes(self, n: int, cap: float) -> tuple[list[Scene], torch.Tensor]:
+        """The next ``n`` scenes and their preprocessed pixels, on the training device."""
+        items = self._assembled(_scene_item, n, cap)
+        pixels = torch.from_numpy(np.stack([p for _, p in items])).to(self.device)
+        return [s for s, _ in items], pixels
 
     def pixels(self, scenes: list[Scene]) -> torch.Tensor:
         return preprocess([s.image for s in scenes], self.config.vision.image_size).to(self.device)
@@ -348,6 +384,7 @@ class _Run:
             "losses": self.losses,
             "patch_accuracy": self.patch_accuracy,
             "evaluation": self.evaluation,
+            "tower": self.tower,
             "seconds": round(self.elapsed(), 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -412,6 +449,23 @@ class _Run:
 
     # Stage 1 -------------------------------------------------------------------------------
 
+    def load_tower(self, folder: Path) -> None:
+        """Start from the vision tower of an earlier run's folder instead of running stage 1 here
+        (say stage 1 alone on a GPU, where the tower is cheap to train; stage 2 on the CPU)."""
+        manifest = read_manifest(folder)
+        if manifest.config.vision != self.config.vision:
+            raise ValueError(
+                f"{folder}: its vision tower is {manifest.config.vision}, "
+                f"this run's is {self.config.vision}"
+            )
+        _, stage = load_vision(folder, "cpu", torch.float32)
+        self.vision.vision_model.load_state_dict(stage.vision_model.state_dict())
+        log = folder / LOG_FILE
+        earlier = json.loads(log.read_text()) if log.is_file() else {}
+        self.patch_accuracy = earlier.get("patch_accuracy", {})
+        self.tower = {"folder": str(folder), "origin": manifest.origin, "log": earlier}
+        self.progress(f"vision tower from {folder} ({manifest.origin}): {self.patch_accuracy}")
+
     def pretrain(self, budget_end: float) -> None:
         stages, grid = self.stages, self.config.vision.grid_size
         head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES).to(self.device)
@@ -424,17 +478,22 @@ class _Run:
         weights = torch.ones(_PATCH_CLASSES, device=self.device)
         weights[0] = _BACKGROUND_WEIGHT
         self.vision.train()
+        dense_item = functools.partial(_dense_item, grid=grid)
 
         def loss_of(cap: float) -> tuple[torch.Tensor, int]:
-            scenes = self.scenes(stages.pretrain_images, cap)
-            labels = np.stack([patch_labels(s, grid).ravel() for s in scenes])
-            labels = torch.from_numpy(labels).to(self.device)
-            tokens = _patch_tokens(self.vision, self.pixels(scenes))
+            items = self._assembled(dense_item, stages.pretrain_images, cap)
+            pixels, labels, values, has_object = (
+                torch.from_numpy(np.stack(parts)).to(self.device)
+                for parts in zip(*items, strict=True)
+            )
+            tokens = _patch_tokens(self.vision, pixels)
             loss = F.cross_entropy(head(tokens).flatten(0, 1), labels.ravel(), weight=weights)
             if stages.dense_boxes:
-                dense = _dense_loss(regressor, tokens, scenes, grid, stages.zero_background_boxes)
+                dense = _dense_loss(
+                    regressor, tokens, values, has_object, stages.zero_background_boxes
+                )
                 loss = loss + stages.dense_weight * dense
-            return loss, len(scenes)
+            return loss, len(items)
 
         self._optimise("pretrain", optimiser, stages.pretrain_steps, budget_end, loss_of)
         self.patch_accuracy = _patch_accuracy(
@@ -450,9 +509,9 @@ class _Run:
         Unmatched, image tokens dwarf the prompt (norm ~77 against ~0.6 in the first trial) and the
         decoder's RMSNorm-ed residual stream is dominated by them from the first layer.
         """
-        scenes = self.scenes(4, 1.0)
+        _, pixels = self.scenes(4, 1.0)
         with torch.no_grad():
-            image_norm = self.vision(self.pixels(scenes)).norm(dim=-1).mean()
+            image_norm = self.vision(pixels).norm(dim=-1).mean()
             text_norm = self.llm.get_input_embeddings().weight.norm(dim=-1).mean()
             factor = (text_norm / image_norm).item()
             self.vision.llama_proj.weight.mul_(factor)
@@ -493,9 +552,9 @@ class _Run:
         ids = self.tokenizer(answer, add_special_tokens=False, split_special_tokens=True).input_ids
         return [*ids, self.decoder.eos_id]
 
-    def instruct_loss(self, scenes: list[Scene]) -> tuple[torch.Tensor, int]:
+    def instruct_loss(self, scenes: list[Scene], pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean answer-token loss per sequence, averaged over sequences."""
-        embeds = self.vision(self.pixels(scenes))
+        embeds = self.vision(pixels)
         embed = self.llm.get_input_embeddings()
         rows: list[tuple[torch.Tensor, list[int], int]] = []
         # (row, positions predicting the box numbers, image positions on the referred object)
@@ -579,7 +638,7 @@ class _Run:
         self.llm.train()
 
         def loss_of(cap: float) -> tuple[torch.Tensor, int]:
-            return self.instruct_loss(self.scenes(stages.images_per_step, cap))
+            return self.instruct_loss(*self.scenes(stages.images_per_step, cap))
 
         self._optimise("instruct", optimiser, stages.instruct_steps, budget_end, loss_of)
         self.vision.eval()
@@ -646,15 +705,13 @@ class _AttentionInputs:
 def _dense_loss(
     regressor: nn.Linear,
     tokens: torch.Tensor,
-    scenes: list[Scene],
-    grid: int,
+    values: torch.Tensor,
+    has_object: torch.Tensor,
     zero_background: bool,
 ) -> torch.Tensor:
-    """MSE of the number features of each patch's centre and, on object patches, object box;
-    with ``zero_background`` also of zero box features on the other patches."""
-    targets = [dense_targets(s, grid) for s in scenes]
-    values = torch.from_numpy(np.stack([v for v, _ in targets])).to(tokens.device)
-    has_object = torch.from_numpy(np.stack([h for _, h in targets])).to(tokens.device)
+    """MSE of the number features of each patch's centre and, on object patches, object box
+    (``values`` and ``has_object`` as :func:`dense_targets`, batched); with ``zero_background``
+    also of zero box features on the other patches."""
     predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
     features = number_features(values)
     features[..., 2:, :] *= has_object[..., None, None]
@@ -717,12 +774,15 @@ def train(
     threads: int = 2,
     device: str = "cpu",
     workers: int = 0,
+    tower: Path | None = None,
 ) -> TrainReport:
     """Train from scratch into ``out_dir`` (replaced atomically), evaluate, and log beside it.
 
     ``minutes`` bounds the training stages (saving and the closing evaluation come after it) and
     is ignored by a stage whose step count ``stages`` fixes. ``device`` is where the model trains
-    (``cuda`` on a GPU); ``workers`` > 0 renders scenes in that many processes.
+    (``cuda`` on a GPU); ``workers`` > 0 renders scenes in that many processes. ``tower``, a
+    model folder with ``config``'s vision tower (an earlier run with ``instruct_steps=0``),
+    replaces stage 1: its tower is loaded, and the log keeps where it came from.
     """
     # Data generation runs in this thread between steps, so torch gets all the cores meanwhile.
     torch.set_num_threads(threads)
@@ -730,7 +790,9 @@ def train(
     stages = stages or Stages()
     run = _Run(Path(out_dir), seed, minutes, config, stages, progress, device, workers)
     try:
-        if stages.pretrain_share > 0 and stages.pretrain_steps != 0:
+        if tower is not None:
+            run.load_tower(Path(tower))
+        elif stages.pretrain_share > 0 and stages.pretrain_steps != 0:
             run.pretrain(run.started + stages.pretrain_share * minutes * 60)
         if stages.match_token_scale:
             run.match_token_scale()

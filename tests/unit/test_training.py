@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.nn import functional as F
 
 from skyeye.model import TextDecoder, VisionEncoder
@@ -58,17 +59,24 @@ FEW = Stages(
 
 
 def _train(
-    folder: Path, seed: int, stages: Stages = FEW, minutes: float = 1.0, workers: int = 0
+    folder: Path,
+    seed: int,
+    stages: Stages = FEW,
+    minutes: float = 1.0,
+    workers: int = 0,
+    tower: Path | None = None,
+    config: ModelConfig = TOY,
 ) -> list[str]:
     lines: list[str] = []
     train(
         folder,
         seed=seed,
         minutes=minutes,
-        config=TOY,
+        config=config,
         stages=stages,
         progress=lines.append,
         workers=workers,
+        tower=tower,
     )
     return lines
 
@@ -150,7 +158,7 @@ def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> N
         stages = Stages(**{**refer_only, "attention_supervision": weight})
         run = _Run(tmp_path / "m", 0, 1.0, TOY, stages, lambda _: None)
         run.question_rng = np.random.default_rng(0)
-        loss, _ = run.instruct_loss(scenes)
+        loss, _ = run.instruct_loss(scenes, run.pixels(scenes))
         loss.backward()
         losses.append(loss.item())
     # Same seed, same weights and questions: the difference is the attention term alone.
@@ -180,8 +188,12 @@ def test_zero_background_boxes_adds_the_background_term() -> None:
     scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
     tokens = torch.randn(2, 64, 8)
     regressor = torch.nn.Linear(8, 6 * 12)
-    plain = _dense_loss(regressor, tokens, scenes, 8, zero_background=False)
-    zero = _dense_loss(regressor, tokens, scenes, 8, zero_background=True)
+    values, has_object = (
+        torch.from_numpy(np.stack(t))
+        for t in zip(*(dense_targets(s, 8) for s in scenes), strict=True)
+    )
+    plain = _dense_loss(regressor, tokens, values, has_object, zero_background=False)
+    zero = _dense_loss(regressor, tokens, values, has_object, zero_background=True)
     assert zero > plain
 
 
@@ -195,7 +207,7 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
     for _ in range(8):
         # The same questions every time: this checks fitting, not sampling.
         run.question_rng = np.random.default_rng(0)
-        loss, n = run.instruct_loss(scenes)
+        loss, n = run.instruct_loss(scenes, run.pixels(scenes))
         assert n == 6
         optimiser.zero_grad()
         loss.backward()
@@ -226,6 +238,28 @@ def test_same_seed_same_weights_and_the_folder_loads(tmp_path: Path) -> None:
     image = render_scene(3, size=112).image
     answers = decoder.generate(encoder.encode([image])[0], ["[vqa] Is there a ship?"], 4)
     assert len(answers) == 1
+
+
+def test_a_tower_from_an_earlier_run_replaces_stage_1(tmp_path: Path) -> None:
+    _train(tmp_path / "tower", seed=7, stages=Stages(**{**FEW.__dict__, "instruct_steps": 0}))
+    lines = _train(tmp_path / "m", seed=7, tower=tmp_path / "tower")
+    assert not any(line.startswith("pretrain") for line in lines)
+    log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
+    earlier = json.loads((tmp_path / "tower" / LOG_FILE).read_text())
+    assert log["steps"] == {"pretrain": 0, "instruct": 3}
+    assert log["tower"]["origin"]["steps"] == {"pretrain": 2, "instruct": 0}
+    assert log["patch_accuracy"] == earlier["patch_accuracy"] != {}
+    # Stage 2 tunes the top layer only (tune_vision_layers 1): the one below is the tower's.
+    tower = load_file(tmp_path / "tower" / "vision.safetensors")
+    tuned = load_file(tmp_path / "m" / "vision.safetensors")
+    below = [k for k in tower if ".layers.0." in k]
+    assert below and all(torch.equal(tower[k], tuned[k]) for k in below)
+    top = "vision_model.encoder.layers.1.mlp.fc1.weight"
+    assert not torch.equal(tower[top], tuned[top])
+
+    wider = TOY.model_copy(update={"vision": TOY.vision.model_copy(update={"hidden_size": 32})})
+    with pytest.raises(ValueError, match="its vision tower is"):
+        _train(tmp_path / "w", seed=7, tower=tmp_path / "tower", config=wider)
 
 
 def test_a_time_budget_sizes_the_steps(tmp_path: Path) -> None:
