@@ -307,6 +307,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         workers=args.workers,
+        tower=args.tower,
     )
     _say(
         f"trained in {report.seconds / 60:.1f} min: {report.pretrain_steps} pretraining and "
@@ -418,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="processes rendering the training scenes (0: in the training process; use "
         "several on a GPU, where the model's step is fast)",
+    )
+    p.add_argument(
+        "--tower",
+        type=Path,
+        help="start from the vision tower of this earlier run's folder instead of stage 1 "
+        "(for example a run with --instruct-steps 0 on a GPU)",
     )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"

@@ -352,9 +352,6 @@ class _Run:
         pixels = torch.from_numpy(np.stack([p for _, p in items])).to(self.device)
         return [s for s, _ in items], pixels
 
-    def pixels(self, scenes: list[Scene]) -> torch.Tensor:
-        return preprocess([s.image for s in scenes], self.config.vision.image_size).to(self.device)
-
     def sized(self, step: int, timed_from: float, budget_end: float) -> int:
         """The steps that fit before ``budget_end`` at the pace since step ``warmup_steps``."""
         now = time.perf_counter()

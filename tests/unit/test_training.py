@@ -15,6 +15,7 @@ from torch.nn import functional as F
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.checkpoint import read_manifest
 from skyeye.model.config import LlmConfig, ModelConfig, VisionConfig
+from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_vocabulary
 from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
@@ -31,7 +32,7 @@ from skyeye.training import (
     patch_labels,
     train,
 )
-from skyeye.world import render_scene
+from skyeye.world import Scene, render_scene
 
 # 112 px keeps patch 14 and the 1x4 merge (an 8x8 grid, 16 image tokens) at a fraction of the cost.
 TOY = ModelConfig(
@@ -79,6 +80,10 @@ def _train(
         tower=tower,
     )
     return lines
+
+
+def _pixels(scenes: list[Scene]) -> torch.Tensor:
+    return preprocess([s.image for s in scenes], TOY.vision.image_size)
 
 
 def test_patch_labels_mark_objects_and_water() -> None:
@@ -158,7 +163,7 @@ def test_attention_supervision_adds_a_loss_on_refer_answers(tmp_path: Path) -> N
         stages = Stages(**{**refer_only, "attention_supervision": weight})
         run = _Run(tmp_path / "m", 0, 1.0, TOY, stages, lambda _: None)
         run.question_rng = np.random.default_rng(0)
-        loss, _ = run.instruct_loss(scenes, run.pixels(scenes))
+        loss, _ = run.instruct_loss(scenes, _pixels(scenes))
         loss.backward()
         losses.append(loss.item())
     # Same seed, same weights and questions: the difference is the attention term alone.
@@ -207,7 +212,7 @@ def test_loss_is_finite_and_falls_on_a_fixed_batch(tmp_path: Path) -> None:
     for _ in range(8):
         # The same questions every time: this checks fitting, not sampling.
         run.question_rng = np.random.default_rng(0)
-        loss, n = run.instruct_loss(scenes, run.pixels(scenes))
+        loss, n = run.instruct_loss(scenes, _pixels(scenes))
         assert n == 6
         optimiser.zero_grad()
         loss.backward()
