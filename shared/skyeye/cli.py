@@ -400,11 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train skyeye-tiny from scratch on the procedural aerial world (reproducible)",
         description="Train skyeye-tiny: stage 1 pretrains the vision tower on per-patch classes "
         "and coordinates, "
-        "stage 2 tunes tower top, projector and decoder on instructions. A time budget sizes "
+        "stage 2 tunes ln_vision, projector and decoder on instructions. A time budget sizes "
         "the step counts; the log (training.json beside the weights) records them, and passing "
         "them back with --pretrain-steps/--instruct-steps repeats the run exactly (same device "
-        "and --threads). The packaged model: --seed 0 --pretrain-steps 2067 "
-        "--instruct-steps 3843 --threads 1 on the CPU.",
+        "and --threads). The packaged model: stage 1 on a GPU (--seed 0 --device cuda "
+        "--workers 14 --threads 1 --pretrain-steps 2670 --instruct-steps 0), then stage 2 on "
+        "the CPU from it (--seed 0 --tower DIR --instruct-steps 3419 --threads 1).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
