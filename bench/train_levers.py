@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--device", default="cpu", help="where the model trains, e.g. cuda")
-    parser.add_argument("--workers", type=int, default=0, help="scene-rendering processes")
+    parser.add_argument("--workers", type=int, default=0, help="scene-assembling processes")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored (0: none)")
     parser.add_argument(
         "--vision-width", type=int, default=96, help="ViT width (heads of 32, MLP 4x wide)"

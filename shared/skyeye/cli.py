@@ -418,8 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="processes rendering the training scenes (0: in the training process; use "
-        "several on a GPU, where the model's step is fast)",
+        help="processes rendering and preprocessing the training scenes (0: in the training "
+        "process; use several on a GPU, where the model's step is fast)",
     )
     p.add_argument(
         "--tower",

@@ -779,7 +779,7 @@ def train(
 
     ``minutes`` bounds the training stages (saving and the closing evaluation come after it) and
     is ignored by a stage whose step count ``stages`` fixes. ``device`` is where the model trains
-    (``cuda`` on a GPU); ``workers`` > 0 renders scenes in that many processes. ``tower``, a
+    (``cuda`` on a GPU); ``workers`` > 0 assembles scenes in that many processes. ``tower``, a
     model folder with ``config``'s vision tower (an earlier run with ``instruct_steps=0``),
     replaces stage 1: its tower is loaded, and the log keeps where it came from.
     """
