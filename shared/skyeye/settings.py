@@ -81,8 +81,9 @@ class ClipSettings(BaseModel):
 
 
 class Settings(BaseSettings):
+    # A variable set but empty (`SKYEYE_MODEL_DIR= skyeye ...`) means "unset", not "." or "".
     model_config = SettingsConfigDict(
-        env_prefix="SKYEYE_", env_nested_delimiter="__", extra="ignore"
+        env_prefix="SKYEYE_", env_nested_delimiter="__", extra="ignore", env_ignore_empty=True
     )
 
     home: Path = Field(

@@ -12,6 +12,14 @@ def test_defaults_point_at_the_embedded_stack(tmp_path, monkeypatch) -> None:
     assert settings.resolved_model_dir == PACKAGED_MODEL
 
 
+def test_an_empty_variable_means_unset(monkeypatch) -> None:
+    monkeypatch.setenv("SKYEYE_MODEL_DIR", "")
+    monkeypatch.setenv("SKYEYE_KAFKA_BOOTSTRAP", "")
+    settings = Settings()
+    assert settings.resolved_model_dir == PACKAGED_MODEL
+    assert settings.kafka_bootstrap is None
+
+
 def test_nested_environment_overrides(monkeypatch) -> None:
     monkeypatch.setenv("SKYEYE_ENCODER__MAX_REPLICAS", "3")
     monkeypatch.setenv("SKYEYE_GROUNDING_PHRASES", '["ship", "harbour"]')
