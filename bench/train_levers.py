@@ -30,10 +30,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the model trains, e.g. cuda")
     parser.add_argument("--workers", type=int, default=0, help="scene-assembling processes")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored (0: none)")
+    tiny = ModelConfig.skyeye_tiny()
     parser.add_argument(
-        "--vision-width", type=int, default=96, help="ViT width (heads of 32, MLP 4x wide)"
+        "--vision-width",
+        type=int,
+        default=tiny.vision.hidden_size,
+        help="ViT width (heads of 32, MLP 4x wide; default: skyeye-tiny's)",
     )
-    parser.add_argument("--vision-layers", type=int, default=3, help="ViT depth")
+    parser.add_argument(
+        "--vision-layers",
+        type=int,
+        default=tiny.vision.num_layers,
+        help="ViT depth (default: skyeye-tiny's)",
+    )
     parser.add_argument(
         "--tower", type=Path, help="start from this run's vision tower instead of stage 1"
     )
@@ -47,7 +56,6 @@ def main() -> None:
     stages = Stages(**{"eval_scenes": 0, "progress_every": 50, **overrides})
     start = time.perf_counter()
     minutes = 10**6 if args.minutes is None else args.minutes
-    tiny = ModelConfig.skyeye_tiny()
     vision = tiny.vision.model_copy(
         update={
             "hidden_size": args.vision_width,

@@ -131,9 +131,9 @@ class Stages:
     attention_supervision: float = 0.3
     vision_lr: float = 3e-4
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
-    # also spares their backward pass. Negative: all layers. None: tuning the top layer of a
-    # stage-1 tower that reads boxes to within 0.6 blurred them again (grounding 0.072 against
-    # 0.134, training-levers.md round 7).
+    # also spares their backward pass. Negative: all layers. The default is none: tuning the top
+    # layer of a stage-1 tower that reads boxes to within 0.6 blurred them again (grounding 0.072
+    # against 0.134, training-levers.md round 7).
     tune_vision_layers: int = 0
     curriculum: bool = True
     # Rescale llama_proj so image tokens start at the norm of text embeddings.
