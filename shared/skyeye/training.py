@@ -47,14 +47,14 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import rotate_half
 
 from skyeye.model.answers import Box, parse_boxes
 from skyeye.model.architecture import VisionStage, llama_config
 from skyeye.model.checkpoint import load_vision, read_manifest, save_model
 from skyeye.model.config import ModelConfig
-from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder
+from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder, _common_prefix_length
 from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_tokenizer
 from skyeye.world import (
@@ -552,48 +552,79 @@ class _Run:
         return [*ids, self.decoder.eos_id]
 
     def instruct_loss(self, scenes: list[Scene], pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Mean answer-token loss per sequence, averaged over sequences."""
+        """Mean answer-token loss per sequence, averaged over sequences.
+
+        As at inference (``TextDecoder``'s shared prefix), the prompt part every question of an
+        image shares (BOS, the template and the 256 image rows) runs through the decoder once per
+        image, and each question's own suffix (its words, then the answer) against a copy of that
+        key/value cache. Causal attention makes this the same loss as whole sequences, at a
+        quarter of the decoder's work: most of a sequence is its image.
+        """
         embeds = self.vision(pixels)
         embed = self.llm.get_input_embeddings()
-        rows: list[tuple[torch.Tensor, list[int], int]] = []
-        # (row, positions predicting the box numbers, image positions on the referred object)
-        supervised: list[tuple[int, list[int], torch.Tensor]] = []
-        for scene, image in zip(scenes, embeds, strict=True):
+        # (token ids, prompt embeddings, answer ids, image index) of each sequence
+        rows: list[tuple[list[int], torch.Tensor, list[int], int]] = []
+        refer: list[tuple[int, Sample]] = []
+        for image_index, (scene, image) in enumerate(zip(scenes, embeds, strict=True)):
             questions = self._questions(scene)
             prompts = self.decoder._rows(image, [q.instruction for q in questions])
             for (ids, prompt), question in zip(prompts, questions, strict=True):
-                answer = self._answer_ids(question.answer)
-                row = torch.cat([prompt, embed(torch.tensor(answer, device=self.device))])
                 if question.kind == "refer" and self.stages.attention_supervision > 0:
-                    numbers = [
-                        len(ids) - 1 + i for i, t in enumerate(answer) if t in self.number_id_set
-                    ]
-                    box = parse_boxes(question.answer)[0]
-                    start = ids.index(IMAGE_TOKEN)
-                    grid, merge = self.config.vision.grid_size, self.config.merge
-                    on = box_tokens(_box_values(box), 100, grid, merge) + start
-                    supervised.append((len(rows), numbers[:4], on.to(self.device)))
-                rows.append((row, answer, len(ids)))
-        length = max(r.shape[0] for r, _, _ in rows)
-        hidden = rows[0][0].shape[1]
-        inputs = rows[0][0].new_zeros((len(rows), length, hidden))
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
+                    refer.append((len(rows), question))
+                rows.append((ids, prompt, self._answer_ids(question.answer), image_index))
+        shared = _common_prefix_length([ids for ids, _, _, _ in rows])
+        # One prefix per image that has questions, taken from its first sequence.
+        firsts = {image: i for i, (_, _, _, image) in reversed(list(enumerate(rows)))}
+        images = sorted(firsts)
+        prefix = torch.stack([rows[firsts[image]][1][:shared] for image in images])
+        cache = DynamicCache(config=self.llm.config)
+        self.llm.model(inputs_embeds=prefix, cache=cache, use_cache=True)
+        owner = torch.tensor([images.index(image) for *_, image in rows], device=self.device)
+        cache.batch_select_indices(owner)
+
+        suffixes = [
+            torch.cat([prompt[shared:], embed(torch.tensor(answer, device=self.device))])
+            for _, prompt, answer, _ in rows
+        ]
+        length = max(s.shape[0] for s in suffixes)
+        inputs = suffixes[0].new_zeros((len(rows), length, suffixes[0].shape[1]))
+        mask = torch.zeros((len(rows), shared + length), dtype=torch.long)
+        mask[:, :shared] = 1
         targets = torch.full((len(rows), length), -100, dtype=torch.long)
-        for i, (row, answer, prompt_len) in enumerate(rows):
-            inputs[i, : row.shape[0]] = row
-            mask[i, : row.shape[0]] = 1
+        for i, (suffix, (ids, _, answer, _)) in enumerate(zip(suffixes, rows, strict=True)):
+            inputs[i, : suffix.shape[0]] = suffix
+            mask[i, shared : shared + suffix.shape[0]] = 1
             # Position p predicts token p + 1: the last prompt position predicts the first answer.
-            targets[i, prompt_len - 1 : prompt_len - 1 + len(answer)] = torch.tensor(answer)
+            first = len(ids) - 1 - shared
+            targets[i, first : first + len(answer)] = torch.tensor(answer)
         mask, targets = mask.to(self.device), targets.to(self.device)
-        out = self.llm(inputs_embeds=inputs, attention_mask=mask)
+        positions = torch.arange(shared, shared + length, device=self.device)
+        out = self.llm(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            position_ids=positions.expand(len(rows), -1),
+            cache=cache,
+            use_cache=True,
+        )
         per_token = self._token_losses(out.logits, targets)
         counted = (targets != -100).sum(dim=1)
         loss = (per_token.sum(dim=1) / counted).mean()
-        if supervised:
-            masses = [
-                self.last_attention.weights(r, numbers)[:, on].sum(dim=-1)
-                for r, numbers, on in supervised
-            ]
+        if refer:
+            keys = cache.layers[-1].keys
+            grid, merge = self.config.vision.grid_size, self.config.merge
+            masses = []
+            for r, question in refer:
+                ids, _, answer, _ = rows[r]
+                # The suffix positions that predict the box's four numbers.
+                numbers = [
+                    len(ids) - 1 - shared + i
+                    for i, t in enumerate(answer)
+                    if t in self.number_id_set
+                ][:4]
+                box = parse_boxes(question.answer)[0]
+                on = box_tokens(_box_values(box), 100, grid, merge) + ids.index(IMAGE_TOKEN)
+                weights = self.last_attention.weights(r, numbers, keys[r, 0])
+                masses.append(weights[:, on.to(self.device)].sum(dim=-1))
             aux = -torch.log(torch.cat(masses) + 1e-6).mean()
             loss = loss + self.stages.attention_supervision * aux
         return loss, len(rows)
@@ -677,26 +708,27 @@ class _AttentionInputs:
     def remove(self) -> None:
         self.handle.remove()
 
-    def weights(self, row: int, queries: list[int]) -> torch.Tensor:
-        """(len(queries), L) causal attention weights of the first head at ``row`` of the last
-        call, as eager attention computes them."""
+    def weights(self, row: int, queries: list[int], keys: torch.Tensor) -> torch.Tensor:
+        """(len(queries), len(keys)) causal attention weights of the first head at ``row`` of
+        the last call, as eager attention computes them. ``queries`` index that call's
+        positions; ``keys`` (the row's first key head from the cache, rotated) may begin with a
+        cached prefix before them."""
         if self.hidden is None or self.rotary is None:
             raise RuntimeError("the attention layer has not run yet")
         attention = self.attention
         size = attention.head_dim
         hidden = self.hidden[row]
         cos, sin = (t[min(row, t.shape[0] - 1)] for t in self.rotary)
-        # The first head's rows of q_proj and k_proj (its key head is the first too, grouped
-        # or not).
-        q, k = (
-            F.linear(x, proj.weight[:size], None if proj.bias is None else proj.bias[:size])
-            for x, proj in ((hidden[queries], attention.q_proj), (hidden, attention.k_proj))
+        # The first head's rows of q_proj (its key head is the first too, grouped or not).
+        proj = attention.q_proj
+        q = F.linear(
+            hidden[queries], proj.weight[:size], None if proj.bias is None else proj.bias[:size]
         )
         q = q * cos[queries] + rotate_half(q) * sin[queries]
-        k = k * cos + rotate_half(k) * sin
-        scores = (q @ k.T) * attention.scaling
-        keys = torch.arange(hidden.shape[0], device=hidden.device)
-        future = keys[None, :] > torch.tensor(queries, device=hidden.device)[:, None]
+        scores = (q @ keys.T) * attention.scaling
+        offset = keys.shape[0] - hidden.shape[0]
+        seen = torch.arange(keys.shape[0], device=hidden.device)
+        future = seen[None, :] > offset + torch.tensor(queries, device=hidden.device)[:, None]
         scores = scores.masked_fill(future, float("-inf"))
         return torch.softmax(scores.float(), dim=-1)
 

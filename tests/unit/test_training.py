@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
+from transformers import DynamicCache
 
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.checkpoint import read_manifest
@@ -177,16 +178,69 @@ def test_recomputed_head_attention_is_eager_attention(tmp_path: Path) -> None:
     run.llm.eval()
     inputs = torch.randn(3, 9, config.llm.hidden_size)
     mask = torch.ones(3, 9, dtype=torch.long)
-    mask[1, 6:] = 0  # right padding, as training batches rows of different lengths
+    mask[1, 7:] = 0  # right padding, as training batches rows of different lengths
     with torch.no_grad():
-        run.llm(inputs_embeds=inputs, attention_mask=mask)
-        queries = [2, 5]
-        recomputed = run.last_attention.weights(1, queries)
+        # As training runs it: a cached prefix of 4 positions, then the rest against it.
+        cache = DynamicCache(config=run.llm.config)
+        run.llm(inputs_embeds=inputs[:, :4], cache=cache, use_cache=True)
+        run.llm(
+            inputs_embeds=inputs[:, 4:],
+            attention_mask=mask,
+            position_ids=torch.arange(4, 9).expand(3, -1),
+            cache=cache,
+            use_cache=True,
+        )
+        queries = [0, 2]  # positions 4 and 6 of the whole row
+        recomputed = run.last_attention.weights(1, queries, cache.layers[-1].keys[1, 0])
         run.llm.set_attn_implementation("eager")
         eager = run.llm(inputs_embeds=inputs, attention_mask=mask, output_attentions=True)
-    expected = eager.attentions[-1][1][0, queries]
+    expected = eager.attentions[-1][1][0, [4, 6]]
     assert recomputed.shape == expected.shape == (2, 9)
     torch.testing.assert_close(recomputed, expected, atol=1e-6, rtol=1e-5)
+
+
+def _whole_sequence_loss(run: _Run, scenes: list[Scene], pixels: torch.Tensor) -> torch.Tensor:
+    """The answer loss computed directly: every sequence whole, right-padded, no cache."""
+    embeds = run.vision(pixels)
+    embed = run.llm.get_input_embeddings()
+    rows, answers, prompt_lengths = [], [], []
+    for scene, image in zip(scenes, embeds, strict=True):
+        questions = run._questions(scene)
+        prompts = run.decoder._rows(image, [q.instruction for q in questions])
+        for (ids, prompt), question in zip(prompts, questions, strict=True):
+            answer = run._answer_ids(question.answer)
+            rows.append(torch.cat([prompt, embed(torch.tensor(answer))]))
+            answers.append(answer)
+            prompt_lengths.append(len(ids))
+    length = max(r.shape[0] for r in rows)
+    inputs = torch.zeros((len(rows), length, rows[0].shape[1]))
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    targets = torch.full((len(rows), length), -100)
+    for i, (row, answer, n) in enumerate(zip(rows, answers, prompt_lengths, strict=True)):
+        inputs[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = 1
+        targets[i, n - 1 : n - 1 + len(answer)] = torch.tensor(answer)
+    logits = run.llm(inputs_embeds=inputs, attention_mask=mask).logits
+    per_token = run._token_losses(logits, targets)
+    return (per_token.sum(dim=1) / (targets != -100).sum(dim=1)).mean()
+
+
+def test_the_shared_prefix_loss_is_the_whole_sequence_loss(tmp_path: Path) -> None:
+    config = TOY.model_copy(update={"llm": TOY.llm.model_copy(update={"num_layers": 2})})
+    stages = Stages(**{**FEW.__dict__, "attention_supervision": 0.0, "questions_per_image": 5})
+    run = _Run(tmp_path / "m", 0, 1.0, config, stages, lambda _: None)
+    scenes = [render_scene(s, size=112, difficulty=0.5) for s in (1, 2, 3)]
+    gradients = []
+    for loss_of in (run.instruct_loss, lambda *a: (_whole_sequence_loss(run, *a), 0)):
+        run.question_rng = np.random.default_rng(0)
+        run.llm.zero_grad()
+        run.vision.zero_grad()
+        loss, _ = loss_of(scenes, _pixels(scenes))
+        loss.backward()
+        weights = (run.vision.llama_proj.weight, run.llm.model.layers[0].self_attn.q_proj.weight)
+        gradients.append((loss.detach(), *(w.grad.clone() for w in weights)))
+    for shared, whole in zip(*gradients, strict=True):
+        torch.testing.assert_close(shared, whole, atol=1e-5, rtol=1e-4)
 
 
 def test_zero_background_boxes_adds_the_background_term() -> None:
