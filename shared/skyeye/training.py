@@ -360,11 +360,15 @@ class _Run:
         pace = (now - timed_from) / max(1, step - self.stages.warmup_steps)
         return step + max(0, int((budget_end - now) / pace))
 
-    def report(self, stage: str, step: int, total: int, loss: float, items: int, t0: float) -> None:
+    def report(
+        self, stage: str, step: int, total: int | None, loss: float, items: int, t0: float
+    ) -> None:
+        """A progress line; ``total`` is None while a time budget has yet to size the steps."""
         self.losses.append((stage, step, loss))
         rate = items / max(1e-9, time.perf_counter() - t0)
+        of = f"/{total}" if total is not None else " (sizing the steps)"
         self.progress(
-            f"{stage} step {step}/{total} loss {loss:.4f} {rate:.1f} samples/s "
+            f"{stage} step {step}{of} loss {loss:.4f} {rate:.1f} samples/s "
             f"elapsed {self.elapsed() / 60:.1f} min"
         )
 
@@ -441,7 +445,8 @@ class _Run:
             if step == 2 * stages.warmup_steps and fixed_steps is None:
                 total = self.sized(step, timed_from, budget_end)
             if step % stages.progress_every == 0 or step == total:
-                self.report(stage, step, total, loss.item(), items, t0)
+                sized = fixed_steps is not None or step >= 2 * stages.warmup_steps
+                self.report(stage, step, total if sized else None, loss.item(), items, t0)
                 t0, items = time.perf_counter(), 0
             self.steps[stage] = step
             self.maybe_checkpoint()

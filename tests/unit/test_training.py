@@ -321,14 +321,16 @@ def test_a_tower_from_an_earlier_run_replaces_stage_1(tmp_path: Path) -> None:
 
 
 def test_a_time_budget_sizes_the_steps(tmp_path: Path) -> None:
-    stages = Stages(
-        **{**FEW.__dict__, "pretrain_share": 0.0, "instruct_steps": None, "progress_every": 100}
-    )
+    stages = Stages(**{**FEW.__dict__, "pretrain_share": 0.0, "instruct_steps": None})
     lines = _train(tmp_path / "m", seed=1, stages=stages, minutes=0.02)
     log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
     assert log["steps"]["pretrain"] == 0
-    assert log["steps"]["instruct"] >= 2
-    assert any(line.startswith("instruct step") for line in lines)
+    total = log["steps"]["instruct"]
+    assert total >= 2
+    steps = [line.split(" loss")[0] for line in lines if line.startswith("instruct step")]
+    # Step 1 comes before the pace sizes the run (at 2 * warmup_steps); after it, the total.
+    assert steps[0] == "instruct step 1 (sizing the steps)"
+    assert steps[1:] == [f"instruct step {n}/{total}" for n in range(2, total + 1)]
 
 
 def test_schedule_before_sizing_ignores_the_total() -> None:
