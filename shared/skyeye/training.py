@@ -579,12 +579,15 @@ class _Run:
                 rows.append((ids, prompt, self._answer_ids(question.answer), image_index))
         shared = _common_prefix_length([ids for ids, _, _, _ in rows])
         # One prefix per image that has questions, taken from its first sequence.
-        firsts = {image: i for i, (_, _, _, image) in reversed(list(enumerate(rows)))}
-        images = sorted(firsts)
-        prefix = torch.stack([rows[firsts[image]][1][:shared] for image in images])
+        firsts: dict[int, int] = {}
+        for i, (*_, image_index) in enumerate(rows):
+            firsts.setdefault(image_index, i)
+        prefix = torch.stack([rows[i][1][:shared] for i in firsts.values()])
         cache = DynamicCache(config=self.llm.config)
         self.llm.model(inputs_embeds=prefix, cache=cache, use_cache=True)
-        owner = torch.tensor([images.index(image) for *_, image in rows], device=self.device)
+        # Row r of the cache becomes a copy of its image's prefix row.
+        order = list(firsts)
+        owner = torch.tensor([order.index(image) for *_, image in rows], device=self.device)
         cache.batch_select_indices(owner)
 
         suffixes = [
