@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,12 @@ COORDINATES = ("x1", "y1", "x2", "y2")
 # Training-world scene seeds for fitting the probes, far from the seeds a training run draws first.
 _FIT_SEED_BASE = 123_456
 _RIDGE = 10.0
+
+
+def fit_scenes(n: int) -> Iterator[Scene]:
+    """``n`` training-world scenes for fitting probes, difficulties spread over [0, 1]."""
+    for i in range(n):
+        yield render_scene(_FIT_SEED_BASE + i, difficulty=i / max(1, n - 1))
 
 
 def _number(decoder: TextDecoder, token_id: int) -> int | None:
@@ -102,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     encoder, decoder = VisionEncoder.load(args.model), TextDecoder.load(args.model)
-    fit = (
-        render_scene(_FIT_SEED_BASE + i, difficulty=i / max(1, args.fit_scenes - 1))
-        for i in range(args.fit_scenes)
-    )
+    fit = fit_scenes(args.fit_scenes)
     fit_hidden, fit_truth, _, fit_objects = _collect(encoder, decoder, fit)
     hidden, truth, own, objects = _collect(encoder, decoder, held_out_scenes(args.scenes, 0))
     # An answer that is not a number counts as the middle of the scale.

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from box_probe import fit_scenes  # bench/ is on the path when a bench script runs
 from torch.nn import functional as F
 
 from skyeye.model import VisionEncoder
@@ -34,11 +35,9 @@ from skyeye.model.architecture import merge_patches
 from skyeye.model.vision import preprocess
 from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import _patch_tokens, box_tokens
-from skyeye.world import Scene, held_out_scenes, render_scene
+from skyeye.world import Scene, held_out_scenes
 
 FEATURES = ("patches", "merged", "projected")
-# Training-world scene seeds for fitting the probes, as bench/box_probe.py.
-_FIT_SEED_BASE = 123_456
 _PROBE_STEPS = 600
 
 
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     encoder = VisionEncoder.load(args.model)
-    fit = (
-        render_scene(_FIT_SEED_BASE + i, difficulty=i / max(1, args.fit_scenes - 1))
-        for i in range(args.fit_scenes)
-    )
+    fit = fit_scenes(args.fit_scenes)
     fit_features, fit_labels = _collect(encoder, fit)
     features, labels = _collect(encoder, held_out_scenes(args.scenes, 0))
     truth = np.array(labels)
