@@ -47,6 +47,9 @@ def main() -> None:
         "--tower", type=Path, help="start from this run's vision tower instead of stage 1"
     )
     parser.add_argument(
+        "--init", type=Path, help="train stage 2 further from every weight of this run's folder"
+    )
+    parser.add_argument(
         "--minutes", type=float, help="time budget sizing the steps not fixed by overrides"
     )
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="Stages fields")
@@ -74,6 +77,7 @@ def main() -> None:
         device=args.device,
         workers=args.workers,
         tower=args.tower,
+        init=args.init,
     )
     seconds = time.perf_counter() - start
     steps = {"pretrain": report.pretrain_steps, "instruct": report.instruct_steps}

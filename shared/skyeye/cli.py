@@ -308,6 +308,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         tower=args.tower,
+        init=args.init,
     )
     _say(
         f"trained in {report.seconds / 60:.1f} min: {report.pretrain_steps} pretraining and "
@@ -421,11 +422,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes rendering and preprocessing the training scenes (0: in the training "
         "process; use several on a GPU, where the model's step is fast)",
     )
-    p.add_argument(
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
         "--tower",
         type=Path,
         help="start from the vision tower of this earlier run's folder instead of stage 1 "
-        "(for example a run with --instruct-steps 0 on a GPU)",
+        "(for example a run with --instruct-steps 0 on a GPU); with --pretrain-steps, stage 1 "
+        "goes on from it",
+    )
+    start.add_argument(
+        "--init",
+        type=Path,
+        help="train stage 2 further from every weight of this earlier run's folder (fresh "
+        "optimiser and schedule, no curriculum)",
     )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"

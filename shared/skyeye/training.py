@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,13 +52,14 @@ from transformers.models.llama.modeling_llama import rotate_half
 
 from skyeye.model.answers import Box, parse_boxes
 from skyeye.model.architecture import VisionStage, llama_config
-from skyeye.model.checkpoint import load_vision, read_manifest, save_model
+from skyeye.model.checkpoint import load_llm, load_vision, read_manifest, save_model
 from skyeye.model.config import ModelConfig
 from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder, _common_prefix_length
 from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_tokenizer
 from skyeye.world import (
     OBJECT_CLASSES,
+    OBJECT_COLOURS,
     TRAINING_SEED_LIMIT,
     Sample,
     Scene,
@@ -74,6 +75,7 @@ __all__ = [
     "box_tokens",
     "dense_targets",
     "number_features",
+    "patch_colours",
     "patch_labels",
     "train",
 ]
@@ -115,6 +117,10 @@ class Stages:
     # mostly background around a small object: with zero there, what the token (or an attention
     # spread over the object's neighbours) holds decodes to the object's box, not a blend.
     zero_background_boxes: bool = True
+    # Weight of a stage-1 loss regressing each patch's object colour (one-hot; zero on background
+    # patches, as the boxes), so that a merged token holds its object's colour, not a blend with
+    # the background beside it that the decoder cannot read "the red ship" from (0: off).
+    colour_weight: float = 0.0
     instruct_steps: int | None = None
     images_per_step: int = 4
     questions_per_image: int = 8
@@ -196,12 +202,10 @@ def _box_values(box: Box) -> list[int]:
     return [box.x1, box.y1, box.x2, box.y2]
 
 
-def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch (grid * grid rows, row-major): (values (.., 6) on the 0-100 scale, has_object).
-
-    Values are the patch's centre (x, y) and the box (x1, y1, x2, y2) of the object covering most
-    of it (zero where ``has_object`` is False: no object covers ``_OBJECT_SHARE`` of the patch).
-    """
+def _owners(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch (row-major): the index in ``scene.objects`` of the object covering most of it,
+    and whether that object covers at least ``_OBJECT_SHARE`` of it (else the index means
+    nothing)."""
     width, height = scene.size
     cell_h, cell_w = height // grid, width // grid
     instances = scene.instances[: grid * cell_h, : grid * cell_w].astype(np.int64)
@@ -209,10 +213,21 @@ def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     cols = np.arange(grid * cell_w) // cell_w
     patch = rows[:, None] * grid + cols[None, :]
     n = len(scene.objects) + 1
+    if n == 1:
+        return np.zeros(grid * grid, dtype=np.int64), np.zeros(grid * grid, dtype=bool)
     shares = np.bincount((patch * n + instances).ravel(), minlength=grid * grid * n)
     shares = shares.reshape(grid * grid, n)[:, 1:] / (cell_h * cell_w)
-    owner = shares.argmax(axis=1) if n > 1 else np.zeros(grid * grid, dtype=np.int64)
-    has_object = (shares.max(axis=1) >= _OBJECT_SHARE) if n > 1 else np.zeros(grid * grid, bool)
+    return shares.argmax(axis=1), shares.max(axis=1) >= _OBJECT_SHARE
+
+
+def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per patch (grid * grid rows, row-major): (values (.., 6) on the 0-100 scale, has_object).
+
+    Values are the patch's centre (x, y) and the box (x1, y1, x2, y2) of the object covering most
+    of it (zero where ``has_object`` is False: no object covers ``_OBJECT_SHARE`` of the patch).
+    """
+    width, height = scene.size
+    owner, has_object = _owners(scene, grid)
     boxes = np.array(
         [_box_values(o.model_box(width, height)) for o in scene.objects] or [[0, 0, 0, 0]],
         dtype=np.float32,
@@ -223,6 +238,14 @@ def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     values[:, 1] = np.repeat(centre, grid)
     values[:, 2:] = np.where(has_object[:, None], boxes[owner], 0.0)
     return values, has_object
+
+
+def patch_colours(scene: Scene, grid: int) -> np.ndarray:
+    """(grid * grid,) int64 per patch (row-major): 1 + the index in ``OBJECT_COLOURS`` of the
+    colour of the object :func:`dense_targets` gives the patch, 0 where it has none."""
+    owner, has_object = _owners(scene, grid)
+    colours = np.array([1 + OBJECT_COLOURS.index(o.colour) for o in scene.objects] or [0])
+    return np.where(has_object, colours[owner], 0)
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -260,11 +283,12 @@ def _scene_item(seed: int, size: int, difficulty: float) -> tuple[Scene, np.ndar
 
 def _dense_item(
     seed: int, size: int, difficulty: float, *, grid: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stage 1's inputs for one scene: pixels, per-patch labels, dense values, has_object (not
-    the Scene itself: its maps would cross the process boundary for nothing)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 1's inputs for one scene: pixels, per-patch labels, dense values, has_object and
+    colours (not the Scene itself: its maps would cross the process boundary for nothing)."""
     scene, pixels = _scene_item(seed, size, difficulty)
-    return pixels, patch_labels(scene, grid).ravel(), *dense_targets(scene, grid)
+    labels = patch_labels(scene, grid).ravel()
+    return pixels, labels, *dense_targets(scene, grid), patch_colours(scene, grid)
 
 
 class _Run:
@@ -328,6 +352,7 @@ class _Run:
         self.patch_accuracy: dict[str, float] = {}
         self.evaluation: dict[str, Any] = {}
         self.tower: dict[str, Any] = {}
+        self.init: dict[str, Any] = {}
 
     def close(self) -> None:
         self.last_attention.remove()
@@ -388,6 +413,7 @@ class _Run:
             "patch_accuracy": self.patch_accuracy,
             "evaluation": self.evaluation,
             "tower": self.tower,
+            "init": self.init,
             "seconds": round(self.elapsed(), 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
@@ -453,6 +479,12 @@ class _Run:
 
     # Stage 1 -------------------------------------------------------------------------------
 
+    def _earlier(self, folder: Path) -> dict[str, Any]:
+        """Where an earlier run's folder came from, for this run's log."""
+        log = folder / LOG_FILE
+        earlier = json.loads(log.read_text()) if log.is_file() else {}
+        return {"folder": str(folder), "origin": read_manifest(folder).origin, "log": earlier}
+
     def load_tower(self, folder: Path) -> None:
         """Start from the vision tower of an earlier run's folder instead of running stage 1 here
         (say stage 1 alone on a GPU, where the tower is cheap to train; stage 2 on the CPU)."""
@@ -464,20 +496,38 @@ class _Run:
             )
         _, stage = load_vision(folder, "cpu", torch.float32)
         self.vision.vision_model.load_state_dict(stage.vision_model.state_dict())
-        log = folder / LOG_FILE
-        earlier = json.loads(log.read_text()) if log.is_file() else {}
-        self.patch_accuracy = earlier.get("patch_accuracy", {})
-        self.tower = {"folder": str(folder), "origin": manifest.origin, "log": earlier}
+        self.tower = self._earlier(folder)
+        self.patch_accuracy = self.tower["log"].get("patch_accuracy", {})
         self.progress(f"vision tower from {folder} ({manifest.origin}): {self.patch_accuracy}")
+
+    def load_model(self, folder: Path) -> None:
+        """Start from every weight of an earlier run's folder (tower, projector, decoder), to
+        train stage 2 further with a fresh optimiser and schedule."""
+        manifest = read_manifest(folder)
+        if manifest.config != self.config:
+            raise ValueError(
+                f"{folder}: its model is {manifest.config}, this run's is {self.config}"
+            )
+        _, stage = load_vision(folder, "cpu", torch.float32)
+        self.vision.load_state_dict(stage.state_dict())
+        _, llm, _ = load_llm(folder, "cpu", torch.float32)
+        self.llm.load_state_dict(llm.state_dict())
+        self.init = self._earlier(folder)
+        self.patch_accuracy = self.init["log"].get("patch_accuracy", {})
+        self.progress(f"every weight from {folder} ({manifest.origin})")
 
     def pretrain(self, budget_end: float) -> None:
         stages, grid = self.stages, self.config.vision.grid_size
         head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES).to(self.device)
         regressor = nn.Linear(self.config.vision.hidden_size, _DENSE_VALUES * NUMBER_FEATURES)
         regressor.to(self.device)
+        colour_head = nn.Linear(self.config.vision.hidden_size, len(OBJECT_COLOURS))
+        colour_head.to(self.device)
         params = [*self.vision.vision_model.parameters(), *head.parameters()]
         if stages.dense_boxes:
             params += regressor.parameters()
+        if stages.colour_weight > 0:
+            params += colour_head.parameters()
         optimiser = torch.optim.AdamW(params, lr=stages.pretrain_lr, weight_decay=0.01)
         weights = torch.ones(_PATCH_CLASSES, device=self.device)
         weights[0] = _BACKGROUND_WEIGHT
@@ -486,7 +536,7 @@ class _Run:
 
         def loss_of(cap: float) -> tuple[torch.Tensor, int]:
             items = self._assembled(dense_item, stages.pretrain_images, cap)
-            pixels, labels, values, has_object = (
+            pixels, labels, values, has_object, colours = (
                 torch.from_numpy(np.stack(parts)).to(self.device)
                 for parts in zip(*items, strict=True)
             )
@@ -497,11 +547,17 @@ class _Run:
                     regressor, tokens, values, has_object, stages.zero_background_boxes
                 )
                 loss = loss + stages.dense_weight * dense
+            if stages.colour_weight > 0:
+                loss = loss + stages.colour_weight * _colour_loss(colour_head, tokens, colours)
             return loss, len(items)
 
         self._optimise("pretrain", optimiser, stages.pretrain_steps, budget_end, loss_of)
         self.patch_accuracy = _patch_accuracy(
-            self.vision, head, regressor if stages.dense_boxes else None, self.config
+            self.vision,
+            head,
+            regressor if stages.dense_boxes else None,
+            colour_head if stages.colour_weight > 0 else None,
+            self.config,
         )
         self.progress(f"pretrain done: per-patch {self.patch_accuracy}")
 
@@ -763,6 +819,15 @@ def _dense_loss(
     return loss
 
 
+def _colour_loss(head: nn.Linear, tokens: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """Squared error of each patch's one-hot object colour (``colours`` as :func:`patch_colours`,
+    batched), averaged over object patches, plus the same towards zero on the other patches."""
+    on = colours > 0
+    target = F.one_hot((colours - 1).clamp(min=0), len(OBJECT_COLOURS)).float() * on[..., None]
+    errors = (head(tokens) - target).pow(2).sum(dim=-1)
+    return (errors * on).sum() / on.sum().clamp(min=1) + (errors * ~on).mean()
+
+
 def _decoded(features: torch.Tensor) -> torch.Tensor:
     """The 0-100 value whose number features are nearest (dot product) to ``features``."""
     table = number_features(torch.arange(101, device=features.device))
@@ -770,10 +835,15 @@ def _decoded(features: torch.Tensor) -> torch.Tensor:
 
 
 def _patch_accuracy(
-    stage: VisionStage, head: nn.Linear, regressor: nn.Linear | None, config: ModelConfig
+    stage: VisionStage,
+    head: nn.Linear,
+    regressor: nn.Linear | None,
+    colour_head: nn.Linear | None,
+    config: ModelConfig,
 ) -> dict[str, float]:
-    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean, and
-    with dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes."""
+    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean; with
+    dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes; with
+    colour targets the share of object patches whose strongest colour output is right."""
     scenes = list(held_out_scenes(16, _MEASURE_SEED, size=config.vision.image_size))
     grid = config.vision.grid_size
     device = head.weight.device
@@ -782,6 +852,7 @@ def _patch_accuracy(
         tokens = _patch_tokens(stage, pixels)
         predicted = head(tokens).argmax(dim=-1).cpu().numpy().ravel()
         features = None if regressor is None else regressor(tokens).cpu()
+        colours = None if colour_head is None else colour_head(tokens).argmax(dim=-1).cpu()
     truth = np.concatenate([patch_labels(s, grid).ravel() for s in scenes])
     recalls = [float((predicted[truth == c] == c).mean()) for c in np.unique(truth)]
     objects = (truth > 0) & (truth < _WATER)
@@ -799,6 +870,10 @@ def _patch_accuracy(
         errors = (decoded - values).abs()
         figures["centre_mae"] = round(errors[:, :2].mean().item(), 2)
         figures["box_mae"] = round(errors[has_object, 2:].mean().item(), 2)
+    if colours is not None:
+        known = torch.from_numpy(np.concatenate([patch_colours(s, grid) for s in scenes]))
+        right = colours.ravel()[known > 0] == known[known > 0] - 1
+        figures["colour_accuracy"] = round(right.float().mean().item(), 4)
     return figures
 
 
@@ -814,29 +889,46 @@ def train(
     device: str = "cpu",
     workers: int = 0,
     tower: Path | None = None,
+    init: Path | None = None,
 ) -> TrainReport:
-    """Train from scratch into ``out_dir`` (replaced atomically), evaluate, and log beside it.
+    """Train into ``out_dir`` (replaced atomically), evaluate, and log beside it.
 
     ``minutes`` bounds the training stages (saving and the closing evaluation come after it) and
     is ignored by a stage whose step count ``stages`` fixes. ``device`` is where the model trains
-    (``cuda`` on a GPU); ``workers`` > 0 assembles scenes in that many processes. ``tower``, a
-    model folder with ``config``'s vision tower (an earlier run with ``instruct_steps=0``),
-    replaces stage 1: its tower is loaded, and the log keeps where it came from.
+    (``cuda`` on a GPU); ``workers`` > 0 assembles scenes in that many processes.
+
+    Training starts from scratch, or from an earlier run's folder (the log keeps where it came
+    from): ``tower``, a folder with ``config``'s vision tower (say a run with
+    ``instruct_steps=0``), or ``init``, a folder with ``config``'s whole model, which stage 2
+    trains further (its projector and number embeddings are not rescaled again, and the
+    difficulty curriculum is off). Either replaces
+    stage 1 unless ``stages.pretrain_steps`` is set, which continues stage 1 from that tower.
     """
+    if tower is not None and init is not None:
+        raise ValueError("give tower or init, not both")
     # Data generation runs in this thread between steps, so torch gets all the cores meanwhile.
     torch.set_num_threads(threads)
     config = config or ModelConfig.skyeye_tiny()
     stages = stages or Stages()
+    if init is not None:
+        # The curriculum's easy close-ups ease a fresh decoder in; a trained one goes on with
+        # the whole range.
+        stages = replace(stages, curriculum=False)
     run = _Run(Path(out_dir), seed, minutes, config, stages, progress, device, workers)
     try:
-        if tower is not None:
+        if init is not None:
+            run.load_model(Path(init))
+        elif tower is not None:
             run.load_tower(Path(tower))
-        elif stages.pretrain_share > 0 and stages.pretrain_steps != 0:
+        loaded = init is not None or tower is not None
+        fixed = stages.pretrain_steps is not None
+        if stages.pretrain_share > 0 and stages.pretrain_steps != 0 and (fixed or not loaded):
             run.pretrain(run.started + stages.pretrain_share * minutes * 60)
-        if stages.match_token_scale:
-            run.match_token_scale()
-        if stages.number_embeddings:
-            run.structure_numbers()
+        if init is None:
+            if stages.match_token_scale:
+                run.match_token_scale()
+            if stages.number_embeddings:
+                run.structure_numbers()
         run.instruct(run.deadline)
     finally:
         run.close()

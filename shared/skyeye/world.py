@@ -31,6 +31,7 @@ __all__ = [
     "EVAL_SEED_BASE",
     "MAX_DETECTION_BOXES",
     "OBJECT_CLASSES",
+    "OBJECT_COLOURS",
     "SCENE_CLASSES",
     "TRAINING_SEED_LIMIT",
     "Sample",
@@ -132,6 +133,8 @@ _HULLS = {
 }
 _AIRFRAMES = {"white": (236, 236, 236), "gray": (168, 170, 174)}
 _TANKS = {"white": (226, 226, 222), "gray": (160, 160, 158)}
+# Every colour an object can have, as referring expressions name it.
+OBJECT_COLOURS = tuple(sorted({*_ROOFS, *_CARS, *_HULLS, *_AIRFRAMES, *_TANKS}))
 
 Layer = tuple[np.ndarray, np.ndarray]
 Shape = Callable[[np.ndarray, np.ndarray], list[Layer]]

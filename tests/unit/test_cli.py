@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from skyeye.cli import build_parser, main
@@ -47,3 +49,10 @@ def test_stac_and_detections_take_an_asset_id_and_need_a_stack(
 def test_ingest_refuses_missing_files_first(tmp_path) -> None:
     with pytest.raises(SystemExit, match="not a file"):
         main(["--home", str(tmp_path), "ingest", str(tmp_path / "nope.png")])
+
+
+def test_training_starts_from_a_tower_or_a_whole_model_not_both() -> None:
+    args = build_parser().parse_args(["model", "train", "--out", "m", "--init", "earlier"])
+    assert (args.init, args.tower) == (Path("earlier"), None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["model", "train", "--out", "m", "--tower", "a", "--init", "b"])

@@ -22,6 +22,7 @@ from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import (
     LOG_FILE,
     Stages,
+    _colour_loss,
     _cosine,
     _decoded,
     _dense_loss,
@@ -30,10 +31,11 @@ from skyeye.training import (
     box_tokens,
     dense_targets,
     number_features,
+    patch_colours,
     patch_labels,
     train,
 )
-from skyeye.world import Scene, render_scene
+from skyeye.world import OBJECT_COLOURS, Scene, render_scene
 
 # 112 px keeps patch 14 and the 1x4 merge (an 8x8 grid, 16 image tokens) at a fraction of the cost.
 TOY = ModelConfig(
@@ -68,6 +70,7 @@ def _train(
     workers: int = 0,
     tower: Path | None = None,
     config: ModelConfig = TOY,
+    init: Path | None = None,
 ) -> list[str]:
     lines: list[str] = []
     train(
@@ -79,6 +82,7 @@ def _train(
         progress=lines.append,
         workers=workers,
         tower=tower,
+        init=init,
     )
     return lines
 
@@ -112,6 +116,39 @@ def test_dense_targets_give_patch_centres_and_object_boxes() -> None:
     assert has_object.any() == bool(scene.objects)
     assert {tuple(int(v) for v in row) for row in values[has_object, 2:]} <= boxes
     assert not values[~has_object, 2:].any()
+
+
+def test_patch_colours_name_the_colour_of_each_object_patch() -> None:
+    scene = render_scene(5, size=112, difficulty=0.0)
+    colours = patch_colours(scene, 8)
+    values, has_object = dense_targets(scene, 8)
+    assert colours.shape == (64,)
+    assert has_object.any()
+    assert ((colours > 0) == has_object).all()
+    # Each object patch has the colour of the object whose box dense_targets gives it.
+    boxes = [(o.model_box(112, 112), o.colour) for o in scene.objects]
+    colour_of = {(b.x1, b.y1, b.x2, b.y2): colour for b, colour in boxes}
+    for row, colour in zip(values[has_object, 2:], colours[has_object], strict=True):
+        assert OBJECT_COLOURS[colour - 1] == colour_of[tuple(int(v) for v in row)]
+    empty = next(
+        s
+        for s in (render_scene(seed, 112, 0.0, scene_class="forest") for seed in range(100))
+        if not s.objects
+    )
+    assert not patch_colours(empty, 8).any()
+
+
+def test_colour_loss_is_object_patches_plus_background_towards_zero() -> None:
+    head = torch.nn.Linear(len(OBJECT_COLOURS), len(OBJECT_COLOURS))
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(len(OBJECT_COLOURS)))
+        head.bias.zero_()
+    eye = torch.eye(len(OBJECT_COLOURS))
+    colours = torch.tensor([[3, 0]])  # an object patch of colour 2, a background patch
+    assert _colour_loss(head, torch.stack([eye[2], eye[2] * 0])[None], colours) == 0
+    # A colour on the background costs its squared norm, averaged over all patches.
+    assert _colour_loss(head, torch.stack([eye[2], eye[5]])[None], colours) == 0.5
+    assert _colour_loss(head, torch.stack([eye[4], eye[2] * 0])[None], colours) == 2
 
 
 def test_number_features_decode_back_to_every_value() -> None:
@@ -301,7 +338,8 @@ def test_same_seed_same_weights_and_the_folder_loads(tmp_path: Path) -> None:
 
 def test_a_tower_from_an_earlier_run_replaces_stage_1(tmp_path: Path) -> None:
     _train(tmp_path / "tower", seed=7, stages=Stages(**{**FEW.__dict__, "instruct_steps": 0}))
-    lines = _train(tmp_path / "m", seed=7, tower=tmp_path / "tower")
+    sized = Stages(**{**FEW.__dict__, "pretrain_steps": None})
+    lines = _train(tmp_path / "m", seed=7, tower=tmp_path / "tower", stages=sized)
     assert not any(line.startswith("pretrain") for line in lines)
     log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
     earlier = json.loads((tmp_path / "tower" / LOG_FILE).read_text())
@@ -318,6 +356,50 @@ def test_a_tower_from_an_earlier_run_replaces_stage_1(tmp_path: Path) -> None:
     wider = TOY.model_copy(update={"vision": TOY.vision.model_copy(update={"hidden_size": 32})})
     with pytest.raises(ValueError, match="its vision tower is"):
         _train(tmp_path / "w", seed=7, tower=tmp_path / "tower", config=wider)
+
+
+def test_a_tower_and_pretrain_steps_continue_stage_1_from_it(tmp_path: Path) -> None:
+    _train(tmp_path / "tower", seed=7, stages=Stages(**{**FEW.__dict__, "instruct_steps": 0}))
+    stages = Stages(**{**FEW.__dict__, "instruct_steps": 0, "colour_weight": 1.0})
+    lines = _train(tmp_path / "m", seed=7, tower=tmp_path / "tower", stages=stages)
+    assert any(line.startswith("pretrain step 2/2") for line in lines)
+    log = json.loads((tmp_path / "m" / LOG_FILE).read_text())
+    assert log["steps"] == {"pretrain": 2, "instruct": 0}
+    assert log["tower"]["origin"]["steps"] == {"pretrain": 2, "instruct": 0}
+    assert 0 <= log["patch_accuracy"]["colour_accuracy"] <= 1
+    tower = load_file(tmp_path / "tower" / "vision.safetensors")
+    trained = load_file(tmp_path / "m" / "vision.safetensors")
+    layers = [k for k in tower if ".encoder.layers." in k]
+    assert not all(torch.equal(tower[k], trained[k]) for k in layers)
+
+
+def test_init_trains_every_weight_of_an_earlier_run_further(tmp_path: Path) -> None:
+    _train(tmp_path / "a", seed=7)
+    files = ("vision.safetensors", "llm/model.safetensors")
+
+    def same(folder: Path) -> bool:
+        pairs = [(load_file(tmp_path / "a" / f), load_file(folder / f)) for f in files]
+        return all(torch.equal(a[k], b[k]) for a, b in pairs for k in a)
+
+    # No steps: the weights come back as they were (the projector is not rescaled again, the
+    # number embeddings not rewritten).
+    further = Stages(**{**FEW.__dict__, "pretrain_steps": None})
+    none = Stages(**{**further.__dict__, "instruct_steps": 0})
+    _train(tmp_path / "none", seed=8, init=tmp_path / "a", stages=none)
+    assert same(tmp_path / "none")
+    lines = _train(tmp_path / "b", seed=8, init=tmp_path / "a", stages=further)
+    assert not any(line.startswith("pretrain") for line in lines)
+    assert not same(tmp_path / "b")
+    log = json.loads((tmp_path / "b" / LOG_FILE).read_text())
+    assert log["steps"] == {"pretrain": 0, "instruct": 3}
+    assert log["init"]["origin"]["steps"] == {"pretrain": 2, "instruct": 3}
+    assert log["stages"]["curriculum"] is False
+
+    wider = TOY.model_copy(update={"vision": TOY.vision.model_copy(update={"hidden_size": 32})})
+    with pytest.raises(ValueError, match="its model is"):
+        _train(tmp_path / "w", seed=7, init=tmp_path / "a", config=wider)
+    with pytest.raises(ValueError, match="not both"):
+        _train(tmp_path / "w", seed=7, init=tmp_path / "a", tower=tmp_path / "a")
 
 
 def test_a_time_budget_sizes_the_steps(tmp_path: Path) -> None:
