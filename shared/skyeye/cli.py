@@ -398,7 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model_eval)
     p = model_commands.add_parser(
         "train",
-        help="train skyeye-tiny from scratch on the procedural aerial world (reproducible)",
+        help="train skyeye-tiny on the procedural aerial world, from scratch or further from "
+        "an earlier run (reproducible)",
         description="Train skyeye-tiny: stage 1 pretrains the vision tower on per-patch classes "
         "and coordinates, "
         "stage 2 tunes ln_vision, projector and decoder on instructions. A time budget sizes "

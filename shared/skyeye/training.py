@@ -5,8 +5,8 @@ Two stages (their knobs are :class:`Stages`):
 1. ``pretrain``: the vision tower alone learns dense targets through throwaway linear heads on its
    ``ln_vision`` patch tokens: a per-patch class (background, each object class, water) and the
    number features (:func:`number_features`) of the patch's centre and of its object's box (zero
-   on background patches). From scratch, a tower trained only through the decoder's answer loss
-   barely learns to look.
+   on background patches), and optionally its object's colour (:func:`patch_colours`). From
+   scratch, a tower trained only through the decoder's answer loss barely learns to look.
 2. ``instruct``: ``ln_vision`` (and top tower layers if asked), ``llama_proj`` and the Llama
    decoder learn the answers of :func:`skyeye.world.make_samples`, loss on answer tokens only,
    with a difficulty curriculum; the number tokens ``<0>``..``<100>`` start from those same
@@ -24,7 +24,8 @@ short beside assembling the step's scenes (rendering about 12 ms each, preproces
 targets 4): ``workers`` assembles them in that many processes, the same scenes in the same order.
 
 The stages can run on different machines: a stage-1-only run (``instruct_steps=0``) on a GPU,
-where a wider tower trains fast, then stage 2 on the CPU from its folder (``tower``).
+where a wider tower trains fast, then stage 2 on the CPU from its folder (``tower``). A trained
+model can also be trained further (``init``).
 """
 
 from __future__ import annotations
