@@ -522,12 +522,16 @@ class _Run:
         head = nn.Linear(self.config.vision.hidden_size, _PATCH_CLASSES).to(self.device)
         regressor = nn.Linear(self.config.vision.hidden_size, _DENSE_VALUES * NUMBER_FEATURES)
         regressor.to(self.device)
-        colour_head = nn.Linear(self.config.vision.hidden_size, len(OBJECT_COLOURS))
-        colour_head.to(self.device)
+        # Built only when used: its initial draws would shift those of everything after it.
+        colour_head = (
+            nn.Linear(self.config.vision.hidden_size, len(OBJECT_COLOURS)).to(self.device)
+            if stages.colour_weight > 0
+            else None
+        )
         params = [*self.vision.vision_model.parameters(), *head.parameters()]
         if stages.dense_boxes:
             params += regressor.parameters()
-        if stages.colour_weight > 0:
+        if colour_head is not None:
             params += colour_head.parameters()
         optimiser = torch.optim.AdamW(params, lr=stages.pretrain_lr, weight_decay=0.01)
         weights = torch.ones(_PATCH_CLASSES, device=self.device)
@@ -548,7 +552,7 @@ class _Run:
                     regressor, tokens, values, has_object, stages.zero_background_boxes
                 )
                 loss = loss + stages.dense_weight * dense
-            if stages.colour_weight > 0:
+            if colour_head is not None:
                 loss = loss + stages.colour_weight * _colour_loss(colour_head, tokens, colours)
             return loss, len(items)
 
@@ -557,7 +561,7 @@ class _Run:
             self.vision,
             head,
             regressor if stages.dense_boxes else None,
-            colour_head if stages.colour_weight > 0 else None,
+            colour_head,
             self.config,
         )
         self.progress(f"pretrain done: per-patch {self.patch_accuracy}")
@@ -902,8 +906,8 @@ def train(
     from): ``tower``, a folder with ``config``'s vision tower (say a run with
     ``instruct_steps=0``), or ``init``, a folder with ``config``'s whole model, which stage 2
     trains further (its projector and number embeddings are not rescaled again, and the
-    difficulty curriculum is off). Either replaces
-    stage 1 unless ``stages.pretrain_steps`` is set, which continues stage 1 from that tower.
+    difficulty curriculum is off). Either replaces stage 1 unless ``stages.pretrain_steps`` is
+    set, which continues stage 1 from that tower.
     """
     if tower is not None and init is not None:
         raise ValueError("give tower or init, not both")
