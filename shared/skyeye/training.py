@@ -5,7 +5,7 @@ Two stages (their knobs are :class:`Stages`):
 1. ``pretrain``: the vision tower alone learns dense targets through throwaway linear heads on its
    ``ln_vision`` patch tokens: a per-patch class (background, each object class, water) and the
    number features (:func:`number_features`) of the patch's centre and of its object's box (zero
-   on background patches), and optionally its object's colour (:func:`patch_colours`). From
+   on background patches), and optionally its object's colour (:func:`dense_targets`). From
    scratch, a tower trained only through the decoder's answer loss barely learns to look.
 2. ``instruct``: ``ln_vision`` (and top tower layers if asked), ``llama_proj`` and the Llama
    decoder learn the answers of :func:`skyeye.world.make_samples`, loss on answer tokens only,
@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -71,12 +71,12 @@ from skyeye.world import (
 
 __all__ = [
     "LOG_FILE",
+    "DenseTargets",
     "Stages",
     "TrainReport",
     "box_tokens",
     "dense_targets",
     "number_features",
-    "patch_colours",
     "patch_labels",
     "train",
 ]
@@ -221,12 +221,17 @@ def _owners(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return shares.argmax(axis=1), shares.max(axis=1) >= _OBJECT_SHARE
 
 
-def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch (grid * grid rows, row-major): (values (.., 6) on the 0-100 scale, has_object).
+class DenseTargets(NamedTuple):
+    """Stage 1's per-patch targets (grid * grid rows, row-major)."""
 
-    Values are the patch's centre (x, y) and the box (x1, y1, x2, y2) of the object covering most
-    of it (zero where ``has_object`` is False: no object covers ``_OBJECT_SHARE`` of the patch).
-    """
+    values: np.ndarray  # (.., 6) on the 0-100 scale: patch centre (x, y), object box (x1..y2)
+    has_object: np.ndarray  # bool: an object covers ``_OBJECT_SHARE`` of the patch
+    colours: np.ndarray  # int64: 1 + the object's index in ``OBJECT_COLOURS``, 0 without one
+
+
+def dense_targets(scene: Scene, grid: int) -> DenseTargets:
+    """The patch centres, and the box and colour of the object covering most of each patch (zero
+    where no object covers ``_OBJECT_SHARE`` of it)."""
     width, height = scene.size
     owner, has_object = _owners(scene, grid)
     boxes = np.array(
@@ -238,15 +243,8 @@ def dense_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     values[:, 0] = np.tile(centre, grid)
     values[:, 1] = np.repeat(centre, grid)
     values[:, 2:] = np.where(has_object[:, None], boxes[owner], 0.0)
-    return values, has_object
-
-
-def patch_colours(scene: Scene, grid: int) -> np.ndarray:
-    """(grid * grid,) int64 per patch (row-major): 1 + the index in ``OBJECT_COLOURS`` of the
-    colour of the object :func:`dense_targets` gives the patch, 0 where it has none."""
-    owner, has_object = _owners(scene, grid)
     colours = np.array([1 + OBJECT_COLOURS.index(o.colour) for o in scene.objects] or [0])
-    return np.where(has_object, colours[owner], 0)
+    return DenseTargets(values, has_object, np.where(has_object, colours[owner], 0))
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
@@ -289,7 +287,7 @@ def _dense_item(
     colours (not the Scene itself: its maps would cross the process boundary for nothing)."""
     scene, pixels = _scene_item(seed, size, difficulty)
     labels = patch_labels(scene, grid).ravel()
-    return pixels, labels, *dense_targets(scene, grid), patch_colours(scene, grid)
+    return pixels, labels, *dense_targets(scene, grid)
 
 
 class _Run:
@@ -825,7 +823,7 @@ def _dense_loss(
 
 
 def _colour_loss(head: nn.Linear, tokens: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """Squared error of each patch's one-hot object colour (``colours`` as :func:`patch_colours`,
+    """Squared error of each patch's one-hot object colour (``colours`` as :func:`dense_targets`,
     batched), averaged over object patches, plus the same towards zero on the other patches."""
     on = colours > 0
     target = F.one_hot((colours - 1).clamp(min=0), len(OBJECT_COLOURS)).float() * on[..., None]
@@ -859,6 +857,7 @@ def _patch_accuracy(
         features = None if regressor is None else regressor(tokens).cpu()
         colours = None if colour_head is None else colour_head(tokens).argmax(dim=-1).cpu()
     truth = np.concatenate([patch_labels(s, grid).ravel() for s in scenes])
+    targets = [dense_targets(s, grid) for s in scenes]
     recalls = [float((predicted[truth == c] == c).mean()) for c in np.unique(truth)]
     objects = (truth > 0) & (truth < _WATER)
     figures = {
@@ -869,14 +868,13 @@ def _patch_accuracy(
     }
     if features is not None:
         decoded = _decoded(features.unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))).flatten(0, 1)
-        targets = [dense_targets(s, grid) for s in scenes]
-        values = torch.from_numpy(np.concatenate([v for v, _ in targets]))
-        has_object = torch.from_numpy(np.concatenate([h for _, h in targets]))
+        values = torch.from_numpy(np.concatenate([t.values for t in targets]))
+        has_object = torch.from_numpy(np.concatenate([t.has_object for t in targets]))
         errors = (decoded - values).abs()
         figures["centre_mae"] = round(errors[:, :2].mean().item(), 2)
         figures["box_mae"] = round(errors[has_object, 2:].mean().item(), 2)
     if colours is not None:
-        known = torch.from_numpy(np.concatenate([patch_colours(s, grid) for s in scenes]))
+        known = torch.from_numpy(np.concatenate([t.colours for t in targets]))
         right = colours.ravel()[known > 0] == known[known > 0] - 1
         figures["colour_accuracy"] = round(right.float().mean().item(), 4)
     return figures

@@ -31,7 +31,6 @@ from skyeye.training import (
     box_tokens,
     dense_targets,
     number_features,
-    patch_colours,
     patch_labels,
     train,
 )
@@ -102,7 +101,7 @@ def test_patch_labels_mark_objects_and_water() -> None:
 
 def test_dense_targets_give_patch_centres_and_object_boxes() -> None:
     scene = render_scene(5, size=112, difficulty=0.0)
-    values, has_object = dense_targets(scene, 8)
+    values, has_object, _ = dense_targets(scene, 8)
     assert values.shape == (64, 6)
     assert has_object.shape == (64,)
     # Row-major patch centres on the 0-100 scale.
@@ -118,10 +117,9 @@ def test_dense_targets_give_patch_centres_and_object_boxes() -> None:
     assert not values[~has_object, 2:].any()
 
 
-def test_patch_colours_name_the_colour_of_each_object_patch() -> None:
+def test_dense_targets_name_the_colour_of_each_object_patch() -> None:
     scene = render_scene(5, size=112, difficulty=0.0)
-    colours = patch_colours(scene, 8)
-    values, has_object = dense_targets(scene, 8)
+    values, has_object, colours = dense_targets(scene, 8)
     assert colours.shape == (64,)
     assert has_object.any()
     assert ((colours > 0) == has_object).all()
@@ -135,7 +133,7 @@ def test_patch_colours_name_the_colour_of_each_object_patch() -> None:
         for s in (render_scene(seed, 112, 0.0, scene_class="forest") for seed in range(100))
         if not s.objects
     )
-    assert not patch_colours(empty, 8).any()
+    assert not dense_targets(empty, 8).colours.any()
 
 
 def test_colour_loss_is_object_patches_plus_background_towards_zero() -> None:
@@ -284,10 +282,9 @@ def test_zero_background_boxes_adds_the_background_term() -> None:
     scenes = [render_scene(s, size=112, difficulty=0.0) for s in (1, 2)]
     tokens = torch.randn(2, 64, 8)
     regressor = torch.nn.Linear(8, 6 * 12)
-    values, has_object = (
-        torch.from_numpy(np.stack(t))
-        for t in zip(*(dense_targets(s, 8) for s in scenes), strict=True)
-    )
+    targets = [dense_targets(s, 8) for s in scenes]
+    values = torch.from_numpy(np.stack([t.values for t in targets]))
+    has_object = torch.from_numpy(np.stack([t.has_object for t in targets]))
     plain = _dense_loss(regressor, tokens, values, has_object, zero_background=False)
     zero = _dense_loss(regressor, tokens, values, has_object, zero_background=True)
     assert zero > plain
