@@ -90,6 +90,8 @@ _PATCH_CLASSES = _WATER + 1
 _OBJECT_SHARE = 0.1
 # Background is most patches; down-weighting it keeps the head from settling on "background".
 _BACKGROUND_WEIGHT = 0.2
+# Tokenized answers kept per run; a few thousand cover most repeats.
+_CACHED_ANSWERS = 8192
 # Periods (on the 0-100 box scale) of the sinusoidal features of a number: the longest spans
 # the scale without aliasing, the shortest makes neighbouring values distinguishable.
 _PERIODS = (200.0, 100.0, 50.0, 25.0, 12.5, 6.25)
@@ -334,6 +336,9 @@ class _Run:
         self.llm.to(self.device)
         self.last_attention = _AttentionInputs(self.llm.model.layers[-1].self_attn)
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
+        # Answers repeat less than instructions (boxes vary) but often enough: yes/no, counts,
+        # captions and classes.
+        self._answer_ids = functools.lru_cache(maxsize=_CACHED_ANSWERS)(self._tokenize_answer)
         number_ids = self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
         # Looked up per answer token on the host: indexing a GPU tensor would sync each time.
         self.number_id_set = frozenset(number_ids)
@@ -611,9 +616,9 @@ class _Run:
         )
         return [samples[i] for i in sorted(picked)]
 
-    def _answer_ids(self, answer: str) -> list[int]:
+    def _tokenize_answer(self, answer: str) -> tuple[int, ...]:
         ids = self.tokenizer(answer, add_special_tokens=False, split_special_tokens=True).input_ids
-        return [*ids, self.decoder.eos_id]
+        return (*ids, self.decoder.eos_id)
 
     def instruct_loss(self, scenes: list[Scene], pixels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean answer-token loss per sequence, averaged over sequences.
@@ -627,7 +632,7 @@ class _Run:
         embeds = self.vision(pixels)
         embed = self.llm.get_input_embeddings()
         # (token ids, prompt embeddings, answer ids, image index) of each sequence
-        rows: list[tuple[list[int], torch.Tensor, list[int], int]] = []
+        rows: list[tuple[list[int], torch.Tensor, tuple[int, ...], int]] = []
         refer: list[tuple[int, Sample]] = []
         for image_index, (scene, image) in enumerate(zip(scenes, embeds, strict=True)):
             questions = self._questions(scene)

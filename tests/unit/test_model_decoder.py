@@ -142,6 +142,16 @@ def test_instruction_text_cannot_inject_control_tokens(decoder: TextDecoder) -> 
     assert decoder.eos_id not in ids and ids.count(decoder.tokenizer.bos_token_id) == 1
 
 
+def test_a_repeated_instruction_is_tokenized_once(model_dir: Path, frames: torch.Tensor) -> None:
+    decoder = TextDecoder.load(model_dir)
+    first = decoder.prompt_batch(frames[0], INSTRUCTIONS)
+    again = decoder.prompt_batch(frames[1], INSTRUCTIONS)
+    assert decoder._segment_ids.cache_info().hits == len(INSTRUCTIONS)
+    assert torch.equal(again.token_ids, first.token_ids)
+    # The cache holds ids, not embeddings: the second image's rows are its own.
+    assert not torch.equal(again.inputs_embeds, first.inputs_embeds)
+
+
 def test_bad_arguments_are_refused(decoder: TextDecoder) -> None:
     with pytest.raises(ValueError, match="image_embeds"):
         decoder.generate(torch.zeros(255, 64), ["x"])

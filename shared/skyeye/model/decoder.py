@@ -13,6 +13,7 @@ fills every setting left unset from the checkpoint's own ``generation_config.jso
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,11 @@ IMAGE_TOKEN = -1
 
 _END_OF_PROMPT = "[/INST]"
 
+# Tokenized prompts kept per decoder. Tasks repeat a few instructions (every tile gets the same
+# ones; training draws from under a hundred), and tokenizing one costs about a millisecond: on a
+# GPU, more than a row's share of a decoder step.
+_CACHED_PROMPTS = 1024
+
 
 @dataclass(frozen=True)
 class PromptBatch:
@@ -63,6 +69,7 @@ class TextDecoder:
         # Llama-2 defines no pad token (MiniGPT-v2 borrows "$$"); padded positions are masked and
         # finished rows are cut at EOS, so the pad id only has to be a valid id.
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+        self._segment_ids = functools.lru_cache(maxsize=_CACHED_PROMPTS)(self._tokenize)
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu", dtype: torch.dtype | None = None) -> TextDecoder:
@@ -75,17 +82,22 @@ class TextDecoder:
     def device(self) -> torch.device:
         return self.llm.device
 
-    def _segment_ids(self, instruction: str, n_frames: int) -> list[list[int]]:
+    def _tokenize(self, instruction: str, n_frames: int) -> tuple[tuple[int, ...], ...]:
+        """The token ids of each text segment of the prompt, around its ``n_frames`` images."""
         segments = wrap(instruction, n_frames).split(IMAGE_PLACEHOLDER)
         # BOS exactly once, at the start: only the first segment gets special tokens. MiniGPT-v2's
         # template text begins with a literal "<s>" *and* tokenizes that segment with
         # add_special_tokens=True, which gives two BOS tokens with the slow Llama tokenizer; we
         # keep one, the form Llama-2 was trained with. split_special_tokens keeps an instruction
         # that contains "</s>" or "<s>" from injecting control tokens.
-        return [
-            self.tokenizer(segment, add_special_tokens=i == 0, split_special_tokens=True).input_ids
+        return tuple(
+            tuple(
+                self.tokenizer(
+                    segment, add_special_tokens=i == 0, split_special_tokens=True
+                ).input_ids
+            )
             for i, segment in enumerate(segments)
-        ]
+        )
 
     def prompt_batch(self, image_embeds: torch.Tensor, instructions: list[str]) -> PromptBatch:
         """The whole prompts, left-padded: the layout of the no-reuse path (and of MiniGPT-v2)."""
