@@ -8,6 +8,11 @@ tokens: 1 is no better than looking everywhere, large means the head finds the o
 whose heads find the object but whose boxes are wrong has to learn what to copy; one whose heads
 do not has to learn where to look.
 
+It also reports the head that training supervises (``Stages.attention_supervision``: the last
+layer's first head) with the true answer fed in: the share of its whole attention that lands on
+the object at each position predicting a box number (x1, y1, x2, y2), as the training loss counts
+it.
+
     .venv/bin/python bench/attention_probe.py --scenes 30 [--model DIR] [--json]
 """
 
@@ -40,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     decoder.llm.set_attn_implementation("eager")
     vision, merge = encoder.config.vision, encoder.config.merge
     tokenizer = decoder.tokenizer
-    opening = tokenizer("{", add_special_tokens=False, split_special_tokens=True).input_ids
+    numbers = set(tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)]))
     lifts: list[np.ndarray] = []  # per question: (layers, heads)
+    supervised: list[list[float]] = []  # per question: mass at x1, y1, x2, y2
     for scene in held_out_scenes(args.scenes, args.seed):
         expressions = dict(refer_expressions(scene))
         questions = [
@@ -54,25 +60,36 @@ def main(argv: list[str] | None = None) -> None:
         embeds = encoder.encode([scene.image])[0]
         rows = decoder._rows(embeds, [s.instruction for s, _ in questions])
         embed = decoder.llm.get_input_embeddings()
-        for (ids, prompt), (_, target) in zip(rows, questions, strict=True):
-            inputs = torch.cat([prompt, embed(torch.tensor(opening))])[None]
+        for (ids, prompt), (sample, target) in zip(rows, questions, strict=True):
+            answer = tokenizer(
+                sample.answer, add_special_tokens=False, split_special_tokens=True
+            ).input_ids
+            inputs = torch.cat([prompt, embed(torch.tensor(answer))])[None]
             with torch.inference_mode():
                 attentions = decoder.llm(inputs_embeds=inputs, output_attentions=True).attentions
-            image = torch.tensor([i == IMAGE_TOKEN for i in ids] + [False] * len(opening))
+            # Position p predicts token p + 1.
+            predicting = [len(ids) + i - 1 for i, t in enumerate(answer) if t in numbers][:4]
+            image = torch.tensor([i == IMAGE_TOKEN for i in ids] + [False] * len(answer))
             on_object = np.zeros(vision.num_patches // merge, dtype=bool)
             on_object[box_tokens(target.box, vision.image_size, vision.grid_size, merge)] = True
             share = on_object.mean()
             per_layer = []
             for layer in attentions:
-                weights = layer[0, :, -1, image].float().numpy()  # (heads, 256)
+                weights = layer[0, :, predicting[0], image].float().numpy()  # (heads, 256)
                 mass = weights[:, on_object].sum(axis=1) / weights.sum(axis=1)
                 per_layer.append(mass / share)
             lifts.append(np.stack(per_layer))
+            head = attentions[-1][0, 0][:, image].float().numpy()  # (positions, 256)
+            supervised.append([float(head[p, on_object].sum()) for p in predicting])
     mean = np.mean(lifts, axis=0)
     report = {
         "questions": len(lifts),
         "lift_per_layer_head": np.round(mean, 2).tolist(),
         "best_head_lift_median": float(np.median([q.max() for q in lifts])),
+        "supervised_head_mass": {
+            name: {"mean": round(float(np.mean(m)), 3), "median": round(float(np.median(m)), 3)}
+            for name, m in zip(("x1", "y1", "x2", "y2"), np.array(supervised).T, strict=True)
+        },
     }
     if args.json:
         print(json.dumps(report))
@@ -81,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     for index, heads in enumerate(mean):
         print(f"layer {index}: " + "  ".join(f"{h:5.2f}" for h in heads))
     print(f"median over questions of the best head's lift: {report['best_head_lift_median']:.2f}")
+    print("supervised head (last layer, first head), share of its attention on the object:")
+    for name, figures in report["supervised_head_mass"].items():
+        print(f"  predicting {name}: mean {figures['mean']:.3f}, median {figures['median']:.3f}")
 
 
 if __name__ == "__main__":
