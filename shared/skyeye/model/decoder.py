@@ -41,8 +41,8 @@ IMAGE_TOKEN = -1
 _END_OF_PROMPT = "[/INST]"
 
 # Tokenized prompts kept per decoder. Tasks repeat a few instructions (every tile gets the same
-# ones; training draws from under a hundred), and tokenizing one costs about a millisecond: on a
-# GPU, more than a row's share of a decoder step.
+# ones; training draws from under a hundred), and tokenizing one took about a millisecond of host
+# time (world instructions, 2-core CPU), which a GPU step would otherwise wait on.
 _CACHED_PROMPTS = 1024
 
 
