@@ -408,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and --threads). The packaged model: stage 1 on a GPU (--seed 0 --device cuda "
         "--workers 14 --threads 1 --pretrain-steps 2670 --instruct-steps 0), then stage 2 on "
         "the CPU from it (--seed 0 --tower DIR --instruct-steps 7831 --threads 1), then that "
-        "model further twice (--seed 1 --init DIR --instruct-steps 8500 --threads 1, then "
-        "--seed 2 --init DIR --instruct-steps 7500 --threads 1).",
+        "model further (--seed 1 --init DIR --instruct-steps 8500 --threads 1), then once more "
+        "with more [refer] questions (bench/train_levers.py, see the README).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
