@@ -293,9 +293,22 @@ def cmd_model_train(args: argparse.Namespace) -> int:
     # torch and the training loop load only for this command
     from skyeye.training import Stages, train
 
+    kind_weights = dict(Stages().kind_weights)
+    for kind, weight in args.kind_weight or []:
+        if kind not in kind_weights:
+            raise SystemExit(
+                f"skyeye model train: no question kind {kind!r} (kinds: {', '.join(kind_weights)})"
+            )
+        try:
+            kind_weights[kind] = float(weight)
+        except ValueError:
+            raise SystemExit(f"skyeye model train: {kind}={weight}: not a number") from None
+        if not kind_weights[kind] >= 0:
+            raise SystemExit(f"skyeye model train: {kind}={weight}: weights are >= 0")
     stages = Stages(
         pretrain_steps=args.pretrain_steps,
         instruct_steps=args.instruct_steps,
+        kind_weights=kind_weights,
         eval_scenes=args.eval_scenes,
     )
     _say(f"training skyeye-tiny (seed {args.seed}, {args.minutes:g} min budget) into {args.out}")
@@ -409,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers 14 --threads 1 --pretrain-steps 2670 --instruct-steps 0), then stage 2 on "
         "the CPU from it (--seed 0 --tower DIR --instruct-steps 7831 --threads 1), then that "
         "model further (--seed 1 --init DIR --instruct-steps 8500 --threads 1), then once more "
-        "with more [refer] questions (bench/train_levers.py, see the README).",
+        "with more [refer] questions (--seed 2 --init DIR --instruct-steps 7500 --threads 1 "
+        "--kind-weight refer=0.52 --kind-weight presence=0.08 --kind-weight scene=0.05).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
@@ -438,6 +452,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="train stage 2 further from every weight of this earlier run's folder (fresh "
         "optimiser and schedule, no curriculum)",
+    )
+    p.add_argument(
+        "--kind-weight",
+        type=_key_value,
+        action="append",
+        metavar="KIND=W",
+        help="stage 2's share of one question kind (refer, detection, presence, count, scene, "
+        "caption; relative weights, repeatable; default: 0.4, 0.1, 0.15, 0.15, 0.1, 0.1)",
     )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"

@@ -1,4 +1,6 @@
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -56,3 +58,24 @@ def test_training_starts_from_a_tower_or_a_whole_model_not_both() -> None:
     assert (args.init, args.tower) == (Path("earlier"), None)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["model", "train", "--out", "m", "--tower", "a", "--init", "b"])
+
+
+def test_kind_weights_change_the_recipe_one_kind_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyeye import training
+
+    passed: dict[str, Any] = {}
+
+    def capture(out_dir: Path, **kwargs: Any) -> SimpleNamespace:
+        passed.update(kwargs)
+        return SimpleNamespace(seconds=0.0, pretrain_steps=0, instruct_steps=0)
+
+    monkeypatch.setattr(training, "train", capture)
+    train = ["model", "train", "--out", "m", "--kind-weight", "refer=0.52"]
+    args = build_parser().parse_args([*train, "--kind-weight", "scene=0.05"])
+    assert args.func(args) == 0
+    expected = {**training.Stages().kind_weights, "refer": 0.52, "scene": 0.05}
+    assert passed["stages"].kind_weights == expected
+    for bad, says in [("boats=1", "no question kind 'boats'"), ("refer=x", "not a number")]:
+        args = build_parser().parse_args([*train[:4], "--kind-weight", bad])
+        with pytest.raises(SystemExit, match=says):
+            args.func(args)
