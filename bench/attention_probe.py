@@ -27,6 +27,7 @@ import torch
 
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.decoder import IMAGE_TOKEN
+from skyeye.model.vocabulary import NUMBER_TOKENS
 from skyeye.settings import PACKAGED_MODEL
 from skyeye.training import box_tokens
 from skyeye.world import held_out_scenes, make_samples, refer_expressions
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     decoder.llm.set_attn_implementation("eager")
     vision, merge = encoder.config.vision, encoder.config.merge
     tokenizer = decoder.tokenizer
-    numbers = set(tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)]))
+    numbers = set(tokenizer.convert_tokens_to_ids(list(NUMBER_TOKENS)))
     lifts: list[np.ndarray] = []  # per question: (layers, heads)
     supervised: list[list[float]] = []  # per question: mass at x1, y1, x2, y2
     for scene in held_out_scenes(args.scenes, args.seed):

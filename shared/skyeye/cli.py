@@ -458,8 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_key_value,
         action="append",
         metavar="KIND=W",
-        help="stage 2's share of one question kind (refer, detection, presence, count, scene, "
-        "caption; relative weights, repeatable; default: 0.4, 0.1, 0.15, 0.15, 0.1, 0.1)",
+        help="stage 2's relative weight of one question kind (refer, detection, presence, "
+        "count, scene or caption), repeatable; the kinds not given keep the recipe's "
+        "(skyeye.training.Stages.kind_weights)",
     )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"

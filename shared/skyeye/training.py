@@ -57,7 +57,7 @@ from skyeye.model.checkpoint import load_llm, load_vision, read_manifest, save_m
 from skyeye.model.config import ModelConfig
 from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder, _common_prefix_length
 from skyeye.model.vision import preprocess
-from skyeye.model.vocabulary import tiny_tokenizer
+from skyeye.model.vocabulary import NUMBER_TOKENS, tiny_tokenizer
 from skyeye.world import (
     OBJECT_CLASSES,
     OBJECT_COLOURS,
@@ -339,7 +339,7 @@ class _Run:
         # Answers repeat less than instructions (boxes vary) but often enough: yes/no, counts,
         # captions and classes.
         self._answer_ids = functools.lru_cache(maxsize=_CACHED_ANSWERS)(self._tokenize_answer)
-        number_ids = self.tokenizer.convert_tokens_to_ids([f"<{n}>" for n in range(101)])
+        number_ids = self.tokenizer.convert_tokens_to_ids(list(NUMBER_TOKENS))
         # Looked up per answer token on the host: indexing a GPU tensor would sync each time.
         self.number_id_set = frozenset(number_ids)
         self.number_ids = torch.tensor(number_ids, device=self.device)
@@ -862,7 +862,8 @@ def _patch_accuracy(
         features = None if regressor is None else regressor(tokens).cpu()
         colours = None if colour_head is None else colour_head(tokens).argmax(dim=-1).cpu()
     truth = np.concatenate([patch_labels(s, grid).ravel() for s in scenes])
-    targets = [dense_targets(s, grid) for s in scenes]
+    needed = features is not None or colours is not None
+    targets = [dense_targets(s, grid) for s in scenes] if needed else []
     recalls = [float((predicted[truth == c] == c).mean()) for c in np.unique(truth)]
     objects = (truth > 0) & (truth < _WATER)
     figures = {

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerFast
 __all__ = [
     "BOS",
     "EOS",
+    "NUMBER_TOKENS",
     "PAD",
     "UNK",
     "tiny_tokenizer",
@@ -27,6 +28,8 @@ __all__ = [
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 SPACE = "▁"
+# The 0-100 box scale, one token per value.
+NUMBER_TOKENS = tuple(f"<{n}>" for n in range(101))
 
 MARKUP = (
     "[INST]",
@@ -127,7 +130,7 @@ def tiny_vocabulary() -> tuple[tuple[str, float], ...]:
     pieces.update((f"<0x{b:02X}>", _CONTROL_SCORE) for b in range(256))
     pieces[PAD] = _CONTROL_SCORE
     pieces.update((m, _WORD_SCORE) for m in MARKUP)
-    pieces.update((f"<{n}>", _WORD_SCORE) for n in range(101))
+    pieces.update((n, _WORD_SCORE) for n in NUMBER_TOKENS)
     pieces[SPACE] = _CHAR_SCORE
     for code in range(33, 127):
         pieces.setdefault(chr(code), _CHAR_SCORE)
