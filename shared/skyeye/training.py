@@ -258,6 +258,17 @@ def _cosine(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
+def _lineage(log: dict[str, Any]) -> dict[str, Any]:
+    """An earlier run's log, and those it started from, without their loss curves: each
+    ``--init`` generation would otherwise carry every curve before it (about 20 KB a generation)
+    into a file packaged with the weights; each curve stays in its own run's ``training.json``."""
+    kept = {k: v for k, v in log.items() if k != "losses"}
+    for key in ("tower", "init"):
+        if kept.get(key):
+            kept[key] = {**kept[key], "log": _lineage(kept[key].get("log", {}))}
+    return kept
+
+
 def _difficulty_cap(step: int, total: int, warmup: int, curriculum: bool) -> float:
     """The hardest difficulty drawn at this step: easy close-ups first, all of [0, 1] by 2/3."""
     if not curriculum:
@@ -487,7 +498,11 @@ class _Run:
         """Where an earlier run's folder came from, for this run's log."""
         log = folder / LOG_FILE
         earlier = json.loads(log.read_text()) if log.is_file() else {}
-        return {"folder": str(folder), "origin": read_manifest(folder).origin, "log": earlier}
+        return {
+            "folder": str(folder),
+            "origin": read_manifest(folder).origin,
+            "log": _lineage(earlier),
+        }
 
     def load_tower(self, folder: Path) -> None:
         """Start from the vision tower of an earlier run's folder instead of running stage 1 here

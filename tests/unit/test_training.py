@@ -391,6 +391,14 @@ def test_init_trains_every_weight_of_an_earlier_run_further(tmp_path: Path) -> N
     assert log["steps"] == {"pretrain": 0, "instruct": 3}
     assert log["init"]["origin"]["steps"] == {"pretrain": 2, "instruct": 3}
     assert log["stages"]["curriculum"] is False
+    assert log["losses"] and "losses" not in log["init"]["log"]
+
+    # A third generation keeps the whole lineage, every earlier loss curve left in its own folder.
+    _train(tmp_path / "c", seed=9, init=tmp_path / "b", stages=further)
+    log = json.loads((tmp_path / "c" / LOG_FILE).read_text())
+    assert log["init"]["log"]["seed"] == 8
+    assert log["init"]["log"]["init"]["log"]["seed"] == 7
+    assert "losses" not in log["init"]["log"]["init"]["log"]
 
     wider = TOY.model_copy(update={"vision": TOY.vision.model_copy(update={"hidden_size": 32})})
     with pytest.raises(ValueError, match="its model is"):
