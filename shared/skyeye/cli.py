@@ -423,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the CPU from it (--seed 0 --tower DIR --instruct-steps 7831 --threads 1), then that "
         "model further (--seed 1 --init DIR --instruct-steps 8500 --threads 1), then once more "
         "with more [refer] questions (--seed 2 --init DIR --instruct-steps 7500 --threads 1 "
-        "--kind-weight refer=0.52 --kind-weight presence=0.08 --kind-weight scene=0.05).",
+        "--kind-weight refer=0.52 --kind-weight presence=0.08 --kind-weight scene=0.05), then "
+        "with the same mix again (--seed 3 --init DIR --instruct-steps 6000).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
