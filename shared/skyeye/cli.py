@@ -424,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model further (--seed 1 --init DIR --instruct-steps 8500 --threads 1), then once more "
         "with more [refer] questions (--seed 2 --init DIR --instruct-steps 7500 --threads 1 "
         "--kind-weight refer=0.52 --kind-weight presence=0.08 --kind-weight scene=0.05), then "
-        "with the same mix again (--seed 3 --init DIR --instruct-steps 6000).",
+        "with the same mix twice again (--seed 3 --init DIR --instruct-steps 6000, then --seed 5 "
+        "--init DIR --instruct-steps 8000).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
