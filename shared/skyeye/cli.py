@@ -418,14 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
         "stage 2 tunes ln_vision, projector and decoder on instructions. A time budget sizes "
         "the step counts; the log (training.json beside the weights) records them, and passing "
         "them back with --pretrain-steps/--instruct-steps repeats the run exactly (same device "
-        "and --threads). The packaged model: stage 1 on a GPU (--seed 0 --device cuda "
-        "--workers 14 --threads 1 --pretrain-steps 2670 --instruct-steps 0), then stage 2 on "
-        "the CPU from it (--seed 0 --tower DIR --instruct-steps 7831 --threads 1), then that "
-        "model further (--seed 1 --init DIR --instruct-steps 8500 --threads 1), then once more "
-        "with more [refer] questions (--seed 2 --init DIR --instruct-steps 7500 --threads 1 "
-        "--kind-weight refer=0.52 --kind-weight presence=0.08 --kind-weight scene=0.05), then "
-        "with the same mix twice again (--seed 3 --init DIR --instruct-steps 6000, then --seed 5 "
-        "--init DIR --instruct-steps 8000).",
+        "and --threads). The commands that made the packaged model, each run from the one "
+        "before: README.md, section 'The model' (its training.json logs them too).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
