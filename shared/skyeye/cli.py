@@ -305,10 +305,14 @@ def cmd_model_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"skyeye model train: {kind}={weight}: not a number") from None
         if not kind_weights[kind] >= 0:
             raise SystemExit(f"skyeye model train: {kind}={weight}: weights are >= 0")
+    sigma = Stages().number_sigma if args.number_sigma is None else args.number_sigma
+    if not sigma >= 0:
+        raise SystemExit(f"skyeye model train: --number-sigma {sigma:g}: it is >= 0")
     stages = Stages(
         pretrain_steps=args.pretrain_steps,
         instruct_steps=args.instruct_steps,
         kind_weights=kind_weights,
+        number_sigma=sigma,
         eval_scenes=args.eval_scenes,
     )
     _say(f"training skyeye-tiny (seed {args.seed}, {args.minutes:g} min budget) into {args.out}")
@@ -457,6 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="stage 2's relative weight of one question kind (refer, detection, presence, "
         "count, scene or caption), repeatable; the kinds not given keep the recipe's "
         "(skyeye.training.Stages.kind_weights)",
+    )
+    p.add_argument(
+        "--number-sigma",
+        type=float,
+        metavar="S",
+        help="stage 2 scores box numbers against a Gaussian of this width on the 0-100 scale, "
+        "so a near miss costs less than a far one (0: exact targets; default: the recipe's, "
+        "skyeye.training.Stages.number_sigma)",
     )
     p.add_argument(
         "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"

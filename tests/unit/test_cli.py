@@ -79,3 +79,25 @@ def test_kind_weights_change_the_recipe_one_kind_at_a_time(monkeypatch: pytest.M
         args = build_parser().parse_args([*train[:4], "--kind-weight", bad])
         with pytest.raises(SystemExit, match=says):
             args.func(args)
+
+
+def test_number_sigma_defaults_to_the_recipe_and_is_not_negative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from skyeye import training
+
+    passed: dict[str, Any] = {}
+
+    def capture(out_dir: Path, **kwargs: Any) -> SimpleNamespace:
+        passed.update(kwargs)
+        return SimpleNamespace(seconds=0.0, pretrain_steps=0, instruct_steps=0)
+
+    monkeypatch.setattr(training, "train", capture)
+    train = ["model", "train", "--out", "m"]
+    for extra, sigma in [([], training.Stages().number_sigma), (["--number-sigma", "0.75"], 0.75)]:
+        args = build_parser().parse_args([*train, *extra])
+        assert args.func(args) == 0
+        assert passed["stages"].number_sigma == sigma
+    args = build_parser().parse_args([*train, "--number-sigma", "-1"])
+    with pytest.raises(SystemExit, match="--number-sigma -1: it is >= 0"):
+        args.func(args)
