@@ -275,6 +275,26 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
+
+
 def _interrupt(signum: int, frame: object) -> None:
     # SIGTERM takes the same orderly teardown path as Ctrl-C
     raise KeyboardInterrupt
@@ -284,7 +304,14 @@ def cmd_model_eval(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model_dir = settings.resolved_model_dir
     _say(f"evaluating {model_dir} on {args.scenes} held-out scenes (seed {args.seed})")
-    report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
+    # Lazy so that commands which never touch the model do not load torch.
+    from skyeye.model import CheckpointError
+
+    try:
+        report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
+    except CheckpointError as exc:
+        _say(f"error: {exc} (set SKYEYE_MODEL_DIR to a model folder)")
+        return 2
     print(report.model_dump_json(indent=2) if args.json else report.table())
     return 0
 
@@ -307,7 +334,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
             raise SystemExit(f"skyeye model train: {kind}={weight}: weights are >= 0")
     sigma = Stages().number_sigma if args.number_sigma is None else args.number_sigma
     if not sigma >= 0:
-        raise SystemExit(f"skyeye model train: --number-sigma {sigma:g}: it is >= 0")
+        raise SystemExit(f"skyeye model train: --number-sigma must be >= 0, got {sigma:g}")
     stages = Stages(
         pretrain_steps=args.pretrain_steps,
         instruct_steps=args.instruct_steps,
@@ -404,12 +431,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_commands.add_parser(
         "eval",
         help="score the configured model on generated held-out scenes (grounding, VQA, BLEU-4)",
+        description="Score the configured model (SKYEYE_MODEL_DIR, default: the packaged "
+        "skyeye-tiny) on scenes of the procedural aerial world rendered from an evaluation "
+        "seed that training never draws: grounding Acc@IoU 0.5, detection F1, VQA and scene "
+        "accuracy, caption BLEU-4, each beside a constant-answer baseline.",
     )
-    p.add_argument("--scenes", type=int, default=20, help="held-out scenes to generate")
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed (never used in training)")
-    p.add_argument("--batch", type=int, default=16, help="images encoded per forward pass")
     p.add_argument(
-        "--difficulty", type=float, help="fixed 0-1 difficulty (default: spread over 0-1)"
+        "--scenes", type=_count, default=20, help="held-out scenes to generate (default 20)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="evaluation seed, never used in training (default 0)"
+    )
+    p.add_argument(
+        "--batch", type=_count, default=16, help="images encoded per forward pass (default 16)"
+    )
+    p.add_argument(
+        "--difficulty",
+        type=_unit_interval,
+        help="fixed difficulty in [0, 1], from few large objects to many small ones "
+        "(default: spread over 0-1)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_model_eval)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -99,5 +100,30 @@ def test_number_sigma_defaults_to_the_recipe_and_is_not_negative(
         assert args.func(args) == 0
         assert passed["stages"].number_sigma == sigma
     args = build_parser().parse_args([*train, "--number-sigma", "-1"])
-    with pytest.raises(SystemExit, match="--number-sigma -1: it is >= 0"):
+    with pytest.raises(SystemExit, match="--number-sigma must be >= 0, got -1"):
         args.func(args)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--scenes", "0", "must be >= 1, got 0"),
+        ("--batch", "x", "expected a whole number, got 'x'"),
+        ("--difficulty", "5", r"must be in \[0, 1\], got 5"),
+    ],
+)
+def test_eval_refuses_out_of_range_options(
+    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["model", "eval", option, value])
+    assert re.search(f"argument {option}: {message}", capsys.readouterr().err)
+
+
+def test_eval_without_a_model_folder_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKYEYE_MODEL_DIR", str(tmp_path / "missing"))
+    assert main(["--home", str(tmp_path), "model", "eval", "--scenes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a SkyEye model folder" in err and "SKYEYE_MODEL_DIR" in err
