@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -275,24 +276,27 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(
+    kind: type[int] | type[float], low: float, high: float | None = None
+) -> Callable[[str], int | float]:
+    """An argparse type: a ``kind`` number in [low, high], refused at parse time otherwise."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not low <= value <= (high if high is not None else math.inf):
+            bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value:g}")
+        return value
+
+    return parse
 
 
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
-    return value
+_count = _number(int, 1)
+_non_negative_int = _number(int, 0)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -331,10 +335,10 @@ def cmd_model_train(args: argparse.Namespace) -> int:
         except ValueError:
             raise SystemExit(f"skyeye model train: {kind}={weight}: not a number") from None
         if not kind_weights[kind] >= 0:
-            raise SystemExit(f"skyeye model train: {kind}={weight}: weights are >= 0")
+            raise SystemExit(
+                f"skyeye model train: --kind-weight {kind}: must be >= 0, got {weight}"
+            )
     sigma = Stages().number_sigma if args.number_sigma is None else args.number_sigma
-    if not sigma >= 0:
-        raise SystemExit(f"skyeye model train: --number-sigma must be >= 0, got {sigma:g}")
     stages = Stages(
         pretrain_steps=args.pretrain_steps,
         instruct_steps=args.instruct_steps,
@@ -387,7 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="user metadata stored with every object (repeatable), e.g. --meta sensor=uav-3",
     )
     p.add_argument("--wait", action="store_true", help="return when every file is processed")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds --wait waits")
+    p.add_argument(
+        "--timeout",
+        type=_number(float, 0),
+        default=600.0,
+        help="seconds --wait waits (default 600)",
+    )
     p.add_argument("--json", action="store_true", help="print key and asset id per file as JSON")
     p.set_defaults(func=cmd_ingest)
 
@@ -422,7 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for results")
+    p.add_argument(
+        "--timeout",
+        type=_number(float, 0),
+        default=600.0,
+        help="seconds to wait for results (default 600)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("model", help="check the published weights; evaluate or train a model")
@@ -440,14 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenes", type=_count, default=20, help="held-out scenes to generate (default 20)"
     )
     p.add_argument(
-        "--seed", type=int, default=0, help="evaluation seed, never used in training (default 0)"
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="evaluation seed, never used in training (default 0)",
     )
     p.add_argument(
         "--batch", type=_count, default=16, help="images encoded per forward pass (default 16)"
     )
     p.add_argument(
         "--difficulty",
-        type=_unit_interval,
+        type=_number(float, 0, 1),
         help="fixed difficulty in [0, 1], from few large objects to many small ones "
         "(default: spread over 0-1)",
     )
@@ -466,15 +483,28 @@ def build_parser() -> argparse.ArgumentParser:
         "before: README.md, section 'The model' (its training.json logs them too).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    p.add_argument("--minutes", type=float, default=52.0, help="time budget of both stages")
-    p.add_argument("--pretrain-steps", type=int, help="fix stage 1's steps (default: by time)")
-    p.add_argument("--instruct-steps", type=int, help="fix stage 2's steps (default: by time)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--device", default="cpu", help="where the model trains, e.g. cuda")
+    p.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of every random draw (default 0)"
+    )
+    p.add_argument(
+        "--minutes",
+        type=_number(float, 0),
+        default=52.0,
+        help="time budget of both stages (default 52)",
+    )
+    p.add_argument(
+        "--pretrain-steps", type=_non_negative_int, help="fix stage 1's steps (default: by time)"
+    )
+    p.add_argument(
+        "--instruct-steps", type=_non_negative_int, help="fix stage 2's steps (default: by time)"
+    )
+    p.add_argument("--threads", type=_count, default=2, help="torch threads (default 2)")
+    p.add_argument(
+        "--device", default="cpu", help="where the model trains, e.g. cuda (default cpu)"
+    )
     p.add_argument(
         "--workers",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="processes rendering and preprocessing the training scenes (0: in the training "
         "process; use several on a GPU, where the model's step is fast)",
@@ -504,14 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--number-sigma",
-        type=float,
+        type=_number(float, 0),
         metavar="S",
         help="stage 2 scores box numbers against a Gaussian of this width on the 0-100 scale, "
         "so a near miss costs less than a far one (0: exact targets; default: the recipe's, "
         "skyeye.training.Stages.number_sigma)",
     )
     p.add_argument(
-        "--eval-scenes", type=int, default=20, help="held-out scenes scored at the end (0: none)"
+        "--eval-scenes",
+        type=_non_negative_int,
+        default=20,
+        help="held-out scenes scored at the end (0: none; default 20)",
     )
     p.set_defaults(func=cmd_model_train)
     return parser

@@ -76,15 +76,17 @@ def test_kind_weights_change_the_recipe_one_kind_at_a_time(monkeypatch: pytest.M
     assert args.func(args) == 0
     expected = {**training.Stages().kind_weights, "refer": 0.52, "scene": 0.05}
     assert passed["stages"].kind_weights == expected
-    for bad, says in [("boats=1", "no question kind 'boats'"), ("refer=x", "not a number")]:
+    for bad, says in [
+        ("boats=1", "no question kind 'boats'"),
+        ("refer=x", "not a number"),
+        ("scene=-1", "--kind-weight scene: must be >= 0, got -1"),
+    ]:
         args = build_parser().parse_args([*train[:4], "--kind-weight", bad])
         with pytest.raises(SystemExit, match=says):
             args.func(args)
 
 
-def test_number_sigma_defaults_to_the_recipe_and_is_not_negative(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_number_sigma_defaults_to_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
     from skyeye import training
 
     passed: dict[str, Any] = {}
@@ -99,24 +101,29 @@ def test_number_sigma_defaults_to_the_recipe_and_is_not_negative(
         args = build_parser().parse_args([*train, *extra])
         assert args.func(args) == 0
         assert passed["stages"].number_sigma == sigma
-    args = build_parser().parse_args([*train, "--number-sigma", "-1"])
-    with pytest.raises(SystemExit, match="--number-sigma must be >= 0, got -1"):
-        args.func(args)
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("command", "option", "value", "message"),
     [
-        ("--scenes", "0", "must be >= 1, got 0"),
-        ("--batch", "x", "expected a whole number, got 'x'"),
-        ("--difficulty", "5", r"must be in \[0, 1\], got 5"),
+        ("eval", "--scenes", "0", "must be >= 1, got 0"),
+        ("eval", "--batch", "x", "expected a whole number, got 'x'"),
+        ("eval", "--difficulty", "5", r"must be in \[0, 1\], got 5"),
+        ("eval", "--seed", "-3", "must be >= 0, got -3"),
+        ("train", "--threads", "0", "must be >= 1, got 0"),
+        ("train", "--instruct-steps", "-5", "must be >= 0, got -5"),
+        ("train", "--minutes", "-1", "must be >= 0, got -1"),
+        ("train", "--workers", "-1", "must be >= 0, got -1"),
+        ("train", "--number-sigma", "-1", "must be >= 0, got -1"),
+        ("train", "--eval-scenes", "-1", "must be >= 0, got -1"),
     ],
 )
-def test_eval_refuses_out_of_range_options(
-    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+def test_model_commands_refuse_out_of_range_options(
+    command: str, option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["model", "eval", option, value])
+        required = ["--out", "m"] if command == "train" else []
+        build_parser().parse_args(["model", command, *required, option, value])
     assert re.search(f"argument {option}: {message}", capsys.readouterr().err)
 
 
