@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from skyeye import catalog, samples, stac, telemetry
 from skyeye.adapters import kafka, postgres
+from skyeye.arguments import bounded, count, non_negative_int
 from skyeye.evaluation import evaluate
 from skyeye.ingest import ingest, wait_for
 from skyeye.model import inspect as model_inspect
@@ -276,29 +276,6 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip(), value
 
 
-def _number(
-    kind: type[int] | type[float], low: float, high: float | None = None
-) -> Callable[[str], int | float]:
-    """An argparse type: a ``kind`` number in [low, high], refused at parse time otherwise."""
-    noun = "a whole number" if kind is int else "a number"
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if not low <= value <= (high if high is not None else math.inf):
-            bound = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value:g}")
-        return value
-
-    return parse
-
-
-_count = _number(int, 1)
-_non_negative_int = _number(int, 0)
-
-
 def _interrupt(signum: int, frame: object) -> None:
     # SIGTERM takes the same orderly teardown path as Ctrl-C
     raise KeyboardInterrupt
@@ -393,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="return when every file is processed")
     p.add_argument(
         "--timeout",
-        type=_number(float, 0),
+        type=bounded(float, 0),
         default=600.0,
         help="seconds --wait waits (default 600)",
     )
@@ -433,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
     p.add_argument(
         "--timeout",
-        type=_number(float, 0),
+        type=bounded(float, 0),
         default=600.0,
         help="seconds to wait for results (default 600)",
     )
@@ -451,20 +428,20 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy, caption BLEU-4, each beside a constant-answer baseline.",
     )
     p.add_argument(
-        "--scenes", type=_count, default=20, help="held-out scenes to generate (default 20)"
+        "--scenes", type=count, default=20, help="held-out scenes to generate (default 20)"
     )
     p.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="evaluation seed, never used in training (default 0)",
     )
     p.add_argument(
-        "--batch", type=_count, default=16, help="images encoded per forward pass (default 16)"
+        "--batch", type=count, default=16, help="images encoded per forward pass (default 16)"
     )
     p.add_argument(
         "--difficulty",
-        type=_number(float, 0, 1),
+        type=bounded(float, 0, 1),
         help="fixed difficulty in [0, 1], from few large objects to many small ones "
         "(default: spread over 0-1)",
     )
@@ -484,27 +461,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed of every random draw (default 0)"
+        "--seed", type=non_negative_int, default=0, help="seed of every random draw (default 0)"
     )
     p.add_argument(
         "--minutes",
-        type=_number(float, 0),
+        type=bounded(float, 0),
         default=52.0,
         help="time budget of both stages (default 52)",
     )
     p.add_argument(
-        "--pretrain-steps", type=_non_negative_int, help="fix stage 1's steps (default: by time)"
+        "--pretrain-steps", type=non_negative_int, help="fix stage 1's steps (default: by time)"
     )
     p.add_argument(
-        "--instruct-steps", type=_non_negative_int, help="fix stage 2's steps (default: by time)"
+        "--instruct-steps", type=non_negative_int, help="fix stage 2's steps (default: by time)"
     )
-    p.add_argument("--threads", type=_count, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=count, default=2, help="torch threads (default 2)")
     p.add_argument(
         "--device", default="cpu", help="where the model trains, e.g. cuda (default cpu)"
     )
     p.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="processes rendering and preprocessing the training scenes (0: in the training "
         "process; use several on a GPU, where the model's step is fast)",
@@ -534,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--number-sigma",
-        type=_number(float, 0),
+        type=bounded(float, 0),
         metavar="S",
         help="stage 2 scores box numbers against a Gaussian of this width on the 0-100 scale, "
         "so a near miss costs less than a far one (0: exact targets; default: the recipe's, "
@@ -542,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--eval-scenes",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=20,
         help="held-out scenes scored at the end (0: none; default 20)",
     )

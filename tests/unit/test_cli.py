@@ -116,13 +116,18 @@ def test_number_sigma_defaults_to_the_recipe(monkeypatch: pytest.MonkeyPatch) ->
         ("train", "--workers", "-1", "must be >= 0, got -1"),
         ("train", "--number-sigma", "-1", "must be >= 0, got -1"),
         ("train", "--eval-scenes", "-1", "must be >= 0, got -1"),
+        ("inspect", "--max-new-tokens", "0", "must be >= 1, got 0"),
     ],
 )
 def test_model_commands_refuse_out_of_range_options(
     command: str, option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
-        required = ["--out", "m"] if command == "train" else []
+        required = {
+            "eval": [],
+            "train": ["--out", "m"],
+            "inspect": ["--vision", "v", "--llm", "l", "--checkpoint", "c"],
+        }[command]
         build_parser().parse_args(["model", command, *required, option, value])
     assert re.search(f"argument {option}: {message}", capsys.readouterr().err)
 

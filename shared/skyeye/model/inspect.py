@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from skyeye.arguments import count
+
 __all__ = ["add_parser", "run"]
 
 
@@ -42,7 +44,9 @@ def add_parser(commands: Any) -> None:
         "model folder to serve with SKYEYE_MODEL_DIR=DIR",
     )
     p.add_argument("--device", help="where to run the caption (default: cuda if present, else cpu)")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="caption length limit")
+    p.add_argument(
+        "--max-new-tokens", type=count, default=40, help="caption length limit (default 40)"
+    )
     p.set_defaults(func=run)
 
 
