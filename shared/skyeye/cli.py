@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,22 +282,41 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _reads_model_folders(hint: str) -> Callable[[Command], Command]:
+    """For commands that load a model folder in-process: one that is not a model folder is a
+    clear error (exit 2) with ``hint``, not a traceback."""
+
+    def wrap(command: Command) -> Command:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            # Lazy so that commands which never touch a model do not load torch.
+            from skyeye.model import CheckpointError
+
+            try:
+                return command(args)
+            except CheckpointError as exc:
+                _say(f"error: {exc} ({hint})")
+                return 2
+
+        return run
+
+    return wrap
+
+
+@_reads_model_folders("set SKYEYE_MODEL_DIR to a model folder")
 def cmd_model_eval(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model_dir = settings.resolved_model_dir
     _say(f"evaluating {model_dir} on {args.scenes} held-out scenes (seed {args.seed})")
-    # Lazy so that commands which never touch the model do not load torch.
-    from skyeye.model import CheckpointError
-
-    try:
-        report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
-    except CheckpointError as exc:
-        _say(f"error: {exc} (set SKYEYE_MODEL_DIR to a model folder)")
-        return 2
+    report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
     print(report.model_dump_json(indent=2) if args.json else report.table())
     return 0
 
 
+@_reads_model_folders("--init and --tower take a folder written by skyeye model train")
 def cmd_model_train(args: argparse.Namespace) -> int:
     # torch and the training loop load only for this command
     from skyeye.training import Stages, train

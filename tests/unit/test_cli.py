@@ -122,12 +122,12 @@ def test_number_sigma_defaults_to_the_recipe(monkeypatch: pytest.MonkeyPatch) ->
 def test_model_commands_refuse_out_of_range_options(
     command: str, option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    required = {
+        "eval": [],
+        "train": ["--out", "m"],
+        "inspect": ["--vision", "v", "--llm", "l", "--checkpoint", "c"],
+    }[command]
     with pytest.raises(SystemExit):
-        required = {
-            "eval": [],
-            "train": ["--out", "m"],
-            "inspect": ["--vision", "v", "--llm", "l", "--checkpoint", "c"],
-        }[command]
         build_parser().parse_args(["model", command, *required, option, value])
     assert re.search(f"argument {option}: {message}", capsys.readouterr().err)
 
@@ -139,3 +139,13 @@ def test_eval_without_a_model_folder_is_a_clear_error(
     assert main(["--home", str(tmp_path), "model", "eval", "--scenes", "1"]) == 2
     err = capsys.readouterr().err
     assert "is not a SkyEye model folder" in err and "SKYEYE_MODEL_DIR" in err
+
+
+@pytest.mark.parametrize("start", ["--init", "--tower"])
+def test_train_from_a_folder_that_is_not_a_model_is_a_clear_error(
+    start: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["model", "train", "--out", str(tmp_path / "m"), start, str(tmp_path / "missing")]
+    assert main([*argv, "--instruct-steps", "1", "--eval-scenes", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "is not a SkyEye model folder" in err and "--init and --tower" in err
