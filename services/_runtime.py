@@ -1,18 +1,93 @@
-"""Process scaffolding shared by the consumer services: logging, settings, signals, the loop."""
+"""Process scaffolding shared by the consumer services: logging, settings, signals, and the
+consumer loop that no message can stop.
+
+The loop is the one place where a consumer's exceptions are caught:
+
+- a **transient** failure (the database, the object store, Kafka or the model service
+  unavailable or timing out; each adapter's ``transient_reason`` says which) is retried with
+  backoff while the offset is held, so nothing is committed that was not handled;
+- anything else, or a transient failure past ``settings.retry``, makes the loop take the batch
+  apart and handle its messages one by one, so that only the message that fails is set aside:
+  a copy goes to the dead-letter topic (original headers kept, the error in headers), an error
+  row tells the user what failed, the offset moves on;
+- a failure to record a dead letter (the database or Kafka is down) stops the process without
+  committing: the supervisor restarts it and Kafka delivers the messages again.
+
+Handlers are idempotent, so handling a message again (a retry, a redelivery, a replay) writes
+nothing twice.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
+import time
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
 
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError
+from sqlalchemy.engine import Engine
 
-from skyeye import telemetry
+from skyeye import catalog, telemetry
 from skyeye.adapters import kafka
+from skyeye.contracts import DeadLetterHeader, dead_letter_id_for
 from skyeye.settings import Settings
 from skyeye.stack import resolve
+
+log = logging.getLogger("skyeye.consumer")
+
+TransientReason = Callable[[BaseException], str | None]
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a message is about, as far as it can be told without handling it: the error row and
+    the dead letter name it."""
+
+    what: str
+    asset_id: uuid.UUID | None = None
+    work_item_id: uuid.UUID | None = None
+
+
+class Handler(Protocol):
+    """A consumer's own logic; the loop owns polling, retries, dead letters and commits."""
+
+    #: the stage its error rows carry ("planner", "worker")
+    stage: str
+
+    def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
+        """Handle every record; raise to have the loop retry or set messages aside."""
+
+    def subject(self, record: ConsumerRecord) -> Subject:
+        """What ``record`` is about; must not raise, whatever the message holds."""
+
+    def idle(self) -> None:
+        """Periodic work between polls (e.g. finishing assets a crashed worker left)."""
+
+
+class InjectedFault(Exception):
+    """Raised on purpose by the test hook (``settings.fault_file``): a bug's stand-in."""
+
+
+def inject_fault(settings: Settings, stage: str, key: str) -> None:
+    """Test hook: raise :class:`InjectedFault` when ``key`` holds one of the substrings listed
+    for ``stage`` in ``settings.fault_file``. Read on every call, so a test can clear it (the
+    bug "fixed") and replay the dead letter."""
+    if settings.fault_file is None:
+        return
+    try:
+        markers = json.loads(settings.fault_file.read_text()).get(stage, [])
+    except (OSError, ValueError):
+        return
+    if any(marker in key for marker in markers):
+        raise InjectedFault(f"fault injected into the {stage} for {key!r}")
 
 
 def service_settings(service: str) -> Settings:
@@ -26,9 +101,257 @@ def service_settings(service: str) -> Settings:
     return settings
 
 
+def transient(exc: BaseException, reasons: Sequence[TransientReason]) -> str | None:
+    """Why ``exc`` (or an exception it was raised from) is a transient outage, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        for reason in reasons:
+            if (why := reason(current)) is not None:
+                return why
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _Stopping(Exception):
+    """The process was asked to stop while a message waited for a retry."""
+
+
+class _GaveUp(Exception):
+    """A transient failure outlasted the retry budget."""
+
+    def __init__(self, reason: str, tries: int, waited_s: float) -> None:
+        super().__init__(reason)
+        self.reason, self.tries, self.waited_s = reason, tries, waited_s
+
+
+class ConsumerLoop:
+    """Poll, handle, commit; no message can stop it (see the module docstring)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        settings: Settings,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        engine: Engine,
+        reasons: Sequence[TransientReason],
+        stop: threading.Event,
+    ) -> None:
+        self._handler = handler
+        self._settings = settings
+        self._consumer = consumer
+        self._producer = producer
+        self._engine = engine
+        self._reasons = reasons
+        self._stop = stop
+        self._last_idle = 0.0
+
+    def run(self, poll_timeout_ms: int = 500) -> None:
+        """Until ``stop`` is set; the batch in hand is finished and committed first."""
+        while not self._stop.is_set():
+            records = self._poll(poll_timeout_ms)
+            if records:
+                try:
+                    self._handle(records, self._settings.retry.attempts)
+                except _Stopping:
+                    return  # nothing committed: the batch is delivered again
+                self._commit()
+            if time.monotonic() - self._last_idle >= self._settings.finish_sweep_s:
+                self._idle()
+
+    # --- polling and committing -----------------------------------------------------------
+
+    def _poll(self, timeout_ms: int) -> list[ConsumerRecord]:
+        try:
+            polled = self._consumer.poll(timeout_ms=timeout_ms)
+        except Exception as exc:
+            why = transient(exc, [kafka.transient_reason])
+            if why is None:
+                raise
+            log.warning("poll failed (%s); trying again", why)
+            self._stop.wait(self._settings.retry.initial_backoff_s)
+            return []
+        records = [r for batch in polled.values() for r in batch]
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+
+    def _commit(self) -> None:
+        try:
+            self._consumer.commit()
+        except CommitFailedError as exc:
+            # the group rebalanced meanwhile: the new owner gets these messages again, and
+            # handling them again writes nothing twice
+            log.warning("offsets not committed (%s); they will be delivered again", exc)
+        except Exception as exc:
+            why = transient(exc, [kafka.transient_reason])
+            if why is None:
+                raise
+            log.warning("offsets not committed (%s); they will be delivered again", why)
+
+    def _idle(self) -> None:
+        self._last_idle = time.monotonic()
+        try:
+            self._handler.idle()
+        except Exception as exc:
+            why = transient(exc, self._reasons)
+            if why is not None:
+                log.warning("periodic work put off: %s", why)
+            else:
+                log.exception("periodic work failed; it runs again in %.0f s",
+                              self._settings.finish_sweep_s)  # fmt: skip
+
+    # --- handling -------------------------------------------------------------------------
+
+    def _handle(self, records: list[ConsumerRecord], attempts: int) -> None:
+        try:
+            self._with_retries(records, attempts)
+        except _Stopping:
+            raise
+        except Exception as exc:
+            if len(records) == 1:
+                self._dead_letter(records[0], exc)
+                return
+            log.warning(
+                "a batch of %d message(s) failed (%s); handling them one by one",
+                len(records),
+                _describe(exc),
+            )
+            # Past a transient budget the outage has already been waited out once: each
+            # message gets one more try rather than the whole budget again.
+            each = 1 if isinstance(exc, _GaveUp) else self._settings.retry.attempts
+            for record in records:
+                self._handle([record], each)
+
+    def _with_retries(self, records: list[ConsumerRecord], attempts: int) -> None:
+        began = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            try:
+                self._reopen_replays(records)
+                self._handler.handle_batch(records)
+                return
+            except Exception as exc:
+                why = transient(exc, self._reasons)
+                if why is None:
+                    raise
+                if attempt == attempts:
+                    raise _GaveUp(why, attempt, time.monotonic() - began) from exc
+                wait = self._settings.retry.backoff_s(attempt)
+                log.warning(
+                    "%d message(s) not handled (%s); retry %d/%d in %.1f s",
+                    len(records), why, attempt, attempts - 1, wait,
+                )  # fmt: skip
+                if self._stop.wait(wait):
+                    raise _Stopping() from exc
+
+    def _reopen_replays(self, records: list[ConsumerRecord]) -> None:
+        """A replayed message reopens what its dead letter ended, in order with its handling."""
+        for record in records:
+            replay_of = _header(record, DeadLetterHeader.REPLAY_OF)
+            if replay_of is None:
+                continue
+            with self._engine.begin() as conn:
+                letter = catalog.dead_letter(conn, uuid.UUID(replay_of))
+                if letter is not None:
+                    catalog.reopen(conn, letter.asset_id, letter.work_item_id)
+
+    def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
+        stage = self._handler.stage
+        letter_id = dead_letter_id_for(record.topic, record.partition, record.offset)
+        short = str(letter_id)[:8]
+        try:
+            subject = self._handler.subject(record)
+        except Exception:
+            log.exception("could not tell what the message is about")
+            subject = Subject("message")
+        if isinstance(exc, _GaveUp):
+            kind = "retries_exhausted"
+            message = (
+                f"the {stage} gave up on this {subject.what} after {exc.tries} tries over "
+                f"{exc.waited_s:.0f} s: {exc.reason}"
+            )
+            log.error("%s: %s", _source(record), message, exc_info=exc.__cause__)
+        else:
+            kind = "internal_error"
+            message = (
+                f"the {stage} failed on this {subject.what} with an internal error "
+                f"({type(exc).__name__}), a fault of the pipeline, not of the input"
+            )
+            log.error("%s: %s", _source(record), message, exc_info=exc)
+        message += f"; kept as dead letter {short}: `skyeye dlq replay {short}` runs it again"
+        headers = [
+            *(record.headers or []),
+            (DeadLetterHeader.ID.value, str(letter_id).encode()),
+            (DeadLetterHeader.STAGE.value, stage.encode()),
+            (DeadLetterHeader.KIND.value, kind.encode()),
+            (DeadLetterHeader.MESSAGE.value, message.encode()),
+            (DeadLetterHeader.TOPIC.value, record.topic.encode()),
+            (DeadLetterHeader.PARTITION.value, str(record.partition).encode()),
+            (DeadLetterHeader.OFFSET.value, str(record.offset).encode()),
+            (DeadLetterHeader.FAILED_AT.value, datetime.now(UTC).isoformat().encode()),
+        ]
+        sent = self._producer.send(
+            self._settings.topic_dead_letter,
+            key=record.key,
+            value=record.value,
+            headers=headers,
+        ).get(timeout=30)
+        with self._engine.begin() as conn:
+            asset_id, work_item_id = catalog.existing(conn, subject.asset_id, subject.work_item_id)
+            catalog.record_dead_letter(
+                conn,
+                catalog.DeadLetterRecord(
+                    dead_letter_id=letter_id,
+                    stage=stage,
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key,
+                    payload=record.value,
+                    headers=list(record.headers or []),
+                    kind=kind,
+                    message=message,
+                    # the object's id even without an asset row: the reconciler must not
+                    # announce an object whose event was dead-lettered
+                    asset_id=subject.asset_id,
+                    work_item_id=subject.work_item_id,
+                    dlq_partition=sent.partition,
+                    dlq_offset=sent.offset,
+                ),
+            )
+            catalog.record_error(
+                conn,
+                source=_source(record),
+                stage=stage,
+                kind=kind,
+                message=message,
+                asset_id=asset_id,
+                work_item_id=work_item_id,
+                detail={"dead_letter_id": str(letter_id)},
+            )
+
+
+def _source(record: ConsumerRecord) -> str:
+    return f"kafka:{record.topic}/{record.partition}/{record.offset}"
+
+
+def _header(record: ConsumerRecord, name: str) -> str | None:
+    for key, value in record.headers or []:
+        if key == name:
+            return value.decode(errors="replace")
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, _GaveUp) else type(exc).__name__
+
+
 def run_consumer(
-    handle_batch: Callable[[Sequence[ConsumerRecord]], None],
+    handler: Handler,
     settings: Settings,
+    engine: Engine,
+    reasons: Sequence[TransientReason],
     topic: str,
     group: str,
     max_poll_records: int,
@@ -38,7 +361,9 @@ def run_consumer(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     consumer = kafka.consumer(settings, topic, group, max_poll_records)
+    producer = kafka.producer(settings)
     try:
-        kafka.consume(consumer, handle_batch, stop)
+        ConsumerLoop(handler, settings, consumer, producer, engine, reasons, stop).run()
     finally:
         consumer.close()
+        producer.close()

@@ -24,10 +24,10 @@ from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from minio.error import S3Error
 from opentelemetry import trace
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from skyeye import catalog, clips, imagery, scenes, tasks, telemetry
-from skyeye.adapters import kafka, postgres
+from skyeye import catalog, clips, geo, imagery, scenes, tasks, telemetry
+from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import (
     ClipFrame,
@@ -40,14 +40,13 @@ from skyeye.contracts import (
     WorkItem,
     WorkItemKind,
     asset_id_for,
+    object_key_problem,
     work_item_id_for,
 )
-from skyeye.services._runtime import run_consumer, service_settings
+from skyeye.services._runtime import Subject, inject_fault, run_consumer, service_settings
 from skyeye.settings import Settings
 
 log = logging.getLogger("skyeye.planner")
-
-MAX_KEY_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,10 @@ class _Layout:
 
 
 class Planner:
+    """Turns object-created events into registered assets and published work items."""
+
+    stage = "planner"
+
     def __init__(
         self, settings: Settings, engine: Engine, store: ObjectStore, producer: KafkaProducer
     ) -> None:
@@ -84,6 +87,23 @@ class Planner:
                 span.set_attribute("skyeye.source", source)
                 self.handle(record.value, source)
 
+    def subject(self, record: ConsumerRecord) -> Subject:
+        """The object an event is about (its first record's), when the event can be read."""
+        try:
+            event = ObjectEvent.parse(record.value, max_bytes=self._settings.max_event_bytes)
+        except InvalidEvent:
+            return Subject("object-created event")
+        first = event.records[0].s3
+        version = first.object.version_id or first.object.e_tag or ""
+        key = first.object.decoded_key
+        return Subject(
+            f"object-created event ({first.bucket.name}/{key[:200]})",
+            asset_id=asset_id_for(first.bucket.name, key, version),
+        )
+
+    def idle(self) -> None:
+        """Nothing periodic: planning happens per event."""
+
     def handle(self, raw: bytes, source: str) -> None:
         try:
             event = ObjectEvent.parse(raw, max_bytes=self._settings.max_event_bytes)
@@ -100,7 +120,7 @@ class Planner:
     def _plan(self, record: EventRecord, source: str) -> None:
         obj = record.s3.object
         bucket, key = record.s3.bucket.name, obj.decoded_key
-        problem = _key_problem(key)
+        problem = object_key_problem(key)
         if problem:
             log.warning("%s: refused object key: %s", source, problem)
             self._error(source, "hostile_key", problem, detail={"key": ascii(key)[:300]})
@@ -129,12 +149,13 @@ class Planner:
         if status != "registered":
             log.info("%s: asset %s already %s", source, asset_id, status)
             return
+        inject_fault(self._settings, self.stage, key)
         try:
             if clips.is_clip_candidate(key, obj.content_type):
                 layout = self._clip_layout(asset_id, bucket, key, obj.user_metadata)
             else:
                 layout = self._layout(bucket, key, obj.content_type)
-        except imagery.UnreadableImage as exc:
+        except (imagery.UnreadableImage, ObjectTooLarge) as exc:
             self._error(source, "unreadable_image", str(exc), asset_id=asset_id)
             return
         except clips.UnreadableClip as exc:
@@ -143,8 +164,24 @@ class Planner:
         except clips.InvalidSidecar as exc:
             self._error(source, "invalid_sidecar", str(exc), asset_id=asset_id)
             return
+        except geo.InvalidGeoreference as exc:
+            self._error(source, "invalid_georeference", str(exc), asset_id=asset_id)
+            return
         except S3Error as exc:
-            self._error(source, "object_unavailable", f"{exc.code}: {exc.message}", asset_id)
+            if s3.transient_reason(exc):
+                raise
+            self._error(source, "object_unavailable", _s3_problem(exc), asset_id)
+            return
+        if not layout.tiles:
+            # only a scene can plan no tile: every tile's pixels are nodata
+            with self._engine.begin() as conn:
+                self._describe(conn, asset_id, layout)
+            self._error(
+                source,
+                "no_data",
+                "every pixel of the scene is nodata (masked): there is nothing to analyse",
+                asset_id,
+            )
             return
         items = [
             WorkItem(
@@ -167,6 +204,7 @@ class Planner:
         with self._engine.begin() as conn:
             if layout.clip is not None:
                 catalog.record_clip(conn, asset_id, layout.clip, layout.frames)
+            self._describe(conn, asset_id, layout)
             catalog.add_work_items(conn, asset_id, items)
         for item in items:
             kafka.publish_json(
@@ -176,17 +214,22 @@ class Planner:
                 item.model_dump(mode="json"),
             )
         with self._engine.begin() as conn:
-            catalog.mark_planned(
-                conn,
-                asset_id,
-                layout.media_format,
-                layout.width,
-                layout.height,
-                len(layout.tiles),
-                layout.georef,
-            )
+            catalog.mark_planned(conn, asset_id)
         log.info(
             "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
+        )
+
+    @staticmethod
+    def _describe(conn: Connection, asset_id: uuid.UUID, layout: _Layout) -> None:
+        catalog.describe_asset(
+            conn,
+            asset_id,
+            layout.media_format,
+            layout.width,
+            layout.height,
+            len(layout.tiles),
+            layout.georef,
+            layout.scene,
         )
 
     def _layout(self, bucket: str, key: str, content_type: str | None) -> _Layout:
@@ -336,15 +379,13 @@ class Planner:
             )
 
 
-def _key_problem(key: str) -> str | None:
-    """Why an object key is refused, or None. Keys become log lines, rows and later file names."""
-    if len(key.encode()) > MAX_KEY_BYTES:
-        return f"object key longer than {MAX_KEY_BYTES} bytes"
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
-        return "object key contains control characters"
-    if key.startswith("/") or any(part in {"", ".", ".."} for part in key.split("/")):
-        return "object key has an empty, '.' or '..' path segment"
-    return None
+def _s3_problem(exc: S3Error) -> str:
+    """An S3 refusal in a user's words."""
+    if exc.code in {"NoSuchKey", "NoSuchObject", "NoSuchVersion", "ResourceNotFound"}:
+        return "the object is gone from the bucket (deleted or replaced before it was planned)"
+    if exc.code == "AccessDenied":
+        return "the pipeline may not read the object (access denied)"
+    return f"the object store refused to read the object ({exc.code})"
 
 
 def _parse_time(text: str | None) -> datetime | None:
@@ -361,12 +402,13 @@ def main() -> None:
     assert settings.database_url is not None  # resolve() fills every endpoint
     store = ObjectStore(settings)
     store.ensure_bucket(settings.derived_bucket)
-    planner = Planner(
-        settings, postgres.create_engine(settings.database_url), store, kafka.producer(settings)
-    )
+    engine = postgres.create_engine(settings.database_url)
+    planner = Planner(settings, engine, store, kafka.producer(settings))
     run_consumer(
-        planner.handle_batch,
+        planner,
         settings,
+        engine,
+        [postgres.transient_reason, s3.transient_reason, kafka.transient_reason],
         settings.topic_events,
         settings.planner_group,
         max_poll_records=16,

@@ -6,17 +6,21 @@ clip caption's frames go to the model together, one image slot each.
 All items of one poll are decoded and submitted to the Serve app together, so the encoder and
 decoder can batch across tiles; each item's results are then written in one transaction, and the
 Kafka offsets are committed only after every item of the poll is stored (or recorded as failed).
-The worker that stores an asset's last item also finishes the asset: it flags duplicate scene
-detections, then writes the asset's preview PNG with the remaining boxes drawn.
+
+When an asset's last item is stored the asset is *finishing*: its duplicate scene detections are
+flagged and its preview PNG is written with the remaining boxes drawn, then it is done (or
+error, if an item failed). The worker that stored the last item finishes it at once; every
+worker also sweeps for finishing assets between polls, so an asset whose finisher died (or
+whose last item ended in a dead letter) is finished by another within seconds.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from kafka.consumer.fetcher import ConsumerRecord
@@ -24,19 +28,35 @@ from minio.error import S3Error
 from opentelemetry import trace
 from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from skyeye import catalog, clips, geo, imagery, previews, scenes, tasks, telemetry
-from skyeye.adapters import postgres
+from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
-from skyeye.contracts import WorkItem, preview_key_for
-from skyeye.services._runtime import run_consumer, service_settings
+from skyeye.contracts import Tile, WorkItem, preview_key_for
+from skyeye.services._runtime import (
+    Subject,
+    TransientReason,
+    inject_fault,
+    run_consumer,
+    service_settings,
+    transient,
+)
 from skyeye.settings import Settings
 
 log = logging.getLogger("skyeye.worker")
+T = TypeVar("T")
 
-INFERENCE_ATTEMPTS = 3
+# What a worker's handling can wait on: the catalog, the object store, Kafka and the model.
+TRANSIENT_REASONS: tuple[TransientReason, ...] = (
+    postgres.transient_reason,
+    s3.transient_reason,
+    kafka.transient_reason,
+    serve_adapter.transient_reason,
+)
+# Finishing assets handled per sweep, so a backlog never keeps a worker from its messages long.
+_FINISH_PER_SWEEP = 16
 
 
 @dataclass
@@ -44,13 +64,15 @@ class _Pending:
     item: WorkItem
     images: list[np.ndarray]
     georef: geo.GeoTile | None
-    instructions: list[str]
     response: DeploymentResponse
     span: trace.Span
-    attempt: int = 1
 
 
 class Worker:
+    """Runs work items through the model, stores their results, finishes their assets."""
+
+    stage = "worker"
+
     def __init__(
         self, settings: Settings, engine: Engine, store: ObjectStore, app: DeploymentHandle
     ) -> None:
@@ -60,21 +82,46 @@ class Worker:
         self._app = app
         self._model_name = settings.resolved_model_dir.name
         self._tracer = telemetry.tracer(__name__)
+        self._finisher = Finisher(settings, engine, store)
 
     def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
-        pending = []
-        for record in records:
-            # one span per work item, from its read to its stored results, in the asset's trace
-            span = self._tracer.start_span("work_item", context=telemetry.extract(record.headers))
-            with trace.use_span(span, end_on_exit=False):
-                job = self._submit_record(record, span)
-            if job is None:
+        pending, spans = [], []
+        try:
+            for record in records:
+                # one span per work item, from its read to its stored results, in the asset's
+                # trace
+                span = self._tracer.start_span(
+                    "work_item", context=telemetry.extract(record.headers)
+                )
+                spans.append(span)
+                with trace.use_span(span, end_on_exit=False):
+                    job = self._submit_record(record, span)
+                if job is not None:
+                    pending.append(job)
+            for job in pending:
+                with trace.use_span(job.span, end_on_exit=False):
+                    self._finish(job)
+        finally:
+            for span in spans:
                 span.end()
-            else:
-                pending.append(job)
-        for job in pending:
-            with trace.use_span(job.span, end_on_exit=True):
-                self._finish(job)
+
+    def subject(self, record: ConsumerRecord) -> Subject:
+        """The work item a message is, when it can be read as one."""
+        try:
+            item = WorkItem.model_validate_json(record.value)
+        except ValidationError:
+            return Subject("work item")
+        return Subject(
+            f"work item ({item.kind} {item.tile.index} of {item.bucket}/{item.key[:200]})",
+            asset_id=item.asset_id,
+            work_item_id=item.work_item_id,
+        )
+
+    def idle(self) -> None:
+        """Finish the assets whose finisher died, or whose last item was dead-lettered."""
+        for _ in range(_FINISH_PER_SWEEP):
+            if not self._finisher.finish():
+                return
 
     def _submit_record(self, record: ConsumerRecord, span: trace.Span) -> _Pending | None:
         source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
@@ -96,6 +143,7 @@ class Worker:
         if status != "queued":
             log.info("work item %s is %s; skipping redelivery", item.work_item_id, status)
             return None
+        inject_fault(self._settings, self.stage, item.key)
         longest = max(len(t.text) for t in item.tasks)
         if longest > self._settings.max_question_chars:
             message = (
@@ -110,7 +158,9 @@ class Worker:
             self._error(f"work_item:{item.work_item_id}", "unreadable_image", str(exc), item)
             return None
         except S3Error as exc:
-            message = f"{exc.code}: {exc.message}"
+            if s3.transient_reason(exc):
+                raise
+            message = f"the object store refused to read the image ({exc.code})"
             self._error(f"work_item:{item.work_item_id}", "object_unavailable", message, item)
             return None
         try:
@@ -119,7 +169,7 @@ class Worker:
             self._error(f"work_item:{item.work_item_id}", "malformed_task", str(exc), item)
             return None
         response = self._call(images, instructions)
-        return _Pending(item, images, georef, instructions, response, span)
+        return _Pending(item, images, georef, response, span)
 
     def _read(self, item: WorkItem) -> tuple[list[np.ndarray], geo.GeoTile | None]:
         if item.frames:
@@ -138,23 +188,9 @@ class Worker:
         return self._app.infer.remote(images, instructions)
 
     def _finish(self, job: _Pending) -> None:
-        while True:
-            try:
-                answers = job.response.result(timeout_s=self._settings.inference_timeout_s)
-                break
-            except Exception as exc:
-                if job.attempt >= INFERENCE_ATTEMPTS:
-                    self._error(
-                        f"work_item:{job.item.work_item_id}",
-                        "inference_failed",
-                        f"{type(exc).__name__}: {exc}"[:2000],
-                        job.item,
-                    )
-                    return
-                log.warning("inference attempt %d failed (%s); retrying", job.attempt, exc)
-                time.sleep(2**job.attempt)
-                job.attempt += 1
-                job.response = self._call(job.images, job.instructions)
+        # A transient failure (Serve restarting, a timeout) propagates: the loop retries the
+        # batch, and items already stored are skipped as redeliveries.
+        answers = job.response.result(timeout_s=self._settings.inference_timeout_s)
         outcomes = [
             tasks.interpret(task, raw, job.item.tile)
             for task, raw in zip(job.item.tasks, answers, strict=True)
@@ -165,60 +201,17 @@ class Worker:
             outcomes = [clips.locate(o, frame_georef) for o in outcomes]
         with self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
+            status = catalog.asset_status(conn, job.item.asset_id)
         log.info(
             "work item %s of asset %s: %d result(s) stored",
             job.item.work_item_id,
             job.item.asset_id,
             written,
         )
-        self._finish_asset_if_done(job)
-
-    def _finish_asset_if_done(self, job: _Pending) -> None:
-        # Once the asset's last item is stored every copy of an object is there to compare. Two
-        # workers finishing together may both merge and draw: the result is the same.
-        item = job.item
-        with self._engine.begin() as conn:
-            if catalog.asset_status(conn, item.asset_id) != "done":
-                return
-            if item.scene is not None:
-                flagged = scenes.merge_duplicates(conn, item.asset_id)
-                log.info("asset %s: %d duplicate detection(s) flagged", item.asset_id, flagged)
-        self._write_preview(job)
-
-    def _write_preview(self, job: _Pending) -> None:
-        item = job.item
-        bucket, key = self._settings.derived_bucket, preview_key_for(item.asset_id)
-        max_side = self._settings.preview_max_side
-        try:
-            with self._engine.connect() as conn:
-                # a clip's preview is its first sampled frame, with that frame's boxes
-                first = catalog.clip_frames(conn, item.asset_id)[0] if item.frames else None
-                detections = catalog.kept_detections(
-                    conn, item.asset_id, frame_index=first["frame_index"] if first else None
-                )
-            if first is not None:
-                image = self._read_image(first["bucket"], first["object_key"], item)
-            elif item.scene is None:
-                # a plain image is planned as one whole-image tile: its pixels are in hand
-                image = job.images[0]
-            else:
-                with scenes.open_scene(self._store, self._settings, item.bucket, item.key) as ds:
-                    image = scenes.read_preview(ds, item.scene, max_side)
-            png = previews.render(
-                image, (item.image_width, item.image_height), detections, max_side
-            )
-            self._store.put_bytes(png, bucket, key, "image/png")
-        except Exception as exc:
-            # A preview is a by-product for dashboards: whatever breaks it is recorded against
-            # the asset, whose results are already stored and stay done.
-            message = f"{type(exc).__name__}: {exc}"[:2000]
-            self._error(
-                f"preview:{item.asset_id}", "preview_failed", message, asset_id=item.asset_id
-            )
-            return
-        with self._engine.begin() as conn:
-            catalog.set_preview(conn, item.asset_id, key)
-        log.info("asset %s: preview written to %s/%s", item.asset_id, bucket, key)
+        if status == "finishing":
+            # a plain image is planned as one whole-image tile: its pixels are in hand
+            image = job.images[0] if job.item.scene is None and not job.item.frames else None
+            self._finisher.finish(job.item.asset_id, image)
 
     def _error(
         self,
@@ -226,13 +219,10 @@ class Worker:
         kind: str,
         message: str,
         item: WorkItem | None = None,
-        asset_id: uuid.UUID | None = None,
     ) -> None:
-        """Record a failure of ``item`` (and its asset), or of the asset alone."""
+        """Record a failure of ``item`` (and its asset), or of a message that is no item."""
         log.warning("%s: %s: %s", source, kind, message)
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
-        if item is not None:
-            asset_id = item.asset_id
         with self._engine.begin() as conn:
             catalog.record_error(
                 conn,
@@ -240,23 +230,130 @@ class Worker:
                 stage="worker",
                 kind=kind,
                 message=message,
-                asset_id=asset_id,
+                asset_id=item.asset_id if item else None,
                 work_item_id=item.work_item_id if item else None,
             )
+
+
+class Finisher:
+    """An asset's last step, at least once: flag duplicate scene detections, write the preview,
+    then done (or error when an item failed)."""
+
+    def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = store
+
+    def finish(self, asset_id: uuid.UUID | None = None, image: np.ndarray | None = None) -> bool:
+        """Finish ``asset_id`` (or the finishing asset waiting longest); False when there is
+        none to take. ``image``: a plain image's pixels, when the caller has them.
+
+        Everything happens in one transaction holding the asset's row lock: a finisher that
+        dies releases the asset to the next sweep, and a transient failure leaves it finishing
+        for the next sweep too.
+        """
+        with self._engine.begin() as conn:
+            target = catalog.claim_finishing(conn, asset_id)
+            if target is None:
+                return False
+            preview_key = None
+            if target.scene is not None:
+                self._attempt(
+                    conn,
+                    target,
+                    "finish",
+                    "flagging duplicate detections",
+                    lambda: scenes.merge_duplicates(conn, target.asset_id),
+                )
+            if target.any_done:
+                preview_key = self._attempt(
+                    conn,
+                    target,
+                    "preview",
+                    "drawing the preview",
+                    lambda: self._write_preview(conn, target, image),
+                )
+            status = catalog.complete_finish(conn, target.asset_id, preview_key)
+        log.info("asset %s finished: %s, preview %s", target.asset_id, status, preview_key)
+        return True
+
+    def _attempt(
+        self,
+        conn: Connection,
+        target: catalog.FinishTarget,
+        step_name: str,
+        what: str,
+        step: Callable[[], T],
+    ) -> T | None:
+        """Run one finishing step; a failure that is not transient is recorded against the asset
+        as ``<step_name>_failed`` (its results are stored and stay), a transient one ends the
+        transaction for a retry."""
+        try:
+            with conn.begin_nested():
+                return step()
+        except Exception as exc:
+            if transient(exc, TRANSIENT_REASONS):
+                raise
+            if isinstance(exc, imagery.UnreadableImage | ObjectTooLarge | OSError):
+                message = f"{what}: {exc}"
+            elif isinstance(exc, S3Error):
+                message = f"{what}: the object store refused ({exc.code})"
+            else:
+                log.exception("asset %s: %s failed", target.asset_id, what)
+                message = f"{what} failed with an internal error ({type(exc).__name__})"
+            log.warning("asset %s: %s", target.asset_id, message)
+            catalog.record_error(
+                conn,
+                source=f"{step_name}:{target.asset_id}",
+                stage="worker",
+                kind=f"{step_name}_failed",
+                message=message,
+                asset_id=target.asset_id,
+            )
+            return None
+
+    def _write_preview(
+        self, conn: Connection, target: catalog.FinishTarget, image: np.ndarray | None
+    ) -> str:
+        max_side = self._settings.preview_max_side
+        whole = Tile(index=0, x=0, y=0, width=target.width, height=target.height)
+        if target.is_clip:
+            # a clip's preview is its first sampled frame, with that frame's boxes
+            first = catalog.clip_frames(conn, target.asset_id)[0]
+            detections = catalog.kept_detections(
+                conn, target.asset_id, frame_index=first["frame_index"]
+            )
+            image = self._read_image(first["bucket"], first["object_key"], whole)
+        elif target.scene is not None:
+            detections = catalog.kept_detections(conn, target.asset_id)
+            with scenes.open_scene(
+                self._store, self._settings, target.bucket, target.object_key
+            ) as dataset:
+                image = scenes.read_preview(dataset, target.scene, max_side)
+        else:
+            detections = catalog.kept_detections(conn, target.asset_id)
+            if image is None:
+                image = self._read_image(target.bucket, target.object_key, whole)
+        png = previews.render(image, (target.width, target.height), detections, max_side)
+        key = preview_key_for(target.asset_id)
+        self._store.put_bytes(png, self._settings.derived_bucket, key, "image/png")
+        return key
+
+    def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:
+        data = self._store.read(bucket, key, max_bytes=self._settings.max_object_bytes)
+        return imagery.read_tile(data, tile, max_pixels=self._settings.max_image_pixels)
 
 
 def main() -> None:
     settings = service_settings("skyeye-worker")
     assert settings.database_url is not None  # resolve() fills every endpoint
-    worker = Worker(
-        settings,
-        postgres.create_engine(settings.database_url),
-        ObjectStore(settings),
-        serve_adapter.handle(settings),
-    )
+    engine = postgres.create_engine(settings.database_url)
+    worker = Worker(settings, engine, ObjectStore(settings), serve_adapter.handle(settings))
     run_consumer(
-        worker.handle_batch,
+        worker,
         settings,
+        engine,
+        TRANSIENT_REASONS,
         settings.topic_work,
         settings.worker_group,
         max_poll_records=8,

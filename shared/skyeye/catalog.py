@@ -16,9 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from skyeye.contracts import ClipFrame, Task, WorkItem, WorkItemKind
+from skyeye.contracts import ClipFrame, ScenePlan, Task, WorkItem, WorkItemKind
 
 TERMINAL_ASSET_STATES = frozenset({"done", "error"})
+# (west, south, east, north) in degrees; west > east when the box crosses the antimeridian
+LonLatBox = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,8 @@ class FrameRecord:
     frame: ClipFrame
     sampled_by: str
     scene_score: float | None = None
-    footprint: dict[str, Any] | None = None  # GeoJSON Polygon, EPSG:4326
-    lon_lat_bbox: tuple[float, float, float, float] | None = None
+    footprint: dict[str, Any] | None = None  # GeoJSON (Multi)Polygon, EPSG:4326
+    lon_lat_bbox: LonLatBox | None = None
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ class Detection:
     x2: float
     y2: float
     box_0_100: tuple[int, int, int, int] = (0, 0, 100, 100)
-    footprint: dict[str, Any] | None = None  # GeoJSON Polygon, EPSG:4326
-    lon_lat_bbox: tuple[float, float, float, float] | None = None  # west, south, east, north
+    footprint: dict[str, Any] | None = None  # GeoJSON (Multi)Polygon, EPSG:4326
+    lon_lat_bbox: LonLatBox | None = None
     centrality: float | None = None  # 1 centred in its tile, 0 on the tile's edge
 
 
@@ -144,9 +146,9 @@ def record_clip(
         conn.execute(
             sa.text(
                 "INSERT INTO clip_frames (asset_id, frame_index, time_s, sampled_by, scene_score,"
-                " bucket, object_key, footprint, lon_lat_bbox) VALUES (:aid, :index, :time_s,"
-                " :sampled_by, :score, :bucket, :key, CAST(:footprint AS jsonb),"
-                " CAST(:bbox AS box)) ON CONFLICT DO NOTHING"
+                " bucket, object_key, footprint, lon_lat_bbox, bbox) VALUES (:aid, :index,"
+                " :time_s, :sampled_by, :score, :bucket, :key, CAST(:footprint AS jsonb),"
+                " CAST(:box AS box), :bbox) ON CONFLICT DO NOTHING"
             ),
             {
                 "aid": asset_id,
@@ -157,7 +159,8 @@ def record_clip(
                 "bucket": record.frame.bucket,
                 "key": record.frame.key,
                 "footprint": None if record.footprint is None else json.dumps(record.footprint),
-                "bbox": _box_literal(record.lon_lat_bbox),
+                "box": _box_literal(record.lon_lat_bbox),
+                "bbox": _bbox_array(record.lon_lat_bbox),
             },
         )
 
@@ -168,12 +171,12 @@ class Georeference:
     box for a placed clip, everything for a scene."""
 
     crs: str | None = None
-    lon_lat_bbox: tuple[float, float, float, float] | None = None
+    lon_lat_bbox: LonLatBox | None = None
     transform: tuple[float, float, float, float, float, float] | None = None
     bands: list[dict[str, object]] | None = None
 
 
-def mark_planned(
+def describe_asset(
     conn: Connection,
     asset_id: uuid.UUID,
     media_format: str,
@@ -181,15 +184,17 @@ def mark_planned(
     height: int,
     tiles: int,
     georef: Georeference | None = None,
+    scene: ScenePlan | None = None,
 ) -> None:
-    """Close planning once every work item is published."""
+    """Record what planning found out about the asset (format, size, place, how its scene is
+    read); its status is left as it is."""
     georef = georef or Georeference()
     conn.execute(
         sa.text(
-            "UPDATE assets SET status = 'planned', media_format = :fmt, width = :w, height = :h,"
-            " tiles_planned = :n, crs = :crs, lon_lat_bbox = CAST(:bbox AS box),"
+            "UPDATE assets SET media_format = :fmt, width = :w, height = :h,"
+            " tiles_planned = :n, crs = :crs, lon_lat_bbox = CAST(:box AS box), bbox = :bbox,"
             " transform = :transform, bands = CAST(:bands AS jsonb),"
-            " updated_at = now() WHERE asset_id = :id AND status = 'registered'"
+            " scene_plan = CAST(:scene AS jsonb), updated_at = now() WHERE asset_id = :id"
         ),
         {
             "fmt": media_format,
@@ -197,13 +202,26 @@ def mark_planned(
             "h": height,
             "n": tiles,
             "crs": georef.crs,
-            "bbox": _box_literal(georef.lon_lat_bbox),
+            "box": _box_literal(georef.lon_lat_bbox),
+            "bbox": _bbox_array(georef.lon_lat_bbox),
             "transform": list(georef.transform) if georef.transform else None,
             "bands": json.dumps(georef.bands) if georef.bands is not None else None,
+            "scene": scene.model_dump_json() if scene is not None else None,
             "id": asset_id,
         },
     )
-    # workers may already have finished every item (or a scene had no tile with data)
+
+
+def mark_planned(conn: Connection, asset_id: uuid.UUID) -> None:
+    """Close planning once every work item is published."""
+    conn.execute(
+        sa.text(
+            "UPDATE assets SET status = 'planned', updated_at = now()"
+            " WHERE asset_id = :id AND status = 'registered'"
+        ),
+        {"id": asset_id},
+    )
+    # workers may already have finished every item
     _settle_asset(conn, asset_id)
 
 
@@ -218,7 +236,10 @@ def record_error(
     work_item_id: uuid.UUID | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Record a failure once per (source, stage) and mark what it failed as errored."""
+    """Record a failure once per (source, stage) and mark what it failed as errored.
+
+    An asset that is finishing keeps its state: finishing decides between done and error.
+    """
     conn.execute(
         sa.text(
             "INSERT INTO errors (source, stage, kind, message, asset_id, work_item_id, detail)"
@@ -248,7 +269,7 @@ def record_error(
         conn.execute(
             sa.text(
                 "UPDATE assets SET status = 'error', updated_at = now()"
-                " WHERE asset_id = :id AND status NOT IN ('done', 'error')"
+                " WHERE asset_id = :id AND status NOT IN ('finishing', 'done', 'error')"
             ),
             {"id": asset_id},
         )
@@ -293,9 +314,9 @@ def store_results(
             conn.execute(
                 sa.text(
                     "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2,"
-                    " footprint, lon_lat_bbox, centrality) VALUES (:rid, :aid, :label, :ordinal,"
-                    " :x1, :y1, :x2, :y2, CAST(:footprint AS jsonb), CAST(:bbox AS box),"
-                    " :centrality)"
+                    " footprint, lon_lat_bbox, bbox, centrality) VALUES (:rid, :aid, :label,"
+                    " :ordinal, :x1, :y1, :x2, :y2, CAST(:footprint AS jsonb), CAST(:box AS box),"
+                    " :bbox, :centrality)"
                 ),
                 {
                     "rid": result_id,
@@ -307,7 +328,8 @@ def store_results(
                     "x2": det.x2,
                     "y2": det.y2,
                     "footprint": None if det.footprint is None else json.dumps(det.footprint),
-                    "bbox": _box_literal(det.lon_lat_bbox),
+                    "box": _box_literal(det.lon_lat_bbox),
+                    "bbox": _bbox_array(det.lon_lat_bbox),
                     "centrality": det.centrality,
                 },
             )
@@ -360,14 +382,6 @@ def kept_detections(
     return [Detection(row.label, row.x1, row.y1, row.x2, row.y2) for row in rows]
 
 
-def set_preview(conn: Connection, asset_id: uuid.UUID, key: str) -> None:
-    """Record where the asset's preview PNG is (a key in the derived bucket)."""
-    conn.execute(
-        sa.text("UPDATE assets SET preview_key = :key, updated_at = now() WHERE asset_id = :id"),
-        {"id": asset_id, "key": key},
-    )
-
-
 def flag_duplicates(conn: Connection, asset_id: uuid.UUID, keep: Sequence[int]) -> int:
     """Flag every detection of the asset not in ``keep``; returns how many are duplicates."""
     return (
@@ -384,24 +398,96 @@ def flag_duplicates(conn: Connection, asset_id: uuid.UUID, keep: Sequence[int]) 
     )
 
 
-def _box_literal(bbox: tuple[float, float, float, float] | None) -> str | None:
-    return None if bbox is None else "(({}, {}), ({}, {}))".format(*bbox)
+def _box_literal(bbox: LonLatBox | None) -> str | None:
+    """The GiST-indexed box of a lon/lat box: a box cannot cross the antimeridian, so a crossing
+    one becomes the band of every longitude between its latitudes (an index may over-select;
+    it never misses)."""
+    if bbox is None:
+        return None
+    west, south, east, north = bbox
+    if west > east:
+        west, east = -180.0, 180.0
+    return f"(({west}, {south}), ({east}, {north}))"
+
+
+def _bbox_array(bbox: LonLatBox | None) -> list[float] | None:
+    return None if bbox is None else [float(v) for v in bbox]
 
 
 def _settle_asset(conn: Connection, asset_id: uuid.UUID | None) -> None:
-    """Close a planned asset once none of its work items is still queued."""
+    """Move a planned asset on to finishing once none of its work items is still queued."""
     if asset_id is None:
         return
     conn.execute(
         sa.text(
-            "UPDATE assets a SET updated_at = now(), status = CASE WHEN EXISTS ("
-            "  SELECT 1 FROM work_items w WHERE w.asset_id = a.asset_id AND w.status = 'error')"
-            "  THEN 'error' ELSE 'done' END"
+            "UPDATE assets a SET updated_at = now(), status = 'finishing'"
             " WHERE a.asset_id = :id AND a.status = 'planned' AND NOT EXISTS ("
             "  SELECT 1 FROM work_items w WHERE w.asset_id = a.asset_id AND w.status = 'queued')"
         ),
         {"id": asset_id},
     )
+
+
+@dataclass(frozen=True)
+class FinishTarget:
+    """An asset whose work has ended and whose last step is to do, as finishing needs it."""
+
+    asset_id: uuid.UUID
+    bucket: str
+    object_key: str
+    width: int
+    height: int
+    scene: ScenePlan | None
+    is_clip: bool
+    # whether any work item stored results: a preview of nothing is not drawn
+    any_done: bool
+
+
+def claim_finishing(conn: Connection, asset_id: uuid.UUID | None = None) -> FinishTarget | None:
+    """Lock one finishing asset (``asset_id``, or the one waiting longest) for this transaction;
+    None when there is none that another transaction is not finishing already.
+
+    The row lock is the claim: if the process finishing it dies, its connection closes, the
+    lock goes with it and the next sweep takes the asset over.
+    """
+    row = conn.execute(
+        sa.text(
+            "SELECT a.asset_id, a.bucket, a.object_key, a.width, a.height, a.scene_plan,"
+            " a.duration_s IS NOT NULL AS is_clip,"
+            " EXISTS (SELECT 1 FROM work_items w WHERE w.asset_id = a.asset_id"
+            "   AND w.status = 'done') AS any_done"
+            " FROM assets a WHERE a.status = 'finishing'"
+            " AND (CAST(:id AS uuid) IS NULL OR a.asset_id = CAST(:id AS uuid))"
+            " ORDER BY a.updated_at LIMIT 1 FOR UPDATE OF a SKIP LOCKED"
+        ),
+        {"id": asset_id},
+    ).one_or_none()
+    if row is None:
+        return None
+    return FinishTarget(
+        asset_id=row.asset_id,
+        bucket=row.bucket,
+        object_key=row.object_key,
+        width=row.width,
+        height=row.height,
+        scene=None if row.scene_plan is None else ScenePlan.model_validate(row.scene_plan),
+        is_clip=row.is_clip,
+        any_done=row.any_done,
+    )
+
+
+def complete_finish(conn: Connection, asset_id: uuid.UUID, preview_key: str | None) -> str:
+    """End finishing: done, or error when a work item failed; returns the status set."""
+    return conn.execute(
+        sa.text(
+            "UPDATE assets a SET updated_at = now(),"
+            " preview_key = COALESCE(:key, a.preview_key), status = CASE WHEN EXISTS ("
+            "  SELECT 1 FROM work_items w WHERE w.asset_id = a.asset_id AND w.status = 'error')"
+            "  THEN 'error' ELSE 'done' END"
+            " WHERE a.asset_id = :id AND a.status = 'finishing' RETURNING a.status"
+        ),
+        {"id": asset_id, "key": preview_key},
+    ).scalar_one()
 
 
 def asset_states(conn: Connection, asset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
@@ -484,7 +570,8 @@ def counts(conn: Connection) -> dict[str, int]:
             " (SELECT count(*) FROM results) AS results,"
             " (SELECT count(*) FROM detections) AS detections,"
             " (SELECT count(*) FROM assets WHERE preview_key IS NOT NULL) AS previews,"
-            " (SELECT count(*) FROM errors) AS errors"
+            " (SELECT count(*) FROM errors) AS errors,"
+            " (SELECT count(*) FROM dead_letters) AS dead_letters"
         )
     ).one()
     return dict(row._mapping)
@@ -495,8 +582,7 @@ def stac_asset(conn: Connection, asset_id: uuid.UUID) -> dict[str, Any] | None:
     with its lon/lat box as [west, south, east, north]; None if unknown."""
     row = conn.execute(
         sa.text(
-            f"SELECT a.*, {_bounds('a.lon_lat_bbox')} AS lon_lat_bounds"
-            " FROM assets a WHERE a.asset_id = :id"
+            f"SELECT a.*, {_bounds('a')} AS lon_lat_bounds FROM assets a WHERE a.asset_id = :id"
         ),
         {"id": asset_id},
     ).one_or_none()
@@ -510,7 +596,7 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
         sa.text(
             "SELECT d.detection_id, d.label, d.x1, d.y1, d.x2, d.y2, d.footprint, d.duplicate,"
             " d.centrality, r.task_kind, r.model, w.tile_index,"
-            f" {_bounds('d.lon_lat_bbox')} AS lon_lat_bounds"
+            f" {_bounds('d')} AS lon_lat_bounds"
             " FROM detections d JOIN results r USING (result_id)"
             " JOIN work_items w ON w.work_item_id = r.work_item_id"
             " WHERE d.asset_id = :id ORDER BY w.tile_index, r.result_id, d.ordinal"
@@ -520,10 +606,180 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
     return [dict(row._mapping) for row in rows]
 
 
-def _bounds(box: str) -> str:
-    """SQL for a box column as [west, south, east, north], NULL for a NULL box."""
-    # PostgreSQL keeps a box's points as (upper right, lower left)
+def _bounds(table: str) -> str:
+    """SQL for a row's lon/lat bounds as [west, south, east, north] (west > east across the
+    antimeridian), NULL when it has none."""
+    # rows written before the bbox column existed have only the box, which PostgreSQL keeps as
+    # (upper right, lower left) and which never crosses
+    box = f"{table}.lon_lat_bbox"
     return (
-        f"CASE WHEN {box} IS NOT NULL THEN"
-        f" ARRAY[({box}[1])[0], ({box}[1])[1], ({box}[0])[0], ({box}[0])[1]] END"
+        f"COALESCE({table}.bbox, CASE WHEN {box} IS NOT NULL THEN"
+        f" ARRAY[({box}[1])[0], ({box}[1])[1], ({box}[0])[0], ({box}[0])[1]] END)"
     )
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """A message a consumer gave up on, as the dead-letter table keeps it."""
+
+    dead_letter_id: uuid.UUID
+    stage: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    payload: bytes
+    headers: list[tuple[str, bytes]]
+    kind: str
+    message: str
+    asset_id: uuid.UUID | None = None
+    work_item_id: uuid.UUID | None = None
+    dlq_partition: int | None = None
+    dlq_offset: int | None = None
+
+
+def existing(
+    conn: Connection, asset_id: uuid.UUID | None, work_item_id: uuid.UUID | None
+) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """``asset_id`` and ``work_item_id``, each kept only if the catalog has it (an error row
+    may only name what exists)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT EXISTS (SELECT 1 FROM assets WHERE asset_id = CAST(:a AS uuid)) AS asset,"
+            " EXISTS (SELECT 1 FROM work_items WHERE work_item_id = CAST(:w AS uuid)) AS item"
+        ),
+        {"a": asset_id, "w": work_item_id},
+    ).one()
+    return (asset_id if row.asset else None, work_item_id if row.item else None)
+
+
+def record_dead_letter(conn: Connection, letter: DeadLetterRecord) -> bool:
+    """Index a dead letter; False if this message was dead-lettered before (a redelivery)."""
+    return (
+        conn.execute(
+            sa.text(
+                'INSERT INTO dead_letters (dead_letter_id, stage, topic, partition, "offset",'
+                " message_key, payload, headers, kind, message, asset_id, work_item_id,"
+                " dlq_partition, dlq_offset) VALUES (:id, :stage, :topic, :partition, :offset,"
+                " :key, :payload, CAST(:headers AS jsonb), :kind, :message, :asset_id,"
+                " :work_item_id, :dlq_partition, :dlq_offset)"
+                " ON CONFLICT DO NOTHING RETURNING 1"
+            ),
+            {
+                "id": letter.dead_letter_id,
+                "stage": letter.stage,
+                "topic": letter.topic,
+                "partition": letter.partition,
+                "offset": letter.offset,
+                "key": letter.key,
+                "payload": letter.payload,
+                "headers": json.dumps([[k, v.hex()] for k, v in letter.headers]),
+                "kind": letter.kind,
+                "message": letter.message,
+                "asset_id": letter.asset_id,
+                "work_item_id": letter.work_item_id,
+                "dlq_partition": letter.dlq_partition,
+                "dlq_offset": letter.dlq_offset,
+            },
+        ).scalar_one_or_none()
+        is not None
+    )
+
+
+def dead_letters(conn: Connection) -> list[DeadLetterRecord | Any]:
+    """Every dead letter, oldest first, with when it was made and replayed (rows with the
+    :class:`DeadLetterRecord` fields plus ``created_at``, ``replays``, ``replayed_at``)."""
+    rows = conn.execute(
+        sa.text(
+            'SELECT dead_letter_id, stage, topic, partition, "offset", message_key, payload,'
+            " headers, kind, message, asset_id, work_item_id, dlq_partition, dlq_offset,"
+            " created_at, replays, replayed_at FROM dead_letters ORDER BY created_at,"
+            " dead_letter_id"
+        )
+    )
+    return [row for row in rows]
+
+
+def dead_letter(conn: Connection, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:
+    """One dead letter by id, as it was recorded."""
+    row = conn.execute(
+        sa.text(
+            'SELECT dead_letter_id, stage, topic, partition, "offset", message_key, payload,'
+            " headers, kind, message, asset_id, work_item_id, dlq_partition, dlq_offset"
+            " FROM dead_letters WHERE dead_letter_id = :id"
+        ),
+        {"id": dead_letter_id},
+    ).one_or_none()
+    if row is None:
+        return None
+    return DeadLetterRecord(
+        dead_letter_id=row.dead_letter_id,
+        stage=row.stage,
+        topic=row.topic,
+        partition=row.partition,
+        offset=row.offset,
+        key=None if row.message_key is None else bytes(row.message_key),
+        payload=bytes(row.payload),
+        headers=[(k, bytes.fromhex(v)) for k, v in row.headers],
+        kind=row.kind,
+        message=row.message,
+        asset_id=row.asset_id,
+        work_item_id=row.work_item_id,
+        dlq_partition=row.dlq_partition,
+        dlq_offset=row.dlq_offset,
+    )
+
+
+def mark_replayed(conn: Connection, dead_letter_id: uuid.UUID) -> None:
+    conn.execute(
+        sa.text(
+            "UPDATE dead_letters SET replays = replays + 1, replayed_at = now()"
+            " WHERE dead_letter_id = :id"
+        ),
+        {"id": dead_letter_id},
+    )
+
+
+def reopen(conn: Connection, asset_id: uuid.UUID | None, work_item_id: uuid.UUID | None) -> None:
+    """Undo what a dead letter ended, so that its replay is handled again: a failed work item
+    is queued again (and its asset planned again), an asset whose planning failed is
+    registered again. Anything that has moved on since is left alone, so a redelivered replay
+    reopens nothing twice."""
+    if work_item_id is not None:
+        reopened = conn.execute(
+            sa.text(
+                "UPDATE work_items SET status = 'queued', completed_at = NULL"
+                " WHERE work_item_id = :id AND status = 'error' RETURNING asset_id"
+            ),
+            {"id": work_item_id},
+        ).scalar_one_or_none()
+        if reopened is not None:
+            conn.execute(
+                sa.text(
+                    "UPDATE assets SET status = 'planned', updated_at = now()"
+                    " WHERE asset_id = :id AND status IN ('finishing', 'done', 'error')"
+                ),
+                {"id": reopened},
+            )
+        return
+    if asset_id is not None:
+        conn.execute(
+            sa.text(
+                "UPDATE assets SET status = 'registered', updated_at = now()"
+                " WHERE asset_id = :id AND status = 'error'"
+            ),
+            {"id": asset_id},
+        )
+
+
+def known_objects(conn: Connection, object_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which object versions (by :func:`skyeye.contracts.asset_id_for`) the pipeline has seen:
+    registered as assets, or dead-lettered before they could be."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT asset_id FROM assets WHERE asset_id = ANY(:ids)"
+            " UNION SELECT asset_id FROM dead_letters WHERE asset_id = ANY(:ids)"
+        ),
+        {"ids": list(object_ids)},
+    )
+    return {row.asset_id for row in rows}

@@ -30,6 +30,7 @@ from pydantic import (
 __all__ = [
     "MAX_CLIP_FRAMES",
     "ClipFrame",
+    "DeadLetterHeader",
     "EventRecord",
     "FrameGeoref",
     "InvalidEvent",
@@ -41,8 +42,10 @@ __all__ = [
     "WorkItem",
     "WorkItemKind",
     "asset_id_for",
+    "dead_letter_id_for",
     "first_error",
     "minio_created_event",
+    "object_key_problem",
     "preview_key_for",
     "work_item_id_for",
 ]
@@ -50,6 +53,9 @@ __all__ = [
 # Fixed namespace: asset ids are a pure function of the object version, so the same object
 # version always maps to the same asset, whichever process sees it first.
 _ASSET_NAMESPACE = uuid.UUID("5b0f6a53-6c1e-4b55-9d53-3f5d2b8f0a11")
+
+# S3's own limit on an object key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
 
 # The clip caption shows the model every sampled frame at once: 12 frames of 256 image tokens
 # plus the prompt still fit Llama-2's 4,096-token context.
@@ -257,6 +263,45 @@ def first_error(exc: ValidationError, whole: str) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or whole
     return f"{where}: {first['msg']}"
+
+
+class DeadLetterHeader(StrEnum):
+    """Kafka headers a consumer adds to the copy of a message it gives up on, on the
+    dead-letter topic (after the original headers, which it keeps), and the one a replay adds."""
+
+    ID = "skyeye-dead-letter-id"
+    STAGE = "skyeye-error-stage"
+    KIND = "skyeye-error-kind"
+    MESSAGE = "skyeye-error-message"
+    TOPIC = "skyeye-original-topic"
+    PARTITION = "skyeye-original-partition"
+    OFFSET = "skyeye-original-offset"
+    FAILED_AT = "skyeye-failed-at"
+    # on a message re-published by `skyeye dlq replay`: the dead letter it replays
+    REPLAY_OF = "skyeye-replay-of"
+
+
+_DEAD_LETTER_NAMESPACE = uuid.UUID("0c5e2f7a-9b1d-4e36-8a43-6f2d9e1b7c55")
+
+
+def dead_letter_id_for(topic: str, partition: int, offset: int) -> uuid.UUID:
+    """One id per message, so a poison message redelivered after a crash is one dead letter."""
+    return uuid.uuid5(_DEAD_LETTER_NAMESPACE, f"{topic}/{partition}/{offset}")
+
+
+def object_key_problem(key: str) -> str | None:
+    """Why an object key is refused, or None. Keys become log lines, rows and later file names,
+    so the planner, the reconciler and ``skyeye ingest`` refuse the same keys for the same
+    reason."""
+    if not key:
+        return "the object key is empty"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        return f"the object key is longer than {MAX_KEY_BYTES} bytes (S3's limit)"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "the object key contains control characters"
+    if key.startswith("/") or any(part in {"", ".", ".."} for part in key.split("/")):
+        return "the object key has an empty, '.' or '..' path segment"
+    return None
 
 
 def asset_id_for(bucket: str, key: str, version: str | None) -> uuid.UUID:

@@ -80,6 +80,36 @@ class ClipSettings(BaseModel):
     )
 
 
+class RetrySettings(BaseModel):
+    """How a consumer retries a message that failed for a transient reason (S3, PostgreSQL,
+    Kafka or Serve unavailable or timing out) before it dead-letters it. The offset is held
+    meanwhile, so the backoff's sum must stay well below Kafka's max.poll.interval (300 s)."""
+
+    attempts: int = Field(10, ge=1, description="tries of one message, the first included")
+    initial_backoff_s: float = Field(0.5, gt=0)
+    max_backoff_s: float = Field(15.0, gt=0)
+
+    def backoff_s(self, attempt: int) -> float:
+        """The wait after failed try number ``attempt`` (1-based): doubling, capped."""
+        return min(self.initial_backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+
+
+class ReconcilerSettings(BaseModel):
+    """The reconciler lists the ingest bucket and announces objects that have no asset: objects
+    written by any S3 client, and those whose notification was lost."""
+
+    interval_s: float = Field(10.0, gt=0, description="seconds between two listings")
+    min_age_s: float = Field(
+        5.0,
+        ge=0,
+        description="objects younger than this are left to their own notification, which is "
+        "most likely still on its way",
+    )
+    prefixes: list[str] = Field(
+        default_factory=lambda: [""], description="key prefixes to list; [''] = the whole bucket"
+    )
+
+
 class Settings(BaseSettings):
     # A variable set but empty (`SKYEYE_MODEL_DIR= skyeye ...`) means "unset", not "." or "".
     model_config = SettingsConfigDict(
@@ -113,6 +143,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(None, description="host:port[,...]; unset = embedded")
     topic_events: str = "skyeye.object-events"
     topic_work: str = "skyeye.work-items"
+    topic_dead_letter: str = Field(
+        "skyeye.dead-letter",
+        description="copies of the messages a consumer gave up on, with the error in headers",
+    )
     topic_partitions: int = Field(2, ge=1)
     planner_group: str = "skyeye-planner"
     worker_group: str = "skyeye-worker"
@@ -141,6 +175,21 @@ class Settings(BaseSettings):
     encoder: DeploymentSettings = DeploymentSettings()
     decoder: DeploymentSettings = DeploymentSettings(max_batch_size=8)
     inference_timeout_s: float = Field(300.0, gt=0)
+
+    # --- reliability ---
+    retry: RetrySettings = RetrySettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
+    finish_sweep_s: float = Field(
+        2.0,
+        gt=0,
+        description="how often an idle worker looks for assets whose last step (duplicate "
+        "flags, preview) is still to do, e.g. after the worker doing it was killed",
+    )
+    fault_file: Path | None = Field(
+        None,
+        description="test hook: a JSON file {\"planner\": [...], \"worker\": [...]} of object "
+        "key substrings whose messages make that consumer raise an unexpected exception",
+    )
 
     # --- model ---
     model_dir: Path | None = Field(

@@ -69,10 +69,11 @@ def plan_forged(conn: sa.Connection, items: Sequence[WorkItem], media_format: st
             event_time=None,
         ),
     )
-    catalog.add_work_items(conn, first.asset_id, items)
-    catalog.mark_planned(
+    catalog.describe_asset(
         conn, first.asset_id, media_format, first.image_width, first.image_height, len(items)
     )
+    catalog.add_work_items(conn, first.asset_id, items)
+    catalog.mark_planned(conn, first.asset_id)
 
 
 def preview(pipeline: Pipeline, asset_id: uuid.UUID) -> Image.Image:

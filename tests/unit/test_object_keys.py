@@ -1,11 +1,11 @@
 import pytest
 
-from skyeye.services.planner import _key_problem
+from skyeye.contracts import object_key_problem
 
 
 @pytest.mark.parametrize("key", ["a.jpg", "scenes/2026/11/26/S2B.tif", "with space/ü.png"])
 def test_ordinary_keys_pass(key: str) -> None:
-    assert _key_problem(key) is None
+    assert object_key_problem(key) is None
 
 
 @pytest.mark.parametrize(
@@ -20,5 +20,5 @@ def test_ordinary_keys_pass(key: str) -> None:
     ],
 )
 def test_hostile_keys_are_refused(key: str, why: str) -> None:
-    problem = _key_problem(key)
+    problem = object_key_problem(key)
     assert problem is not None and why in problem

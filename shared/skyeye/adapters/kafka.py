@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from skyeye import telemetry
 from skyeye.settings import Settings
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """Why the broker is unreachable when ``exc`` says so (worth a retry), else None."""
+    if isinstance(exc, KafkaError) and exc.retriable:
+        return f"the Kafka broker is unavailable ({type(exc).__name__})"
+    return None
 
 
 def _bootstrap(settings: Settings) -> list[str]:
@@ -112,24 +117,3 @@ def lag(settings: Settings, topic: str, group: str, timeout_s: float = 10.0) -> 
         return sum(probe.highwater(tp) - committed[tp] for tp in tps)
     finally:
         probe.close()
-
-
-def consume(
-    consumer_: KafkaConsumer,
-    handle_batch: Callable[[list[ConsumerRecord]], None],
-    stop: threading.Event,
-    poll_timeout_ms: int = 500,
-) -> None:
-    """Poll, hand each batch to ``handle_batch``, then commit: at-least-once delivery.
-
-    If ``handle_batch`` raises, nothing of that batch is committed and the error propagates, so
-    the process dies and a restart redelivers the batch (handlers are idempotent).
-    """
-    while not stop.is_set():
-        polled = consumer_.poll(timeout_ms=poll_timeout_ms)
-        records = [r for batch in polled.values() for r in batch]
-        if not records:
-            continue
-        records.sort(key=lambda r: (r.partition, r.offset))
-        handle_batch(records)
-        consumer_.commit()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import sqlalchemy as sa
+import sqlalchemy.exc
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,17 @@ class Migration:
 
 class MigrationError(RuntimeError):
     pass
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """Why the database is unreachable when ``exc`` says so (worth a retry), else None."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return "the database connection was lost"
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return "the database is unavailable"
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return "no database connection was free in time"
+    return None
 
 
 def create_engine(url: str) -> Engine:

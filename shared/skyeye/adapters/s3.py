@@ -4,18 +4,46 @@ from __future__ import annotations
 
 import io
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+import urllib3.exceptions
 from minio import Minio
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 
 from skyeye.settings import Settings
 
 
 class ObjectTooLarge(ValueError):
     pass
+
+
+# S3 error codes that say "try again later", not "this request is wrong".
+_RETRY_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "XMinioServerNotInitialized",
+    }
+)
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """What is unavailable when ``exc`` says the object store is down or overloaded (worth a
+    retry), else None."""
+    if isinstance(exc, S3Error) and exc.code in _RETRY_CODES:
+        return f"the object store answered {exc.code}"
+    if isinstance(exc, ServerError) and exc.status_code >= 500:
+        return f"the object store answered HTTP {exc.status_code}"
+    if isinstance(exc, InvalidResponseError):
+        return "the object store sent an invalid response"
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return "the object store did not answer"
+    return None
 
 
 @dataclass(frozen=True)
@@ -27,6 +55,17 @@ class StoredObject:
     size: int
     content_type: str
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object as a bucket listing shows it (the current version where there are several)."""
+
+    key: str
+    etag: str  # without the quotes S3 puts around it
+    version_id: str | None
+    size: int
+    last_modified: datetime  # the store's clock, UTC
 
 
 class ObjectStore:
@@ -105,6 +144,63 @@ class ObjectStore:
             return self.open(bucket, key)
 
         return open_
+
+    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ListedObject]:
+        """Every object whose key starts with ``prefix``, in key order, fetched a page (1,000
+        keys) at a time as the caller iterates, so a bucket of any size streams through in
+        constant memory. In a versioned bucket, only each key's current version (never older
+        versions or delete markers), with its version id."""
+        versioning = self._client.get_bucket_versioning(bucket).status
+        versioned = versioning in {"Enabled", "Suspended"}
+        for obj in self._client.list_objects(
+            bucket, prefix=prefix or None, recursive=True, include_version=versioned
+        ):
+            if obj.is_dir or obj.is_delete_marker or obj.object_name is None:
+                continue
+            if versioned and obj.is_latest != "true":
+                continue
+            yield ListedObject(
+                key=obj.object_name,
+                etag=(obj.etag or "").strip('"'),
+                version_id=_version_id(obj.version_id),
+                size=obj.size or 0,
+                last_modified=obj.last_modified or datetime.min.replace(tzinfo=UTC),
+            )
+
+    def stat(self, bucket: str, key: str, version_id: str | None = None) -> StoredObject | None:
+        """The object's (or that version's) size, eTag, content type and user metadata; None
+        when it no longer exists."""
+        try:
+            info = self._client.stat_object(bucket, key, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in _GONE_CODES:
+                return None
+            raise
+        metadata = {
+            name.lower().removeprefix(_USER_META): value
+            for name, value in (info.metadata or {}).items()
+            if name.lower().startswith(_USER_META)
+        }
+        return StoredObject(
+            bucket=bucket,
+            key=key,
+            etag=(info.etag or "").strip('"'),
+            version_id=_version_id(info.version_id),
+            size=info.size or 0,
+            content_type=info.content_type or "",
+            metadata=metadata,
+        )
+
+
+# S3 error codes that say the object (version) is not there.
+_GONE_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchVersion", "ResourceNotFound"})
+_USER_META = "x-amz-meta-"
+
+
+def _version_id(raw: str | None) -> str | None:
+    """A version id as MinIO's notifications give it: objects written while versioning was
+    off or suspended are listed as version "null", and their events carry no version id."""
+    return None if raw in (None, "", "null") else raw
 
 
 class _RangeReader(io.RawIOBase):
