@@ -167,21 +167,13 @@ class Planner:
         except geo.InvalidGeoreference as exc:
             self._error(source, "invalid_georeference", str(exc), asset_id=asset_id)
             return
+        except scenes.NoData as exc:
+            self._error(source, "no_data", str(exc), asset_id=asset_id)
+            return
         except S3Error as exc:
             if s3.transient_reason(exc):
                 raise
             self._error(source, "object_unavailable", _s3_problem(exc), asset_id)
-            return
-        if not layout.tiles:
-            # only a scene can plan no tile: every tile's pixels are nodata
-            with self._engine.begin() as conn:
-                self._describe(conn, asset_id, layout)
-            self._error(
-                source,
-                "no_data",
-                "every pixel of the scene is nodata (masked): there is nothing to analyse",
-                asset_id,
-            )
             return
         items = [
             WorkItem(
@@ -303,17 +295,7 @@ class Planner:
             Tile(index=i, x=0, y=0, width=info.width, height=info.height)
             for i in range(len(records))
         ]
-        boxes = [r.lon_lat_bbox for r in records if r.lon_lat_bbox]
-        bbox = (
-            (
-                min(b[0] for b in boxes),
-                min(b[1] for b in boxes),
-                max(b[2] for b in boxes),
-                max(b[3] for b in boxes),
-            )
-            if boxes
-            else None
-        )
+        bbox = geo.union_bbox(r.lon_lat_bbox for r in records if r.lon_lat_bbox)
         return _Layout(
             info.media_format,
             info.width,

@@ -22,6 +22,10 @@ Decisions, documented once here:
   texture stays far lower, because the thumbnail averages it away.
 - **Sidecar** (``<clip key>.geo.json``): per-frame camera footprint corners in lon/lat, or an
   affine transform in a CRS; a sampled frame takes the entry nearest its time (see the README).
+  Corners either side of the antimeridian are read the short way across it (179.9 then -179.9
+  is 0.2 degrees wide), and the footprint is split there like any other (:mod:`skyeye.geo`). A
+  transform that gives the frame no area on the ground is refused when the sidecar is parsed; a
+  frame whose CRS cannot be put on the globe raises :class:`skyeye.geo.InvalidGeoreference`.
 """
 
 from __future__ import annotations
@@ -313,8 +317,20 @@ def end_time(start: datetime | None, info: ClipInfo) -> datetime | None:
     return None if start is None else start + timedelta(seconds=info.duration_s)
 
 
+# A transform whose columns are this close to parallel, relative to their size, maps the frame
+# onto a line: no footprint.
+_MIN_AREA_RATIO = 1e-12
+
+
+def _unwrapped(corners: tuple[tuple[float, float], ...]) -> list[tuple[float, float]]:
+    """The corners with each longitude the short way from the first's: across the antimeridian
+    179.9 and -179.9 become 179.9 and 180.1."""
+    lon0 = corners[0][0]
+    return [(lon + 360 * round((lon0 - lon) / 360), lat) for lon, lat in corners]
+
+
 class _SidecarEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     t: float = Field(0.0, ge=0, description="seconds from the clip's start")
     # top-left, top-right, bottom-right, bottom-left corner of the frame, each (lon, lat)
@@ -337,7 +353,7 @@ class _SidecarEntry(BaseModel):
                 if not (-180 <= lon <= 180 and -90 <= lat <= 90):
                     raise ValueError(f"corner ({lon}, {lat}) is not a lon/lat")
             # every turn of the outline the same way: a convex quadrilateral, corners in order
-            c = np.asarray(self.corners)
+            c = np.asarray(_unwrapped(self.corners))
             edges = np.roll(c, -1, axis=0) - c
             turns = (
                 edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1]
@@ -348,11 +364,17 @@ class _SidecarEntry(BaseModel):
                     "the corners are not a convex quadrilateral in order (top-left, top-right, "
                     "bottom-right, bottom-left)"
                 )
+        if self.transform is not None:
+            a, b, _, d, e, _ = self.transform
+            if abs(a * e - b * d) <= _MIN_AREA_RATIO * (a * a + b * b + d * d + e * e):
+                raise ValueError(
+                    "the 'transform' gives the frame no area on the ground (a * e - b * d is 0)"
+                )
         return self
 
 
 class Sidecar(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     crs: str | None = Field(None, description="CRS of every 'transform' without its own")
     frames: list[_SidecarEntry] = Field(min_length=1)
@@ -409,7 +431,7 @@ def georef_at(sidecar: Sidecar, time_s: float, width: int, height: int) -> Frame
     entry = min(sidecar.frames, key=lambda e: (abs(e.t - time_s), e.t))
     if entry.corners is not None:
         frame = [(0.0, 0.0), (width, 0.0), (width, height), (0.0, height)]
-        matrix = _homography(frame, list(entry.corners))
+        matrix = _homography(frame, _unwrapped(entry.corners))
         return FrameGeoref(crs="EPSG:4326", matrix=matrix)
     assert entry.transform is not None
     a, b, c, d, e, f = entry.transform
@@ -419,28 +441,47 @@ def georef_at(sidecar: Sidecar, time_s: float, width: int, height: int) -> Frame
 
 
 def frame_footprint(
-    box: tuple[float, float, float, float], georef: FrameGeoref, *, densify: int = 4
+    box: tuple[float, float, float, float],
+    georef: FrameGeoref,
+    *,
+    densify: int = 4,
+    subject: str = "the box",
 ) -> geo.Footprint:
-    """A box in frame pixels as a lon/lat polygon on the ground."""
+    """A box in frame pixels as a lon/lat polygon on the ground.
+
+    A ValueError when the box reaches the camera's horizon, its subclass
+    :class:`skyeye.geo.InvalidGeoreference` (speaking of ``subject``) when the box is no place
+    on the globe.
+    """
     cols, rows = geo.box_outline(*box, densify=densify)
     m = np.asarray(georef.matrix).reshape(3, 3)
     x, y, w = m @ np.vstack([cols, rows, np.ones_like(cols)])
     if np.any(np.abs(w) < 1e-12) or np.any(np.sign(w) != np.sign(w[0])):
         # the box reaches the camera's horizon: no place on the ground
         raise ValueError("the box crosses the footprint's horizon")
-    return geo.lon_lat_footprint(x / w, y / w, georef.crs)
+    return geo.lon_lat_footprint(x / w, y / w, georef.crs, subject=subject)
 
 
 def frame_ground(georef: FrameGeoref, width: int, height: int) -> geo.Footprint:
-    """The whole frame on the ground; a sidecar placing it beyond the horizon is invalid."""
+    """The whole frame on the ground.
+
+    A sidecar placing it beyond the horizon is an :class:`InvalidSidecar`; one placing it
+    nowhere on the globe (a CRS PROJ cannot transform, out-of-range lon/lat) raises
+    :class:`skyeye.geo.InvalidGeoreference`.
+    """
     try:
-        return frame_footprint((0, 0, width, height), georef)
+        return frame_footprint(
+            (0, 0, width, height), georef, subject="the frame its sidecar describes"
+        )
+    except geo.InvalidGeoreference:
+        raise
     except ValueError as exc:
         raise InvalidSidecar(f"the frame does not lie on the ground: {exc}") from exc
 
 
 def locate(outcome: TaskOutcome, georef: FrameGeoref) -> TaskOutcome:
-    """The outcome with a lon/lat footprint on each detection (boxes are in frame pixels)."""
+    """The outcome with a lon/lat footprint on each detection (boxes are in frame pixels); a
+    detection beyond the horizon or nowhere on the globe keeps none."""
     located = []
     for det in outcome.detections:
         try:

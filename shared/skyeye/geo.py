@@ -31,6 +31,15 @@ Decisions, documented once here:
   read (an overview where there is one). ``Stretch.fixed(0, 3000)`` is the fixed alternative for
   Sentinel-2 L2A reflectance (``Stretch.fixed(1000, 4000)`` for processing baseline 04.00 and
   later, whose digital numbers carry a +1000 offset).
+- **Footprints on the globe** (:func:`lon_lat_footprint`): a place is refused as
+  :class:`InvalidGeoreference` when PROJ cannot transform its CRS to lon/lat, when a point comes
+  out non-finite or does not transform back to itself (outside the projection's domain, where
+  PROJ would wrap it silently), or when a latitude lies beyond +/-90 or a longitude beyond
+  +/-360 (longitudes past 180 are how a geographic scene across the antimeridian is written, e.g.
+  179.5..180.5; anything farther is not a place). A footprint across the antimeridian is split
+  into a MultiPolygon there (RFC 7946 section 3.1.9, by the ``antimeridian`` package) and its
+  bbox has west > east; one around a pole keeps one polygon reaching the pole, its bbox spanning
+  -180..180.
 - **Duplicate rule** (:func:`merge_detections`): per label, greedy non-maximum suppression on
   IoU in scene pixels; the highest score wins, and boxes without a score rank below scored ones
   and among themselves by how central they sit in their tile (a box near a tile edge is more
@@ -45,10 +54,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import antimeridian
 import numpy as np
+import shapely
 from affine import Affine
+from rasterio._err import CPLE_BaseError, CPLE_NotSupportedError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import CRSError, RasterioError
 from rasterio.io import DatasetReaderBase
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
@@ -60,6 +73,7 @@ __all__ = [
     "DEFAULT_TILE_SIZE",
     "Footprint",
     "GeoTile",
+    "InvalidGeoreference",
     "SceneDetection",
     "SceneMeta",
     "Stretch",
@@ -74,9 +88,11 @@ __all__ = [
     "plan_tiles",
     "read_tile",
     "scene_detection",
+    "scene_footprint",
     "select_bands",
     "tile_at",
     "tile_count",
+    "union_bbox",
 ]
 
 DEFAULT_TILE_SIZE = 448
@@ -90,6 +106,11 @@ _METRES_PER_DEGREE_LON = 111_320.0
 # Names under which multispectral products label their red, green and blue bands (Sentinel-2 and
 # Landsat 8/9 band numbers after normalisation, see _band_name).
 _RGB_NAMES = (("red", "b4"), ("green", "b3"), ("blue", "b2"))
+# Latitudes PROJ gives a hair past a pole are the pole.
+_LAT_TOLERANCE = 1e-9
+# How far a point may land from itself after a round trip through lon/lat, as a fraction of its
+# largest coordinate: 1 ppm is 5 m in UTM, where a projection that wraps is off by thousands of km.
+_ROUND_TRIP_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -499,13 +520,20 @@ def read_tile(
     return image
 
 
+class InvalidGeoreference(ValueError):
+    """A georeference that puts the data nowhere on the globe: a CRS that PROJ cannot transform
+    to lon/lat, a place outside its projection's domain, or lon/lat out of range."""
+
+
 @dataclass(frozen=True)
 class Footprint:
-    """A box on the ground: a GeoJSON Polygon in lon/lat and its bounding box."""
+    """A place on the ground: a GeoJSON Polygon or MultiPolygon in lon/lat and its bounding box."""
 
-    # {"type": "Polygon", "coordinates": [ring]}, RFC 7946: exterior counter-clockwise, closed
+    # {"type": "Polygon", "coordinates": [ring]}, or split at the antimeridian {"type":
+    # "MultiPolygon", "coordinates": [[ring], [ring]]}; RFC 7946: exterior rings counter-clockwise,
+    # every ring closed
     polygon: dict[str, Any]
-    # west, south, east, north; a footprint across the antimeridian is not split
+    # west, south, east, north; west > east when the footprint crosses the antimeridian
     bbox: tuple[float, float, float, float]
 
 
@@ -531,21 +559,138 @@ def box_outline(
     return np.asarray(cols), np.asarray(rows)
 
 
-def lon_lat_footprint(xs: np.ndarray, ys: np.ndarray, crs: CRS | str) -> Footprint:
-    """The polygon through CRS points (an open ring, as :func:`box_outline` gives) in lon/lat."""
-    lons, lats = warp_transform(crs, WGS84, xs.tolist(), ys.tolist())
-    ring = list(zip(lons, lats, strict=True))
-    # shoelace: positive area is counter-clockwise with lon east and lat north
-    lon, lat = np.asarray(lons), np.asarray(lats)
-    area = float(np.sum(lon * np.roll(lat, -1) - np.roll(lon, -1) * lat))
-    if area < 0:
+def _crs_name(crs: CRS) -> str:
+    """A CRS as a message names it: its code, else the kind and name its WKT opens with."""
+    text = crs.to_string()
+    named = re.match(r'\s*(\w+)\s*\[\s*"([^"]*)"', text)
+    return f'{named.group(1)}["{named.group(2)}"]' if named else text
+
+
+def _to_lon_lat(
+    xs: np.ndarray, ys: np.ndarray, crs: CRS | str, subject: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """CRS points as lon, lat, refused unless they name places (see the module docstring)."""
+    try:
+        crs = CRS.from_user_input(crs)
+    except CRSError as exc:
+        raise InvalidGeoreference(f"{subject} has an unknown coordinate reference system") from exc
+    name = _crs_name(crs)
+
+    def outside(why: str) -> InvalidGeoreference:
+        return InvalidGeoreference(
+            f"{subject} lies outside the valid area of its projection ({name}): {why}"
+        )
+
+    try:
+        lons, lats = warp_transform(crs, WGS84, xs.tolist(), ys.tolist())
+    # rasterio raises PROJ's failures as GDAL error classes, exported from rasterio._err only
+    except CPLE_NotSupportedError as exc:
+        raise InvalidGeoreference(
+            f"{subject} cannot be placed on the globe: its coordinate reference system ({name})"
+            " cannot be transformed to longitude/latitude"
+        ) from exc
+    except (CPLE_BaseError, RasterioError) as exc:
+        raise outside("its corners do not transform to longitude/latitude") from exc
+    lon, lat = np.asarray(lons, dtype=np.float64), np.asarray(lats, dtype=np.float64)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        raise outside("its corners transform to non-finite coordinates")
+    if (np.abs(lat) > 90 + _LAT_TOLERANCE).any():
+        raise InvalidGeoreference(
+            f"{subject} reaches latitude {lat[np.argmax(np.abs(lat))]:g}, beyond +/-90"
+        )
+    if (np.abs(lon) > 360).any():
+        raise InvalidGeoreference(
+            f"{subject} reaches longitude {lon[np.argmax(np.abs(lon))]:g}, beyond +/-180"
+            " (or +/-360 for a range written across the antimeridian)"
+        )
+    lat = np.clip(lat, -90.0, 90.0)
+    try:
+        back_x, back_y = warp_transform(WGS84, crs, lon.tolist(), lat.tolist())
+    except (CPLE_BaseError, RasterioError) as exc:
+        raise outside("its corners do not transform back from longitude/latitude") from exc
+    dx, dy = np.asarray(back_x) - xs, np.asarray(back_y) - ys
+    if crs.is_geographic:
+        dx = (dx + 180) % 360 - 180
+    scale = max(1.0, float(np.abs(xs).max()), float(np.abs(ys).max()))
+    if not (np.abs(np.concatenate([dx, dy])) <= _ROUND_TRIP_TOLERANCE * scale).all():
+        raise outside("its corners wrap around the globe and land elsewhere")
+    return lon, lat
+
+
+def _wrap(lon: np.ndarray) -> np.ndarray:
+    """Longitudes, or steps between them, as their equal in [-180, 180)."""
+    return (lon + 180) % 360 - 180
+
+
+def _rings(polygon: shapely.Polygon) -> list[list[list[float]]]:
+    rings = [polygon.exterior, *polygon.interiors]
+    return [[[float(x), float(y)] for x, y in ring.coords] for ring in rings]
+
+
+def _split(lon: np.ndarray, lat: np.ndarray, subject: str) -> Footprint:
+    """A counter-clockwise ring across the antimeridian (or around a pole), split there."""
+    try:
+        fixed = antimeridian.fix_polygon(
+            shapely.Polygon(np.column_stack([lon, lat])), fix_winding=False, great_circle=False
+        )
+    except (ValueError, shapely.errors.ShapelyError) as exc:
+        raise InvalidGeoreference(
+            f"{subject} crosses the antimeridian in a shape that cannot be split there"
+        ) from exc
+    parts = list(shapely.get_parts(shapely.orient_polygons(fixed)))
+    if len(parts) == 1:
+        polygon = {"type": "Polygon", "coordinates": _rings(parts[0])}
+    else:
+        polygon = {"type": "MultiPolygon", "coordinates": [_rings(p) for p in parts]}
+    west, south, east, north = antimeridian.bbox(shapely.MultiPolygon(parts))
+    return Footprint(polygon, (west, south, east, north))
+
+
+def lon_lat_footprint(
+    xs: np.ndarray, ys: np.ndarray, crs: CRS | str, *, subject: str = "the footprint"
+) -> Footprint:
+    """The polygon through CRS points (an open ring, as :func:`box_outline` gives) in lon/lat.
+
+    Raises :class:`InvalidGeoreference`, whose message speaks of ``subject``, when the points
+    are not places on the globe; a ring across the antimeridian comes back split there (see the
+    module docstring).
+    """
+    xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    lon, lat = _to_lon_lat(xs, ys, crs, subject)
+    lon = np.where(np.abs(lon) > 180, _wrap(lon), lon)
+    steps = _wrap(np.diff(lon, append=lon[:1]))
+    # the ring with no jump of 360 between neighbours; it closes unless it goes round a pole
+    unwrapped = lon[0] + np.concatenate([[0.0], np.cumsum(steps[:-1])])
+    turns = round(float(steps.sum()) / 360)
+    if turns == 0 and np.ptp(unwrapped) >= 360:
+        # the whole globe's width, e.g. a world grid written 0..360
+        south, north = float(lat.min()), float(lat.max())
+        ring = [[-180.0, south], [180.0, south], [180.0, north], [-180.0, north], [-180.0, south]]
+        return Footprint({"type": "Polygon", "coordinates": [ring]}, (-180.0, south, 180.0, north))
+    if turns == 0:
+        # shoelace: positive area is counter-clockwise with lon east and lat north
+        clockwise = np.sum(unwrapped * np.roll(lat, -1) - np.roll(unwrapped, -1) * lat) < 0
+    else:
+        # around the north pole counter-clockwise is eastward, around the south pole westward
+        clockwise = (turns > 0) != (lat.mean() > 0)
+    if clockwise:
         # reversed from its first point, so corners stay at multiples of `densify`
-        ring = ring[:1] + ring[:0:-1]
+        order = np.concatenate([[0], np.arange(len(lon) - 1, 0, -1)])
+        lon, lat = lon[order], lat[order]
+    if turns != 0 or (np.abs(np.diff(lon, append=lon[:1])) > 180).any():
+        return _split(lon, lat, subject)
+    ring = [[float(x), float(y)] for x, y in zip(lon, lat, strict=True)]
     ring.append(ring[0])
     return Footprint(
-        polygon={"type": "Polygon", "coordinates": [[[x, y] for x, y in ring]]},
-        bbox=(min(lons), min(lats), max(lons), max(lats)),
+        polygon={"type": "Polygon", "coordinates": [ring]},
+        bbox=(float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max())),
     )
+
+
+def _outline(transform: Affine, col: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel columns and rows through an affine."""
+    t = transform
+    return t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f
 
 
 def footprint(
@@ -555,11 +700,56 @@ def footprint(
 
     Each edge is split into ``densify`` segments before reprojection, so the polygon follows the
     box's true (slightly curved) shape in lon/lat; every point goes through the tile's affine,
-    so rotated and skewed scenes give the rotated box, not the envelope of two corners.
+    so rotated and skewed scenes give the rotated box, not the envelope of two corners. Raises
+    :class:`InvalidGeoreference` where the box is no place on the globe.
     """
     col, row = box_outline(*_tile_pixels(box, tile), densify=densify)
-    t = tile.transform
-    return lon_lat_footprint(t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f, crs)
+    return lon_lat_footprint(*_outline(tile.transform, col, row), crs)
+
+
+def scene_footprint(meta: SceneMeta, *, densify: int = 20) -> Footprint:
+    """The whole scene's outline on the ground, each edge split into ``densify`` segments.
+
+    Raises :class:`InvalidGeoreference` when the scene has no CRS, a geotransform of zero or
+    non-finite area, or an outline that is no place on the globe.
+    """
+    if meta.crs is None:
+        raise InvalidGeoreference("the scene has no coordinate reference system")
+    t = meta.transform
+    determinant = t.a * t.e - t.b * t.d
+    if not (np.isfinite(tuple(t)).all() and determinant != 0):
+        raise InvalidGeoreference(
+            "the scene's geotransform gives its pixels no area on the ground (zero or undefined"
+            " pixel size)"
+        )
+    col, row = box_outline(0, 0, meta.width, meta.height, densify=densify)
+    return lon_lat_footprint(*_outline(t, col, row), meta.crs, subject="the scene")
+
+
+def union_bbox(
+    boxes: Iterable[tuple[float, float, float, float]],
+) -> tuple[float, float, float, float] | None:
+    """The smallest (west, south, east, north) holding every box, None for none.
+
+    Longitudes are arcs on a circle: boxes either side of the antimeridian give a bbox across it
+    (west > east), not one spanning the globe the other way.
+    """
+    boxes = list(boxes)
+    if not boxes:
+        return None
+    south, north = min(b[1] for b in boxes), max(b[3] for b in boxes)
+    # each box as an eastward arc (start, length); the best union starts where one of them does
+    arcs = [(w, e - w if w <= e else e - w + 360) for w, _, e, _ in boxes]
+    if max(length for _, length in arcs) >= 360:
+        return (-180.0, south, 180.0, north)
+    west, extent = min(
+        ((start, max((s - start) % 360 + length for s, length in arcs)) for start, _ in arcs),
+        key=lambda c: c[1],
+    )
+    if extent >= 360:
+        return (-180.0, south, 180.0, north)
+    east = west + extent
+    return (west, south, east - 360 if east > 180 else east, north)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from skyeye.catalog import Detection
 from skyeye.imagery import fit_size
+from skyeye.model.answers import has_template_remnants
 
 # Distinct, saturated colours that stay visible on fields, water and roofs alike.
 PALETTE = (
@@ -82,6 +83,10 @@ def _draw_label(
     color: tuple[int, int, int],
     canvas_size: tuple[int, int],
 ) -> None:
+    if has_template_remnants(label):
+        # the box is worth showing; prompt syntax is not a caption (labels stored before they
+        # were cleaned may hold it)
+        return
     text = label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "…"
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     width, height = right - left + 4, bottom - top + 2

@@ -8,6 +8,7 @@ so memory stays per tile whatever the scene's size.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,6 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
-from rasterio.warp import transform_bounds
 from sqlalchemy.engine import Connection
 
 from skyeye import catalog, geo
@@ -26,6 +26,8 @@ from skyeye.catalog import TaskOutcome
 from skyeye.contracts import ScenePlan, WorkItem, WorkItemKind
 from skyeye.imagery import UnreadableImage
 from skyeye.settings import Settings
+
+log = logging.getLogger("skyeye.scenes")
 
 # Formats GDAL reads with a georeference; anything else goes the plain-image path.
 SCENE_SUFFIXES = (".tif", ".tiff")
@@ -39,10 +41,15 @@ class Plan:
     overview: geo.GeoTile | None
     width: int
     height: int
+    # west, south, east, north of the scene's outline; west > east when it crosses the antimeridian
     lon_lat_bbox: tuple[float, float, float, float]
     # the full-resolution raster's affine (a, b, c, d, e, f) and its bands, for STAC
     transform: tuple[float, float, float, float, float, float]
     bands: list[dict[str, object]]
+
+
+class NoData(ValueError):
+    """A scene whose every pixel is nodata: there is nothing to show the model."""
 
 
 def is_scene_candidate(key: str, content_type: str | None) -> bool:
@@ -66,7 +73,12 @@ def open_scene(
 
 
 def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
-    """The tiles of a georeferenced scene, skipping all-nodata ones; None without a CRS."""
+    """The tiles of a georeferenced scene, skipping all-nodata ones; None without a CRS.
+
+    Raises :class:`skyeye.geo.InvalidGeoreference` when the scene is no place on the globe (a
+    CRS PROJ cannot transform, outside its projection's domain, lon/lat out of range), before
+    any pixel is read, and :class:`NoData` when no tile holds a valid pixel.
+    """
     if dataset.crs is None:
         return None
     meta = geo.SceneMeta.of(dataset)
@@ -75,19 +87,25 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
             f"scene of {meta.width}x{meta.height} pixels exceeds max_scene_pixels="
             f"{settings.max_scene_pixels}"
         )
+    ground = geo.scene_footprint(meta)
     try:
         bands = geo.select_bands(meta, settings.rgb_bands)
     except ValueError as exc:
         raise UnreadableImage(str(exc)) from exc
-    stretch = geo.default_stretch(dataset, bands)
     grid = {
         "tile_size": settings.tile_size,
         "target_gsd": settings.target_gsd,
         "overlap": settings.tile_overlap,
     }
     tiles = [t for t in geo.plan_tiles(meta, **grid) if geo.has_data(dataset, t)]
+    if not tiles:
+        raise NoData("every pixel of the scene is nodata (masked): there is nothing to analyse")
+    try:
+        stretch = geo.default_stretch(dataset, bands)
+    except ValueError as exc:
+        raise NoData(f"too few valid pixels to show the scene: {exc}") from exc
     overview = geo.overview_tile(meta, settings.tile_size)
-    if not tiles or (len(tiles) == 1 and tiles[0].window == overview.window):
+    if len(tiles) == 1 and tiles[0].window == overview.window:
         overview = None
     scene = ScenePlan(
         crs=dataset.crs.to_string(),
@@ -96,14 +114,13 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
         stretch_high=stretch.high,
         **grid,
     )
-    west, south, east, north = transform_bounds(dataset.crs, geo.WGS84, *dataset.bounds)
     return Plan(
         scene,
         tiles,
         overview,
         meta.width,
         meta.height,
-        (west, south, east, north),
+        ground.bbox,
         tuple(meta.transform)[:6],
         band_facts(meta, bands),
     )
@@ -159,11 +176,17 @@ def _read(dataset: DatasetReader, tile: geo.GeoTile, scene: ScenePlan) -> np.nda
 
 
 def locate(outcome: TaskOutcome, tile: geo.GeoTile, crs: str) -> TaskOutcome:
-    """The outcome with a lon/lat footprint on each of its detections."""
+    """The outcome with a lon/lat footprint on each of its detections; one that is no place on
+    the globe keeps none (the planner refuses such scenes, so this is a detection at worst)."""
     located = []
     for det in outcome.detections:
-        where = geo.footprint(det.box_0_100, tile, crs)
         centrality = geo.scene_detection(det.label, det.box_0_100, tile).centrality
+        try:
+            where = geo.footprint(det.box_0_100, tile, crs)
+        except geo.InvalidGeoreference as exc:
+            log.warning("detection %r has no footprint: %s", det.label, exc)
+            located.append(replace(det, centrality=centrality))
+            continue
         located.append(
             replace(det, footprint=where.polygon, lon_lat_bbox=where.bbox, centrality=centrality)
         )

@@ -10,7 +10,10 @@ a file. Decisions, documented once here:
   Item (:func:`labels_href`), since the pipeline stores no such object.
 - **Geometry** is the polygon of the asset's stored lon/lat bounding box (the scene's envelope in
   EPSG:4326, which covers its footprint); an asset without one gets ``null`` geometry and no
-  bbox, as STAC allows for non-georeferenced data.
+  bbox, as STAC allows for non-georeferenced data. A bbox across the antimeridian has west >
+  east (RFC 7946 section 5.2) and is written so; its geometry is a MultiPolygon of the halves
+  either side of the 180th meridian (section 3.1.9). A detection's geometry is its stored
+  footprint, a Polygon or such a MultiPolygon.
 - **Time**: a clip's recorded time range becomes ``start_datetime``/``end_datetime`` with a null
   ``datetime``; anything else is dated by its start, else by the object-created event, else by
   when the catalog registered it: the pipeline knows no acquisition time for a still image.
@@ -239,7 +242,14 @@ def _s3_href(bucket: str, key: str) -> str:
 
 
 def _bbox_polygon(bounds: Sequence[float]) -> dict[str, Any]:
-    """The bounding box as a GeoJSON Polygon, exterior ring counter-clockwise (RFC 7946)."""
+    """The bounding box as a GeoJSON Polygon, exterior ring counter-clockwise (RFC 7946); one
+    across the antimeridian (west > east) as a MultiPolygon of its two halves."""
     west, south, east, north = (float(v) for v in bounds)
-    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
-    return {"type": "Polygon", "coordinates": [ring]}
+    if west <= east:
+        return {"type": "Polygon", "coordinates": [_ring(west, south, east, north)]}
+    halves = [_ring(west, south, 180.0, north), _ring(-180.0, south, east, north)]
+    return {"type": "MultiPolygon", "coordinates": [[ring] for ring in halves]}
+
+
+def _ring(west: float, south: float, east: float, north: float) -> list[list[float]]:
+    return [[west, south], [east, south], [east, north], [west, north], [west, south]]

@@ -105,7 +105,13 @@ def _detections(found: list[tuple[str, Box]], tile: Tile) -> tuple[dict[str, Any
 
 
 def interpret(task: Task, raw_text: str, tile: Tile) -> TaskOutcome:
-    """Turn one raw answer into a result; text the parser cannot read is kept raw, unparsed."""
+    """Turn one raw answer into a result; text the parser cannot read is kept raw, unparsed.
+
+    A detection's label is the model's phrase where that is a clean label
+    (:func:`skyeye.model.answers.clean_label`), else the requested phrase; a [refer] box is
+    always labelled with the expression asked for. Answers holding template remnants are
+    unparsed (see :mod:`skyeye.model.answers`).
+    """
     prompt = instruction(task, tile)
     if task.kind in (TaskKind.GROUNDING, TaskKind.REFER):
         found = answers.parse_detection(raw_text, default_phrase=task.text)

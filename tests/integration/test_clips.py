@@ -10,6 +10,7 @@ import pytest
 from skyeye import catalog, samples
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.ingest import ingest, wait_for
+from skyeye.model import answers
 from skyeye.tasks import default_tasks
 
 from .conftest import Pipeline, preview
@@ -65,7 +66,11 @@ def test_a_clip_gives_per_frame_results_with_times_and_a_clip_caption(
     [caption] = [r for r in results if r["task_kind"] == "video"]
     assert caption["frame_index"] is None and caption["item_kind"] == "clip"
     assert caption["prompt"] == "[caption] briefly describe the video frame image"
-    assert caption["parsed"] and caption["answer"]["text"]
+    # the tiny model's clip captions are often template junk ("1} 2}}"), kept raw, unparsed
+    assert caption["raw_text"]
+    junk = answers.has_template_remnants(caption["raw_text"])
+    assert caption["parsed"] is not junk
+    assert junk or caption["answer"]["text"]
     # the clip's preview is its first sampled frame, never enlarged
     assert preview(pipeline, done.asset_id).size == (160, 96)
 

@@ -5,6 +5,8 @@ import pytest
 from skyeye.model.answers import (
     Box,
     ParsedAnswer,
+    clean_label,
+    has_template_remnants,
     parse_boxes,
     parse_class,
     parse_count,
@@ -195,3 +197,56 @@ def test_parsers_never_raise() -> None:
         parse_count(text)
         parse_class(text, CLASSES)
         parse_grounding(text, "thing")
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("ship", "ship"),
+        (" storage   tank ", "storage tank"),
+        ("T-72 tank", "T-72 tank"),
+        ("St Mary's church", "St Mary's church"),
+        ("bâtiment", "bâtiment"),
+        ("<p>ship", None),
+        ("<16>", None),
+        ("{", None),
+        ("ship}", None),
+        ("[INST] ship", None),
+        ("ship_1", None),
+        ("16", None),
+        ("- ship", None),
+        ("ship.", None),
+        ("", None),
+        ("x" * 65, None),
+    ],
+)
+def test_clean_labels(text: str, label: str | None) -> None:
+    assert clean_label(text) == label
+
+
+def test_phrases_that_are_no_clean_label_fall_back_to_the_requested_one() -> None:
+    text = "<p><16></p> {<1><2><3><4>}<p>ship<p>ship</p> {<5><6><7><8>}<p>tank</p> {<1><1><2><2>}"
+    assert parse_detection(text, "boat") == [
+        ("boat", Box(1, 2, 3, 4)),
+        ("boat", Box(5, 6, 7, 8)),
+        ("tank", Box(1, 1, 2, 2)),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["no 5 5 4 6}", "yes <16>", "a road <p>", "{<1><2><3><4>} 3", "[vqa] no", "beach [/INST]"],
+)
+def test_answers_with_template_remnants_are_not_parsed(text: str) -> None:
+    assert has_template_remnants(text)
+    assert parse_text(text) is None
+    assert parse_yes_no(text) is None
+    assert parse_count(text) is None
+    assert parse_class(text, CLASSES) is None
+
+
+@pytest.mark.parametrize(
+    "text", ["No.", "yes, there is water", "There are 3 buildings.", "a road (paved) by a field"]
+)
+def test_clean_answers_have_no_template_remnants(text: str) -> None:
+    assert not has_template_remnants(text) and parse_text(text) == text

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skyeye import clips, samples
+from skyeye import clips, geo, samples
 from skyeye.catalog import Detection, TaskOutcome
 from skyeye.contracts import FrameGeoref, Task, TaskKind
 from skyeye.settings import ClipSettings
@@ -270,3 +270,92 @@ def test_locate_gives_frame_detections_a_footprint() -> None:
     [det] = clips.locate(outcome, georef).detections
     assert det.lon_lat_bbox == pytest.approx((16.01, 47.96, 16.03, 47.98))
     assert det.footprint is not None and det.footprint["type"] == "Polygon"
+
+
+LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [[0, 0, 500_000, 0, 0, 5_300_000], [1, 2, 500_000, 2, 4, 5_300_000], [0.1, 0, 0, 0, 0, 0]],
+    ids=["zero", "parallel-columns", "zero-height"],
+)
+def test_a_transform_without_area_is_refused(transform: list[float]) -> None:
+    raw = {"crs": "EPSG:32633", "frames": [{"transform": transform}]}
+    with pytest.raises(clips.InvalidSidecar, match="no area on the ground"):
+        clips.parse_sidecar(json.dumps(raw).encode())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"crs": "EPSG:32633", "frames": [{"transform": [NaN, 0, 500000, 0, -1, 5300000]}]}',
+        b'{"crs": "EPSG:32633", "frames": [{"transform": [1, 0, Infinity, 0, -1, 5300000]}]}',
+        b'{"frames": [{"t": NaN, "corners": [[0, 0], [1, 0], [1, 1], [0, 1]]}]}',
+    ],
+)
+def test_non_finite_numbers_are_refused(raw: bytes) -> None:
+    with pytest.raises(clips.InvalidSidecar, match="finite"):
+        clips.parse_sidecar(raw)
+
+
+def _frame_georef(raw: dict) -> FrameGeoref:
+    return clips.georef_at(clips.parse_sidecar(json.dumps(raw).encode()), 0.0, 100, 100)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"crs": LOCAL_CS, "frames": [{"transform": [0.1, 0, 0, 0, -0.1, 0]}]},
+            r"^the frame its sidecar describes .*\(LOCAL_CS\[\"site grid\"\]\) cannot be",
+        ),
+        (
+            {"crs": "EPSG:32633", "frames": [{"transform": [0.1, 0, 1e8, 0, -0.1, 5e6]}]},
+            "outside the valid area",
+        ),
+        (
+            {"crs": "EPSG:4326", "frames": [{"transform": [0.001, 0, 16, 0, -0.001, 95]}]},
+            "latitude 95, beyond",
+        ),
+        (
+            {"crs": "EPSG:4326", "frames": [{"transform": [0.001, 0, 1000, 0, -0.001, 48]}]},
+            "longitude 1000.1, beyond",
+        ),
+    ],
+    ids=["local-cs", "out-of-domain", "lat-95", "lon-1000"],
+)
+def test_a_frame_that_is_no_place_on_the_globe_is_an_invalid_georeference(
+    raw: dict, message: str
+) -> None:
+    georef = _frame_georef(raw)
+    with pytest.raises(geo.InvalidGeoreference, match=message):
+        clips.frame_ground(georef, 100, 100)
+    # a detection on such a frame keeps no footprint, and the worker goes on
+    outcome = TaskOutcome(
+        Task(kind=TaskKind.GROUNDING, text="vehicle"),
+        "[detection] vehicle",
+        "<p>vehicle</p> {<10><10><20><20>}",
+        True,
+        {"boxes": []},
+        [Detection("vehicle", 10, 20, 30, 40)],
+    )
+    [det] = clips.locate(outcome, georef).detections
+    assert det.footprint is None and det.lon_lat_bbox is None
+
+
+def test_corners_across_the_antimeridian_give_a_split_footprint() -> None:
+    corners = [[179.99, 0.01], [-179.99, 0.01], [-179.99, 0.0], [179.99, 0.0]]
+    ground = clips.frame_ground(_frame_georef({"frames": [{"corners": corners}]}), 100, 100)
+    assert ground.polygon["type"] == "MultiPolygon"
+    assert ground.bbox == pytest.approx((179.99, 0.0, -179.99, 0.01))
+    for [ring] in ground.polygon["coordinates"]:
+        assert all(abs(lon) <= 180 for lon, _ in ring)
+
+
+def test_a_utm_frame_across_the_antimeridian_is_split() -> None:
+    # UTM 60N easting 834,000 m is about 180 E at the equator: a 100 m frame across it
+    raw = {"crs": "EPSG:32660", "frames": [{"transform": [1, 0, 833_950, 0, -1, 100]}]}
+    ground = clips.frame_ground(_frame_georef(raw), 100, 100)
+    west, _, east, _ = ground.bbox
+    assert ground.polygon["type"] == "MultiPolygon" and west > 179.99 and east < -179.99

@@ -431,3 +431,171 @@ def test_the_higher_score_wins() -> None:
     b = geo.scene_detection("ship", (26, 46, 36, 56), right, score=0.4)  # IoU ~0.68
     assert geo.merge_detections([b, a]) == [a]
     assert geo.merge_detections([b, a], iou_threshold=0.9) == [a, b]
+
+
+# --- places that are not on the globe, and the antimeridian ---------------------------------
+
+LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+
+
+def _scene(crs: str, transform: Affine, size: int = 10) -> geo.SceneMeta:
+    return _meta(size, size, crs=rasterio.crs.CRS.from_user_input(crs), transform=transform)
+
+
+def _exteriors(fp: geo.Footprint) -> list[np.ndarray]:
+    if fp.polygon["type"] == "Polygon":
+        return [np.asarray(fp.polygon["coordinates"][0])]
+    assert fp.polygon["type"] == "MultiPolygon"
+    return [np.asarray(polygon[0]) for polygon in fp.polygon["coordinates"]]
+
+
+def _assert_valid_geojson(fp: geo.Footprint) -> None:
+    """Every ring closed and counter-clockwise, every coordinate in range (RFC 7946)."""
+    for ring in _exteriors(fp):
+        assert ring[0].tolist() == ring[-1].tolist()
+        assert _signed_area(ring) > 0
+        assert (np.abs(ring[:, 0]) <= 180).all() and (np.abs(ring[:, 1]) <= 90).all()
+    west, south, east, north = fp.bbox
+    assert all(-180 <= v <= 180 for v in (west, east)) and -90 <= south <= north <= 90
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform", "message"),
+    [
+        (
+            LOCAL_CS,
+            Affine(1, 0, 0, 0, -1, 100),
+            r'\(LOCAL_CS\["site grid"\]\) cannot be transformed',
+        ),
+        # 100,000 km east of UTM 33N's false origin: PROJ refuses the point
+        (UTM33N, Affine(10, 0, 1e8, 0, -10, 5e6), "outside the valid area .*EPSG:32633"),
+        # Web Mercator x = 1e9 m: PROJ wraps it to lon -16.8, which maps back elsewhere
+        ("EPSG:3857", Affine(10, 0, 1e9, 0, -10, 5e6), "wrap around the globe"),
+        ("EPSG:4326", Affine(0.1, 0, 1000, 0, -0.1, 10), "longitude 1001, beyond"),
+        ("EPSG:4326", Affine(0.1, 0, 10, 0, -0.1, 95), "latitude 95, beyond"),
+        ("EPSG:4326", Affine(0, 0, 10, 0, -0.1, 10), "no area"),
+    ],
+    ids=["local-cs", "utm-out-of-domain", "mercator-wrapped", "lon-1000", "lat-95", "degenerate"],
+)
+def test_a_scene_that_is_no_place_on_the_globe_is_refused(
+    crs: str, transform: Affine, message: str
+) -> None:
+    with pytest.raises(geo.InvalidGeoreference, match=f"^the scene.*{message}"):
+        geo.scene_footprint(_scene(crs, transform))
+
+
+def test_non_finite_coordinates_are_refused() -> None:
+    with pytest.raises(geo.InvalidGeoreference, match="non-finite"):
+        geo.lon_lat_footprint(np.array([0.0, 1.0, np.nan]), np.array([0.0, 0.0, 1.0]), UTM33N)
+
+
+def test_a_scene_without_crs_has_no_footprint() -> None:
+    with pytest.raises(geo.InvalidGeoreference, match="no coordinate reference system"):
+        geo.scene_footprint(_meta(10, 10, crs=None))
+
+
+def test_a_geographic_scene_across_the_antimeridian_is_split() -> None:
+    # lon 179.5..180.5, as a geographic scene across the antimeridian is written
+    fp = geo.scene_footprint(_scene("EPSG:4326", Affine(0.1, 0, 179.5, 0, -0.1, 11)))
+    assert fp.bbox == (179.5, 10.0, -179.5, 11.0)
+    assert fp.polygon["type"] == "MultiPolygon"
+    _assert_valid_geojson(fp)
+    east_half, west_half = sorted(_exteriors(fp), key=lambda r: -r[:, 0].max())
+    assert (east_half[:, 0].min(), east_half[:, 0].max()) == pytest.approx((179.5, 180))
+    assert (west_half[:, 0].min(), west_half[:, 0].max()) == pytest.approx((-180, -179.5))
+    # the same scene written -180.5..-179.5 is the same place
+    other = geo.scene_footprint(_scene("EPSG:4326", Affine(0.1, 0, -180.5, 0, -0.1, 11)))
+    assert other.bbox == pytest.approx(fp.bbox)
+
+
+@pytest.mark.parametrize(
+    ("crs", "x0"),
+    [("EPSG:32660", 780_000.0), ("EPSG:32601", 100_000.0)],
+    ids=["utm-60", "utm-1"],
+)
+def test_a_utm_scene_straddling_the_antimeridian_is_split(crs: str, x0: float) -> None:
+    transform = Affine(20_000, 0, x0, 0, -20_000, 1_000_000)
+    fp = geo.scene_footprint(_scene(crs, transform))
+    _assert_valid_geojson(fp)
+    assert fp.polygon["type"] == "MultiPolygon" and len(fp.polygon["coordinates"]) == 2
+    # independently: the corners, the west ones east of 179 E, the east ones west of 179 W
+    xs = [x0, x0 + 200_000, x0 + 200_000, x0]
+    ys = [1_000_000, 1_000_000, 800_000, 800_000]
+    lons, lats = warp_transform(crs, "EPSG:4326", xs, ys)
+    west, south, east, north = fp.bbox
+    assert west > east
+    assert west == pytest.approx(min(lons[0], lons[3]), abs=1e-9)
+    assert east == pytest.approx(max(lons[1], lons[2]), abs=1e-9)
+    assert south == pytest.approx(min(lats), abs=1e-3) and north == pytest.approx(
+        max(lats), abs=1e-3
+    )
+    assert west > 179 and east < -178
+
+
+def test_a_detection_across_the_antimeridian_is_split_and_keeps_its_area() -> None:
+    meta = _scene("EPSG:32660", Affine(1_000, 0, 820_000, 0, -1_000, 1_000_000), size=100)
+    [tile] = geo.plan_tiles(meta, tile_size=100)
+    fp = geo.footprint((10, 10, 60, 60), tile, "EPSG:32660")
+    _assert_valid_geojson(fp)
+    assert fp.polygon["type"] == "MultiPolygon" and fp.bbox[0] > fp.bbox[2]
+    # both halves together cover what the box covers, measured with longitudes unwrapped
+    halves = sum(_signed_area(np.column_stack([r[:, 0] % 360, r[:, 1]])) for r in _exteriors(fp))
+    col, row = geo.box_outline(10, 10, 60, 60, densify=4)  # 0-100 of a 100 px tile: pixels
+    lons, lats = warp_transform(
+        "EPSG:32660", "EPSG:4326", (820_000 + 1_000 * col).tolist(), (1e6 - 1_000 * row).tolist()
+    )
+    ring = np.column_stack([np.asarray(lons) % 360, lats])
+    whole = -_signed_area(np.vstack([ring, ring[:1]]))  # box_outline runs clockwise on the map
+    # (the library rounds the crossing latitudes to 1e-7 degrees)
+    assert halves == pytest.approx(whole, rel=1e-6)
+
+
+def test_a_scene_around_a_pole_reaches_it() -> None:
+    # NSIDC polar stereographic north, 2,000 km a side centred on the pole
+    for transform in (
+        Affine(200_000, 0, -1e6, 0, -200_000, 1e6),
+        Affine(200_000, 0, -1e6, 0, 200_000, -1e6),  # south-up: the ring runs the other way
+    ):
+        fp = geo.scene_footprint(_scene("EPSG:3413", transform))
+        _assert_valid_geojson(fp)
+        west, south, east, north = fp.bbox
+        assert (west, east, north) == (-180, 180, 90) and 76 < south < 78
+    south_pole = geo.scene_footprint(_scene("EPSG:3031", Affine(2e5, 0, -1e6, 0, -2e5, 1e6)))
+    _assert_valid_geojson(south_pole)
+    assert south_pole.bbox[1] == -90 and -78 < south_pole.bbox[3] < -76
+
+
+@pytest.mark.parametrize("x0", [-180.0, 0.0], ids=["-180..180", "0..360"])
+def test_a_world_scene_spans_every_longitude(x0: float) -> None:
+    fp = geo.scene_footprint(_scene("EPSG:4326", Affine(36, 0, x0, 0, -18, 90)))
+    _assert_valid_geojson(fp)
+    assert fp.bbox == (-180, -90, 180, 90) and fp.polygon["type"] == "Polygon"
+
+
+def test_a_scene_locates_like_transform_bounds() -> None:
+    meta = _meta(500, 300, transform=UTM_TRANSFORM)
+    fp = geo.scene_footprint(meta)
+    west, south, east, north = transform_bounds(
+        UTM33N, "EPSG:4326", 500_000, 5_297_000, 505_000, 5_300_000
+    )
+    assert fp.bbox == pytest.approx((west, south, east, north), abs=1e-9)
+    assert fp.polygon["type"] == "Polygon"
+
+
+@pytest.mark.parametrize(
+    ("boxes", "union"),
+    [
+        ([], None),
+        ([(10, 0, 20, 1), (30, -1, 40, 2)], (10, -1, 40, 2)),
+        # either side of the antimeridian: the short way across it, not round the globe
+        ([(-170, 0, -160, 1), (160, 0, 170, 1)], (160, 0, -160, 1)),
+        ([(179, 0, -179, 1), (170, 0, 175, 1)], (170, 0, -179, 1)),
+        ([(179, 0, -179, 1), (-178, 0, -170, 1)], (179, 0, -170, 1)),
+        ([(-180, 0, 180, 1), (5, 0, 6, 1)], (-180, 0, 180, 1)),
+        # the widest gap (100..120) is left out, across the antimeridian
+        ([(0, 0, 100, 1), (120, 0, 240 - 360, 1), (250, 0, 350 - 360, 1)], (120, 0, 100, 1)),
+        ([(-180, 0, 0, 1), (0, 0, 180, 1)], (-180, 0, 180, 1)),
+    ],
+)
+def test_union_of_bboxes(boxes: list, union: tuple | None) -> None:
+    assert geo.union_bbox(boxes) == union

@@ -83,3 +83,13 @@ def test_a_box_reaching_the_image_edge_shows_its_far_sides() -> None:
     )
     color = previews.label_color("field")
     assert tuple(out[50, 199]) == color and tuple(out[99, 100]) == color
+
+
+def test_a_label_with_template_remnants_is_not_drawn_but_its_box_is() -> None:
+    junk, clean = Detection("<p>ship", 40, 80, 200, 160), Detection("ship", 40, 80, 200, 160)
+    for det, captioned in ((junk, False), (clean, True)):
+        out = _decode(previews.render(_gray(200, 100), (400, 200), [det], max_side=1024))
+        assert tuple(out[60, 20]) == previews.label_color(det.label)
+        # the caption patch just above the box is there for a clean label only
+        above = out[40 - 16 : 40 - 2, 22:80]
+        assert (above == previews.label_color(det.label)).all(axis=-1).any() == captioned

@@ -7,7 +7,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from skyeye import scenes
+from skyeye import geo, scenes
+from skyeye.catalog import Detection, TaskOutcome
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, WorkItemKind, asset_id_for
 from skyeye.imagery import UnreadableImage
 from skyeye.samples import write_geotiff
@@ -81,3 +82,60 @@ def test_the_overview_is_read_with_the_planned_bands_and_stretch(tmp_path: Path)
         assert plan is not None and plan.overview is not None
         image, _ = scenes.read(ds, _overview_item(plan, plan.overview.as_tile()))
     assert image.dtype == np.uint8 and 64 < image.mean() < 192
+
+
+LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+
+
+def _write(path: Path, crs: str, transform: Affine, size: int = 40) -> Path:
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 3, "dtype": "uint8"}
+    with rasterio.open(path, "w", crs=crs, transform=transform, **profile) as dst:
+        dst.write(np.full((3, size, size), 120, dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform", "message"),
+    [
+        (LOCAL_CS, Affine(1, 0, 0, 0, -1, 40), "cannot be transformed to longitude/latitude"),
+        ("EPSG:32633", Affine(10, 0, 1e8, 0, -10, 5e6), "outside the valid area"),
+        ("EPSG:4326", Affine(0.01, 0, 1000, 0, -0.01, 10), "longitude 1000.4, beyond"),
+        ("EPSG:4326", Affine(0.01, 0, 10, 0, -0.01, 95), "latitude 95, beyond"),
+    ],
+    ids=["local-cs", "utm-out-of-domain", "lon-1000", "lat-95"],
+)
+def test_a_scene_that_is_no_place_on_the_globe_is_not_planned(
+    tmp_path: Path, crs: str, transform: Affine, message: str
+) -> None:
+    path = _write(tmp_path / "bad.tif", crs, transform)
+    with rasterio.open(path) as ds, pytest.raises(geo.InvalidGeoreference, match=message):
+        scenes.plan(ds, Settings(tile_size=64, target_gsd=10.0))
+
+
+def test_a_scene_across_the_antimeridian_plans_a_bbox_with_west_east_of_east(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path / "dateline.tif", "EPSG:4326", Affine(0.025, 0, 179.5, 0, -0.025, 11))
+    with rasterio.open(path) as ds:
+        plan = scenes.plan(ds, SETTINGS)
+    assert plan is not None and plan.lon_lat_bbox == (179.5, 10.0, -179.5, 11.0)
+
+
+def test_a_detection_that_is_no_place_on_the_globe_keeps_no_footprint(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "scene.tif", size=60)
+    with rasterio.open(path) as ds:
+        tile = geo.overview_tile(geo.SceneMeta.of(ds), 60)
+    outcome = TaskOutcome(
+        Task(kind=TaskKind.GROUNDING, text="ship"),
+        "[detection] ship",
+        "<p>ship</p> {<0><0><50><50>}",
+        True,
+        {"boxes": []},
+        [Detection("ship", 0, 0, 30, 30, box_0_100=(0, 0, 50, 50))],
+    )
+    [good] = scenes.locate(outcome, tile, "EPSG:32633").detections
+    assert good.footprint is not None and good.lon_lat_bbox is not None
+    # the same box in a CRS PROJ cannot transform: no footprint, and no exception
+    [bad] = scenes.locate(outcome, tile, LOCAL_CS).detections
+    assert bad.footprint is None and bad.lon_lat_bbox is None
+    assert bad.centrality == good.centrality == 0.5

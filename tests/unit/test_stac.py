@@ -246,6 +246,36 @@ def test_a_crs_without_an_authority_code_gets_no_proj_code() -> None:
     assert item["assets"]["data"]["proj:shape"] == [800, 1000]
 
 
+def test_a_scene_across_the_antimeridian_has_a_split_geometry_and_west_above_east() -> None:
+    bounds = [179.5, 10.0, -179.5, 11.0]
+    # a detection footprint split at the antimeridian, as skyeye.geo gives it
+    east_half = [[179.9, 10.5], [180.0, 10.5], [180.0, 10.6], [179.9, 10.6], [179.9, 10.5]]
+    west_half = [[-180.0, 10.5], [-179.9, 10.5], [-179.9, 10.6], [-180.0, 10.6], [-180.0, 10.5]]
+    detection = _detection(
+        1,
+        "ship",
+        located=True,
+        footprint={"type": "MultiPolygon", "coordinates": [[east_half], [west_half]]},
+        lon_lat_bounds=[179.9, 10.5, -179.9, 10.6],
+    )
+    item = stac.item(_scene() | {"crs": "EPSG:4326", "lon_lat_bounds": bounds}, [detection])
+    collection = stac.detections_collection([detection])
+
+    validate_item(item)
+    validate_feature_collection(collection)
+    assert item["bbox"] == bounds
+    assert item["geometry"] == {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [[[179.5, 10.0], [180.0, 10.0], [180.0, 11.0], [179.5, 11.0], [179.5, 10.0]]],
+            [[[-180.0, 10.0], [-179.5, 10.0], [-179.5, 11.0], [-180.0, 11.0], [-180.0, 10.0]]],
+        ],
+    }
+    [feature] = collection["features"]
+    assert feature["geometry"] == detection["footprint"]
+    assert feature["bbox"] == [179.9, 10.5, -179.9, 10.6]
+
+
 def test_the_validator_rejects_what_the_schemas_forbid() -> None:
     # the offline check is not vacuous: core, datetime and GeoJSON rules all bite
     good = stac.item(_scene(), [_detection(1, "building", located=True)])

@@ -159,3 +159,56 @@ def test_an_overview_is_captioned_and_described() -> None:
         (TaskKind.CAPTION, "describe the scene"),
         (TaskKind.DESCRIBE, "Describe this image in detail."),
     ]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<p><16></p> {<10><20><50><40>}",
+        "<p>ship<p>ship</p> {<10><20><50><40>}",
+        "<p>{ship</p> {<10><20><50><40>}",
+        "<p>ship {<10><20><50><40>}",
+    ],
+)
+def test_a_junk_phrase_never_becomes_a_label(raw: str) -> None:
+    outcome = interpret(Task(kind=TaskKind.GROUNDING, text="ship"), raw, TILE)
+    assert outcome.parsed and outcome.raw_text == raw
+    assert [d.label for d in outcome.detections] == ["ship"]
+    assert outcome.answer == {"boxes": [{"label": "ship", "box_0_100": [10, 20, 50, 40]}]}
+
+
+def test_a_clean_phrase_of_the_model_is_its_label() -> None:
+    outcome = interpret(
+        Task(kind=TaskKind.GROUNDING, text="vessel"), "<p>cargo ship</p> {<1><2><3><4>}", TILE
+    )
+    assert [d.label for d in outcome.detections] == ["cargo ship"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "raw"),
+    [
+        (TaskKind.YES_NO, "Is there water?", "no 5 5 4 6}"),
+        (TaskKind.VQA, "Is there water?", "no 5 5 4 6}"),
+        (TaskKind.CAPTION, "briefly describe the image", "a road <p>"),
+        (TaskKind.COUNT, "How many ships?", "3 <delim>"),
+        (TaskKind.CLASSIFY, "beach,parking lot", "beach}"),
+    ],
+)
+def test_answers_with_template_remnants_are_kept_raw_and_unparsed(
+    kind: TaskKind, text: str, raw: str
+) -> None:
+    outcome = interpret(Task(kind=kind, text=text), raw, TILE)
+    assert not outcome.parsed and outcome.answer is None and outcome.raw_text == raw
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "answer"),
+    [
+        (TaskKind.YES_NO, "No.", {"answer": "no"}),
+        (TaskKind.VQA, "No.", {"text": "No."}),
+        (TaskKind.COUNT, "There are 3 buildings.", {"count": 3}),
+    ],
+)
+def test_clean_answers_stay_parsed(kind: TaskKind, raw: str, answer: dict) -> None:
+    outcome = interpret(Task(kind=kind, text="How many buildings?"), raw, TILE)
+    assert outcome.parsed and outcome.answer == answer

@@ -7,6 +7,11 @@ Boxes are ``{<x1><y1><x2><y2>}`` with integers on a 0-100 scale of the image wid
 The spec's evaluation regex is ``\\{<\\d{1,3}><\\d{1,3}><\\d{1,3}><\\d{1,3}>\\}``; this module
 accepts the same boxes and also tolerates whitespace between the parts (MiniGPT-v2's own evaluation
 deletes all spaces before matching, so a decoded " <12>" must not lose the box).
+
+Template remnants (``<``, ``>``, ``{``, ``}``, tags such as ``[INST]`` or ``[vqa]``) belong to the
+prompt and box syntax, never to a caption, a yes/no, a count or a class: an answer holding one has
+fallen apart ("no 5 5 4 6}", "a road <p>") and is not parsed. Phrases become labels only when
+they are clean (:func:`clean_label`), so no ``<p>ship`` or ``<16>`` reaches the catalog.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ __all__ = [
     "SCALE",
     "Box",
     "ParsedAnswer",
+    "clean_label",
+    "has_template_remnants",
     "parse_boxes",
     "parse_class",
     "parse_count",
@@ -33,6 +40,10 @@ SCALE = 100
 _BOX = re.compile(r"\{\s*<(\d{1,3})>\s*<(\d{1,3})>\s*<(\d{1,3})>\s*<(\d{1,3})>\s*\}")
 _PHRASE = re.compile(r"<p>(.*?)</p>", re.DOTALL)
 _YES_NO = re.compile(r"\W*(yes|no)\b", re.IGNORECASE)
+_TEMPLATE = re.compile(r"[<>{}]|\[/?[a-z_]+\]", re.IGNORECASE)
+# Letters (any script), digits, spaces, hyphens and apostrophes, starting with a letter or digit.
+_LABEL = re.compile(r"[^\W_](?:[^\W_]|[ \-'\u2019])*")
+MAX_LABEL_CHARS = 64
 _WORD = re.compile(r"[a-z0-9]+")
 _ARTICLES = frozenset({"a", "an", "the"})
 _UNIT_WORDS = (
@@ -113,11 +124,26 @@ def parse_boxes(text: str) -> list[Box]:
     return [box for m in _BOX.finditer(text) if (box := _box(m)) is not None]
 
 
+def clean_label(text: str) -> str | None:
+    """The text as a label, spaces collapsed, when it is one: letters, digits, spaces, hyphens
+    and apostrophes, at least one letter, at most :data:`MAX_LABEL_CHARS`; else ``None``."""
+    label = " ".join(text.split())
+    if len(label) > MAX_LABEL_CHARS or not _LABEL.fullmatch(label):
+        return None
+    return label if any(c.isalpha() for c in label) else None
+
+
+def has_template_remnants(text: str) -> bool:
+    """Whether the text holds prompt or box syntax (``<``, ``>``, ``{``, ``}``, ``[INST]``...)."""
+    return _TEMPLATE.search(text) is not None
+
+
 def parse_detection(text: str, default_phrase: str) -> list[tuple[str, Box]]:
     """``<p>phrase</p> {box}<delim>{box}...`` -> (phrase, box) pairs.
 
     Boxes before any ``<p>`` (a bare ``[refer]`` answer) get ``default_phrase``; later boxes get
-    the nearest preceding phrase. Empty phrases fall back to ``default_phrase`` too.
+    the nearest preceding phrase. Empty phrases, and phrases that are no clean label
+    (:func:`clean_label`: ``<16>``, ``ship<p>ship``), fall back to ``default_phrase`` too.
     """
     phrases = [(m.end(), m.group(1).strip()) for m in _PHRASE.finditer(text)]
     pairs: list[tuple[str, Box]] = []
@@ -129,7 +155,7 @@ def parse_detection(text: str, default_phrase: str) -> list[tuple[str, Box]]:
         for end, phrase in phrases:
             if end > m.start():
                 break
-            label = phrase or default_phrase
+            label = clean_label(phrase) or default_phrase
         pairs.append((label, box))
     return pairs
 
@@ -140,22 +166,29 @@ def parse_grounding(text: str, default_phrase: str) -> ParsedAnswer:
 
 
 def parse_text(text: str) -> str | None:
-    """A free-text answer (caption, description, VQA): stripped, or ``None`` if empty."""
+    """A free-text answer (caption, description, VQA): stripped; ``None`` if empty or holding
+    template remnants."""
+    if has_template_remnants(text):
+        return None
     return text.strip() or None
 
 
 def parse_yes_no(text: str) -> str | None:
-    """``"yes"`` or ``"no"`` when the answer starts with that word (any case), else ``None``."""
+    """``"yes"`` or ``"no"`` when the answer starts with that word (any case) and holds no
+    template remnants, else ``None``."""
     match = _YES_NO.match(text)
-    return match.group(1).lower() if match else None
+    return match.group(1).lower() if match and not has_template_remnants(text) else None
 
 
 def parse_count(text: str) -> int | None:
     """The one count the answer states, in digits or words ("3", "1,200", "twenty-one", "none").
 
     ``None`` when it states no number, several different numbers (a range is not a count), a
-    fraction, or a scale word ("two hundred") that this reader does not compose.
+    fraction, or a scale word ("two hundred") that this reader does not compose, and when it
+    holds template remnants.
     """
+    if has_template_remnants(text):
+        return None
     tokens = _NUMBER_TOKEN.findall(text.lower())
     values: set[int] = set()
     for i, token in enumerate(tokens):
@@ -196,8 +229,11 @@ def parse_class(text: str, classes: Sequence[str]) -> str | None:
     """The one class of ``classes`` (as written there) that the answer names, else ``None``.
 
     Matching ignores case, spaces, punctuation, a leading article and a plural ending. An answer
-    that matches several classes keeps the one it spells exactly, if exactly one.
+    that matches several classes keeps the one it spells exactly, if exactly one. An answer
+    holding template remnants names none.
     """
+    if has_template_remnants(text):
+        return None
     key = _class_key(text)
     if not key:
         return None
