@@ -6,6 +6,7 @@ processes the same way.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,7 +16,11 @@ from skyeye.adapters import postgres
 from skyeye.settings import Settings
 from skyeye.stack import RAY_LOOPBACK_ENV, Endpoints, Stack, StackError
 
-SERVICES = ("planner", "worker")
+log = logging.getLogger("skyeye.pipeline")
+
+SERVICES = ("planner", "worker", "reconciler")
+# The services that hold a Ray connection (a Serve handle).
+RAY_CLIENTS = ("worker",)
 
 
 def service_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
@@ -35,15 +40,11 @@ def _migrate(url: str) -> None:
         engine.dispose()
 
 
-def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> Stack:
-    """Start everything and return the running stack; on any failure, nothing is left running."""
-    stack = Stack(settings)
-    stack.start(on_database_ready=_migrate, progress=progress)
-    try:
-        env = service_env(settings, stack.endpoints())
-        progress("deploying the Serve application (VisionEncoder, LlmDecoder)")
-        log_path = settings.home / "logs" / "deploy.log"
-        with log_path.open("ab") as log_file:
+def _deploy(settings: Settings, env: dict[str, str]) -> None:
+    """Deploy the Serve application on the stack's Ray; StackError names the log on failure."""
+    log_path = settings.home / "logs" / "deploy.log"
+    with log_path.open("ab") as log_file:
+        try:
             deployed = subprocess.run(
                 [sys.executable, "-m", "skyeye.services.inference"],
                 env=env,
@@ -52,11 +53,36 @@ def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None)
                 timeout=settings.inference_timeout_s,
                 check=False,
             )
-        if deployed.returncode != 0:
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        except subprocess.TimeoutExpired:
             raise StackError(
-                f"Serve application failed to deploy; log: {log_path}\n" + "\n".join(tail)
-            )
+                f"Serve application not deployed within {settings.inference_timeout_s:g} s; "
+                f"log: {log_path}"
+            ) from None
+    if deployed.returncode != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        raise StackError(f"Serve application failed to deploy; log: {log_path}\n" + "\n".join(tail))
+
+
+def _follow_restart(stack: Stack, settings: Settings, name: str) -> None:
+    """The stack's ``on_restarted`` hook. A restarted Ray head starts empty and the drivers of
+    the old one cannot reconnect: deploy the Serve application again, then restart its clients.
+    The other components keep their data; their clients reconnect on their own."""
+    if name != "ray":
+        return
+    log.warning("Ray restarted: deploying the Serve application again")
+    _deploy(settings, service_env(settings, stack.endpoints()))
+    for service in RAY_CLIENTS:
+        stack.restart_process(service, "stopped to reconnect to the restarted Ray head")
+
+
+def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> Stack:
+    """Start everything and return the running stack; on any failure, nothing is left running."""
+    stack = Stack(settings, on_restarted=lambda name: _follow_restart(stack, settings, name))
+    stack.start(on_database_ready=_migrate, progress=progress)
+    try:
+        env = service_env(settings, stack.endpoints())
+        progress("deploying the Serve application (VisionEncoder, LlmDecoder)")
+        _deploy(settings, env)
         for name in SERVICES:
             progress(f"starting {name}")
             stack.add_process(name, [sys.executable, "-m", f"skyeye.services.{name}"], env)

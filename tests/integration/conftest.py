@@ -1,10 +1,13 @@
-"""One real pipeline per test session: nanio, tansu, embedded PostgreSQL, Ray Serve, consumers."""
+"""One real pipeline per test session: nanio, tansu, embedded PostgreSQL, Ray Serve, consumers,
+supervised as `skyeye up` supervises them (dead processes are restarted)."""
 
+import contextlib
 import io
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from skyeye.adapters import postgres
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import WorkItem
 from skyeye.pipeline import launch
-from skyeye.settings import DecodingSettings, Settings
+from skyeye.settings import DecodingSettings, ReconcilerSettings, Settings
 from skyeye.stack import Stack, resolve
 
 
@@ -26,6 +29,43 @@ class Pipeline:
     settings: Settings
     engine: sa.Engine
     home: Path
+    _watch_stop: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+    _watch_error: list[BaseException] = field(default_factory=list)
+
+    @property
+    def fault_file(self) -> Path:
+        """The consumers' fault-injection file (``settings.fault_file``)."""
+        assert self.settings.fault_file is not None
+        return self.settings.fault_file
+
+    def supervise(self) -> None:
+        """Watch the stack in a thread, restarting what dies, as `skyeye up` does."""
+        self._watch_stop = threading.Event()
+
+        def watch() -> None:
+            try:
+                self.stack.watch(self._watch_stop, poll_s=0.2)
+            except BaseException as exc:
+                self._watch_error.append(exc)
+
+        self._watcher = threading.Thread(target=watch, name="supervisor", daemon=True)
+        self._watcher.start()
+
+    def check_supervisor(self) -> None:
+        """Fail if the supervisor gave up on the stack."""
+        assert not self._watch_error, self._watch_error
+
+    @contextlib.contextmanager
+    def unsupervised(self) -> Iterator[None]:
+        """Nothing is restarted inside the block (to keep a component down on purpose)."""
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=30)
+        try:
+            yield
+        finally:
+            self.supervise()
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +78,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         decoding=DecodingSettings(max_new_tokens=12),
         # below the 640 px photos and the 1000 px scene, so previews are downscaled
         preview_max_side=512,
+        fault_file=home / "faults.json",
+        finish_sweep_s=1.0,
+        reconciler=ReconcilerSettings(interval_s=2, min_age_s=1),
     )
     telemetry.setup("skyeye-tests", home)
     stack = launch(settings, progress=lambda msg: print(f"[pipeline] {msg}"))
@@ -45,7 +88,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         resolved = resolve(settings)
         assert resolved.database_url is not None
         engine = postgres.create_engine(resolved.database_url)
-        yield Pipeline(stack, resolved, engine, home)
+        running = Pipeline(stack, resolved, engine, home)
+        running.supervise()
+        yield running
+        running._watch_stop.set()
         engine.dispose()
     finally:
         stack.stop()

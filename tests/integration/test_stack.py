@@ -1,9 +1,14 @@
-"""The real embedded stack: start, use every component, restart on the same home, tear down."""
+"""The real embedded stack: start, use every component, restart on the same home, tear down;
+survive each server being killed."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +21,15 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from skyeye.settings import Settings
-from skyeye.stack import Endpoints, Stack, StackNotRunning, read_state, resolve, use_loopback_ray
+from skyeye.stack import (
+    ComponentState,
+    Endpoints,
+    Stack,
+    StackNotRunning,
+    read_state,
+    resolve,
+    use_loopback_ray,
+)
 from skyeye.stack import components as c
 from skyeye.stack.layout import Layout, short_dir
 
@@ -188,3 +201,116 @@ def _assert_gone(processes: set[psutil.Process], settings: Settings) -> None:
         if any(marker in cmdline for marker in markers):
             strays.append(proc)
     assert not strays, strays
+
+
+def _start_busy_query(engine: sa.Engine) -> None:
+    """Run a query that computes for minutes in a thread; return once it runs."""
+
+    def run() -> None:
+        # Ends with an error when the supervisor kills its backend.
+        with contextlib.suppress(sa.exc.DBAPIError), engine.connect() as db:
+            db.execute(sa.text("select count(*) from generate_series(1, 10000000000)"))
+
+    threading.Thread(target=run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while True:
+        with engine.connect() as db:
+            busy = db.execute(
+                sa.text(
+                    "select count(*) from pg_stat_activity "
+                    "where state = 'active' and query like '%generate_series%' "
+                    "and pid <> pg_backend_pid()"
+                )
+            ).scalar()
+        if busy:
+            return
+        assert time.monotonic() < deadline, "the busy query did not start"
+        time.sleep(0.1)
+
+
+def _recovered(
+    settings: Settings, name: str, restarts: int, errors: list[BaseException]
+) -> ComponentState:
+    """Wait until ``name`` has been restarted ``restarts`` times and is ready again."""
+    deadline = time.monotonic() + 240
+    while True:
+        assert not errors, errors
+        state = read_state(settings.home)
+        entry = state.component(name) if state is not None else None
+        if (
+            entry is not None
+            and entry.restarts >= restarts
+            and entry.alive
+            and entry.ready_after_s is not None
+        ):
+            return entry
+        assert time.monotonic() < deadline, f"{name} did not come back: {entry}"
+        time.sleep(0.2)
+
+
+def test_killed_servers_come_back_with_their_data(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    use_loopback_ray()
+    payload = uuid.uuid4().hex.encode()
+    restarted: list[str] = []
+    stack = Stack(settings, on_restarted=restarted.append)
+    endpoints = stack.start()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            stack.watch(stop, 0.2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        s3 = c.s3_client(settings, endpoints.s3_endpoint)
+        s3.put_object(settings.bucket, "probe/object.bin", io.BytesIO(payload), len(payload))
+        producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all")
+        producer.send(settings.topic_events, payload, partition=0).get(timeout=30)
+        producer.close()
+        engine = sa.create_engine(endpoints.database_url, poolclass=sa.NullPool)
+        with engine.begin() as db:
+            db.execute(sa.text("create table kept (value text)"))
+            db.execute(sa.text("insert into kept values (:v)"), {"v": payload.decode()})
+
+        downtime = {}
+        # Kafka before S3: tansu keeps its log in S3 and may die (and come back) with it.
+        for name in ("postgres", "kafka", "s3", "ray"):
+            before = stack.state().component(name)
+            assert before is not None and before.pid is not None
+            if name == "postgres":
+                # A backend busy computing outlives its postmaster and holds the shared memory
+                # a new postmaster needs: the supervisor must kill it.
+                _start_busy_query(engine)
+            killed_at = time.monotonic()
+            os.kill(before.pid, signal.SIGKILL)
+            after = _recovered(settings, name, 1, errors)
+            downtime[name] = time.monotonic() - killed_at
+            assert after.restarts == 1 or name == "kafka"
+            assert after.last_exit == "killed by SIGKILL"
+            assert (after.endpoint, after.port) == (before.endpoint, before.port)
+            assert after.pid != before.pid
+
+            assert s3.get_object(settings.bucket, "probe/object.bin").read() == payload
+            assert _kafka_messages(endpoints.kafka_bootstrap, settings.topic_events) == [payload]
+            with engine.connect() as db:
+                assert db.execute(sa.text("select value from kept")).scalars().all() == [
+                    payload.decode()
+                ]
+        assert _ray_round_trip(endpoints.ray_address) == 42
+        assert restarted[0] == "postgres" and restarted[-1] == "ray"
+        assert set(restarted) == {"postgres", "kafka", "s3", "ray"}
+        engine.dispose()
+    finally:
+        stop.set()
+        watcher.join(60)
+        stack.stop()
+    assert not errors, errors
+    figures = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in downtime.items())
+    print(f"\nkilled and back (SIGKILL to ready, 1 s backoff included): {figures}")

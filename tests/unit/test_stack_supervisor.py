@@ -150,6 +150,7 @@ def test_service_is_restarted_and_stopped_first(tmp_path: Path) -> None:
         assert entry is not None and entry.pid is not None
         new_pid = entry.pid
         assert new_pid != pid
+        assert entry.last_exit == "killed by SIGKILL" and entry.last_exit_at is not None
     finally:
         stack.stop()
     assert not psutil.pid_exists(new_pid) or psutil.Process(new_pid).status() == "zombie"

@@ -6,12 +6,13 @@ each a real server on 127.0.0.1, supervised from one process and recorded in
 from skyeye.stack.errors import StackError, StackLocked, StackNotRunning
 from skyeye.stack.ray_env import RAY_LOOPBACK_ENV, use_loopback_ray
 from skyeye.stack.state import ComponentState, Endpoints, StackState, read_state, resolve
-from skyeye.stack.supervisor import Stack
+from skyeye.stack.supervisor import RestartPolicy, Stack
 
 __all__ = [
     "RAY_LOOPBACK_ENV",
     "ComponentState",
     "Endpoints",
+    "RestartPolicy",
     "Stack",
     "StackError",
     "StackLocked",

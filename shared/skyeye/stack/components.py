@@ -232,6 +232,9 @@ def postgres_process(layout: Layout, user: str | None) -> ManagedProcess:
         stop_signal=signal.SIGINT,
         grace_s=30.0,
         endpoint=None,
+        # Its processes overwrite their environment with their titles: the data folder (where
+        # each of them runs) is what finds a killed postmaster's backends.
+        cwd=layout.pg_dir,
     )
 
 

@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,21 @@ log = logging.getLogger("skyeye.stack")
 _TAIL_BYTES = 64 * 1024
 # Children get this long to exit after their parent did before they are killed.
 _ORPHAN_GRACE_S = 2.0
+# Every process a ManagedProcess starts carries this variable, and so do its descendants: once
+# the root is gone they are re-parented, so the environment is what still finds them (except
+# where a server overwrites it with its process title: see ManagedProcess's ``cwd``).
+TREE_MARKER = "SKYEYE_STACK_TREE"
+
+
+def describe_exit(code: int) -> str:
+    """Why a process ended, from its Popen return code: "exited with code 1",
+    "killed by SIGKILL"."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def run_as(user: str | None) -> dict[str, Any]:
@@ -113,7 +129,11 @@ class ManagedProcess:
         grace_s: float = 15.0,
         port: int | None = None,
         endpoint: str | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: the folder to start in, for servers that overwrite the environment of their
+        processes with a process title (PostgreSQL): their leftovers are then recognised as
+        processes of the same executable in that folder."""
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
@@ -124,13 +144,17 @@ class ManagedProcess:
         self.grace_s = grace_s
         self.port = port
         self.endpoint = endpoint
+        self.cwd = cwd
         self.restarts = 0
+        self.last_exit: str | None = None
+        self.last_exit_at: datetime | None = None
         self.started_at: datetime | None = None
         self.started_monotonic = 0.0
         self.ready_after_s: float | None = None
         self._popen: subprocess.Popen[bytes] | None = None
         self._create_time: float | None = None
         self._log_offset = 0
+        self._tree_id = f"{name}-{uuid.uuid4().hex}"
 
     @property
     def address(self) -> str:
@@ -152,12 +176,15 @@ class ManagedProcess:
                 f"--- {stamp} skyeye.stack starts {self.name}: {shlex.join(self.argv)}\n".encode()
             )
             out.flush()
+            env = dict(self.env if self.env is not None else os.environ)
+            env[TREE_MARKER] = self._tree_id
             self._popen = subprocess.Popen(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,
+                cwd=self.cwd,
                 **run_as(self.user),
                 start_new_session=True,
             )
@@ -188,8 +215,41 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
+    def record_exit(self, reason: str) -> None:
+        """Note why the current run ended, for ``skyeye status``."""
+        self.last_exit = reason
+        self.last_exit_at = datetime.now(UTC)
+        self.ready_after_s = None
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL whatever any run of this process left behind once its root was gone (a
+        killed PostgreSQL postmaster leaves backends that hold its shared memory and keep a new
+        postmaster from starting; a killed Ray head leaves servers on its ports)."""
+        exe = os.path.realpath(self.argv[0])
+        cwd = str(self.cwd.resolve()) if self.cwd is not None else None
+        found = []
+        for proc in psutil.process_iter(["environ", "exe", "cwd", "name"], ad_value=None):
+            info = proc.info
+            ours = (info["environ"] or {}).get(TREE_MARKER) == self._tree_id or (
+                cwd is not None and info["cwd"] == cwd and info["exe"] == exe
+            )
+            if ours and proc.pid != os.getpid() and _running(proc):
+                found.append(proc)
+        for proc in found:
+            log.warning(
+                "killing %s's leftover process %d (%s)", self.name, proc.pid, proc.info["name"]
+            )
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                continue
+        _wait_gone(found, _ORPHAN_GRACE_S)
+
     def stop(self) -> None:
-        if self._popen is None or self._popen.poll() is not None:
+        if self._popen is None:
+            return
+        if self._popen.poll() is not None:
+            self.kill_leftovers()
             return
         log.info("stopping %s (pid %d)", self.name, self._popen.pid)
         try:
@@ -211,4 +271,6 @@ class ManagedProcess:
             started_at=self.started_at,
             ready_after_s=self.ready_after_s,
             restarts=self.restarts,
+            last_exit=self.last_exit,
+            last_exit_at=self.last_exit_at,
         )

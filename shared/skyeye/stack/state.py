@@ -52,6 +52,10 @@ class ComponentState(BaseModel):
     started_at: datetime | None = None
     ready_after_s: float | None = None
     restarts: int = 0
+    # Why the last run of the process ended ("exited with code 1", "killed by SIGKILL") and
+    # when; None while it has never ended unexpectedly.
+    last_exit: str | None = None
+    last_exit_at: datetime | None = None
     # Computed by read_state from the live process table; the stored value is never trusted.
     alive: bool = False
 

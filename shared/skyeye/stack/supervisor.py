@@ -11,7 +11,9 @@ import re
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import TypeVar
@@ -26,7 +28,7 @@ from skyeye.stack.errors import StackError
 from skyeye.stack.layout import Layout, short_dir
 from skyeye.stack.lock import HomeLock
 from skyeye.stack.ports import pick_ports
-from skyeye.stack.process import ManagedProcess, stop_tree
+from skyeye.stack.process import ManagedProcess, describe_exit, stop_tree
 from skyeye.stack.ray_env import RAY_LOOPBACK_ENV
 from skyeye.stack.state import (
     ComponentState,
@@ -49,18 +51,39 @@ _POLL_S = 0.1
 _PORT_TAKEN = re.compile(r"addrinuse|address already in use|errno 98", re.IGNORECASE)
 _PORT_ATTEMPTS = 3
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_BACKOFF_MIN_S = 1.0
-_BACKOFF_MAX_S = 30.0
-# A service that ran at least this long before dying restarts at the minimum backoff again.
-_HEALTHY_RUN_S = 30.0
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
 DatabaseHook = Callable[[str], None]
+# Called with an infrastructure component's name once it is ready again after a restart.
+RestartHook = Callable[[str], None]
+# Probes the component's readiness; the float is the deadline (time.monotonic()) to respect.
+Probe = Callable[[ManagedProcess, float], object]
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How the supervisor restarts a process that exited on its own.
+
+    Services are restarted for as long as the stack runs; an infrastructure component that
+    exits ``max_exits`` times within ``window_s`` stops the stack, as does one that is not
+    ready again within the stack's start timeout.
+    """
+
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 30.0
+    # A process that ran at least this long before dying restarts at the minimum backoff again.
+    healthy_run_s: float = 30.0
+    max_exits: int = 5
+    window_s: float = 600.0
 
 
 class _PortTaken(Exception):
     pass
+
+
+class _ExitedEarly(StackError):
+    """The component exited before it was ready."""
 
 
 class Stack:
@@ -69,18 +92,37 @@ class Stack:
     Components whose endpoint is set in ``settings`` are external: recorded, never started.
     """
 
-    def __init__(self, settings: Settings, *, start_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        start_timeout_s: float = 180.0,
+        restart_policy: RestartPolicy | None = None,
+        on_restarted: RestartHook | None = None,
+    ) -> None:
+        """``on_restarted(name)`` runs (in a supervisor thread) each time infrastructure
+        component ``name`` is ready again after a restart, e.g. to redeploy what lived in it;
+        if it raises, the stack stops. ``start_timeout_s`` bounds each start and restart."""
         self.settings = settings
         self.layout = Layout.of(settings.home)
         self.start_timeout_s = start_timeout_s
+        self.restart_policy = restart_policy or RestartPolicy()
+        self._on_restarted = on_restarted
         self._lock = threading.RLock()
         self._home_lock = HomeLock(self.layout.lock_file)
         self._cancel = threading.Event()
         self._infra: dict[str, ManagedProcess] = {}
         self._external: dict[str, ComponentState] = {}
         self._services: dict[str, ManagedProcess] = {}
+        self._probes: dict[str, Probe] = {}
         self._restart_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
+        self._exits: dict[str, deque[float]] = {}
+        # Infrastructure being restarted by a thread, and services held by restart_process:
+        # the watch loop leaves them alone meanwhile.
+        self._recovering: set[str] = set()
+        self._held: set[str] = set()
+        self._failure: StackError | None = None
         self._started_at: datetime | None = None
         self._progress: Progress | None = None
         self._progress_lock = threading.Lock()
@@ -172,7 +214,6 @@ class Stack:
                 raise ValueError(f"a process named {name!r} is already supervised")
             proc.start()
             self._services[name] = proc
-            self._backoff[name] = _BACKOFF_MIN_S
         self._report(f"{name} started (pid {proc.pid}, log {proc.log_path})")
         self._write_state()
         assert proc.pid is not None
@@ -181,21 +222,46 @@ class Stack:
     def watch(self, stop_event: threading.Event | None = None, poll_s: float = 0.5) -> None:
         """Supervise until ``stop_event`` is set.
 
-        A dead service process is logged and restarted with exponential backoff. A dead
-        infrastructure component raises StackError: everything depending on it is broken, so
-        the caller should stop the stack.
+        A process that exits is logged and restarted with exponential backoff (see
+        :class:`RestartPolicy`); an infrastructure component on the same ports and data
+        folder, its leftover processes killed first, then probed until ready and announced to
+        ``on_restarted``. StackError when an infrastructure component fails too often or
+        cannot come back: the caller should then stop the stack.
         """
         stop_event = stop_event or threading.Event()
         while not stop_event.wait(poll_s) and not self._cancel.is_set():
+            if self._failure is not None:
+                raise self._failure
             for proc in list(self._infra.values()):
-                code = proc.poll()
-                if code is not None:
-                    raise StackError(
-                        f"{proc.name} exited unexpectedly with code {code}; log: {proc.log_path}"
-                        + _tail_suffix(proc)
-                    )
+                self._tend_infra(proc)
             for proc in list(self._services.values()):
                 self._tend_service(proc)
+
+    def restart_process(self, name: str, reason: str) -> None:
+        """Stop service ``name`` now and start it again, e.g. to reconnect it to an
+        infrastructure component that was restarted. It counts as a restart, with ``reason``
+        as its last exit."""
+        with self._lock:
+            proc = self._services.get(name)
+            if proc is None:
+                raise ValueError(f"no process named {name!r} is supervised")
+            if self._cancel.is_set():
+                return
+            self._held.add(name)
+            self._restart_at.pop(name, None)
+        try:
+            proc.stop()
+            with self._lock:
+                if self._cancel.is_set():
+                    return
+                proc.record_exit(reason)
+                proc.restarts += 1
+                proc.start()
+        finally:
+            with self._lock:
+                self._held.discard(name)
+        self._report(f"restarted {name} (pid {proc.pid}): {reason}")
+        self._write_state()
 
     def run_forever(self) -> None:
         """Supervise until SIGINT, SIGTERM or SIGHUP, then stop everything.
@@ -320,7 +386,7 @@ class Stack:
                 "s3",
                 lambda ports: c.s3_process(self.settings, self.layout, ports[0]),
                 1,
-                lambda proc: c.s3_client(self.settings, proc.address).list_buckets(),
+                lambda proc, _deadline: c.s3_client(self.settings, proc.address).list_buckets(),
                 deadline,
             )
             s3_endpoint = s3.address
@@ -337,7 +403,7 @@ class Stack:
             "kafka",
             lambda ports: c.kafka_process(self.settings, self.layout, ports[0], s3_endpoint),
             1,
-            lambda proc: c.kafka_admin(proc.address).close(),
+            lambda proc, _deadline: c.kafka_admin(proc.address).close(),
             deadline,
         )
         self._step("kafka", lambda: self._ensure_topics(kafka.address))
@@ -356,7 +422,7 @@ class Stack:
                 "postgres",
                 lambda _ports: c.postgres_process(self.layout, user),
                 0,
-                lambda _proc: c.postgres_probe(socket_dir),
+                lambda _proc, _deadline: c.postgres_probe(socket_dir),
                 deadline,
                 began,
             )
@@ -373,7 +439,7 @@ class Stack:
             "ray",
             lambda ports: c.ray_process(self.settings, self.layout, ports),
             3,
-            lambda proc: c.ray_probe(proc, deadline, self._cancel),
+            lambda proc, until: c.ray_probe(proc, until, self._cancel),
             deadline,
         )
         self._mark_ready("ray", proc.address)
@@ -383,7 +449,7 @@ class Stack:
         name: str,
         build: Callable[[list[int]], ManagedProcess],
         port_count: int,
-        probe: Callable[[ManagedProcess], object],
+        probe: Probe,
         deadline: float,
         began: float | None = None,
     ) -> ManagedProcess:
@@ -401,6 +467,7 @@ class Stack:
                     raise c.Cancelled()
                 self._step(name, proc.start)
                 self._infra[name] = proc
+                self._probes[name] = probe
             self._write_state()
             try:
                 self._wait_ready(proc, probe, deadline, began)
@@ -417,9 +484,10 @@ class Stack:
     def _wait_ready(
         self,
         proc: ManagedProcess,
-        probe: Callable[[ManagedProcess], object],
+        probe: Probe,
         deadline: float,
         began: float | None,
+        action: str = "start",
     ) -> None:
         last_error = "no answer yet"
         while True:
@@ -429,12 +497,12 @@ class Stack:
             if code is not None:
                 if _PORT_TAKEN.search(proc.log_tail()):
                     raise _PortTaken()
-                raise StackError(
-                    f"{proc.name} failed to start: exited with code {code}; log: {proc.log_path}"
+                raise _ExitedEarly(
+                    f"{proc.name} failed to {action}: {describe_exit(code)}; log: {proc.log_path}"
                     + _tail_suffix(proc)
                 )
             try:
-                probe(proc)
+                probe(proc, deadline)
             except c.Cancelled:
                 raise
             except Exception as exc:
@@ -446,8 +514,9 @@ class Stack:
             if time.monotonic() >= deadline:
                 proc.stop()
                 raise StackError(
-                    f"{proc.name} failed to start: not ready within {self.start_timeout_s:.0f} s "
-                    f"(last probe: {last_error}); log: {proc.log_path}" + _tail_suffix(proc)
+                    f"{proc.name} failed to {action}: not ready within "
+                    f"{self.start_timeout_s:.0f} s (last probe: {last_error}); "
+                    f"log: {proc.log_path}" + _tail_suffix(proc)
                 )
             self._cancel.wait(_POLL_S)
 
@@ -474,7 +543,11 @@ class Stack:
     def _ensure_topics(self, bootstrap: str) -> None:
         created = kafka_adapter.ensure_topics(
             self.settings.model_copy(update={"kafka_bootstrap": bootstrap}),
-            [self.settings.topic_events, self.settings.topic_work],
+            [
+                self.settings.topic_events,
+                self.settings.topic_work,
+                self.settings.topic_dead_letter,
+            ],
         )
         if created:
             self._report(f"created topics {', '.join(created)}")
@@ -494,30 +567,125 @@ class Stack:
     # --- supervision ----------------------------------------------------------------------
 
     def _tend_service(self, proc: ManagedProcess) -> None:
-        now = time.monotonic()
-        if proc.name in self._restart_at:
-            if now >= self._restart_at[proc.name]:
-                del self._restart_at[proc.name]
-                with self._lock:
-                    if self._cancel.is_set():
-                        return
+        # Under the lock: restart_process must never find a restart of its own under way.
+        with self._lock:
+            if proc.name in self._held or self._cancel.is_set():
+                return
+            if proc.name in self._restart_at:
+                if time.monotonic() >= self._restart_at[proc.name]:
+                    del self._restart_at[proc.name]
                     proc.restarts += 1
                     proc.start()
-                log.info("restarted %s (pid %d, restart %d)", proc.name, proc.pid, proc.restarts)
-                self._write_state()
+                    log.info(
+                        "restarted %s (pid %d, restart %d)", proc.name, proc.pid, proc.restarts
+                    )
+                    self._write_state()
+                return
+            code = proc.poll()
+            if code is None:
+                return
+            self._note_exit(proc, code)
+            self._restart_at[proc.name] = time.monotonic() + self._restart_delay(proc)
+
+    def _tend_infra(self, proc: ManagedProcess) -> None:
+        if proc.name in self._recovering:
             return
         code = proc.poll()
         if code is None:
             return
-        if now - proc.started_monotonic >= _HEALTHY_RUN_S:
-            self._backoff[proc.name] = _BACKOFF_MIN_S
-        delay = self._backoff[proc.name]
-        self._backoff[proc.name] = min(delay * 2, _BACKOFF_MAX_S)
-        self._restart_at[proc.name] = now + delay
+        exits = self._note_exit(proc, code)
+        policy = self.restart_policy
+        if exits >= policy.max_exits:
+            raise StackError(
+                f"{proc.name} exited {exits} times within {_duration(policy.window_s)} "
+                f"({proc.last_exit} the last time); stopping the stack; log: {proc.log_path}"
+                + _tail_suffix(proc)
+            )
+        self._recovering.add(proc.name)
+        threading.Thread(
+            target=self._recover,
+            args=(proc, self._restart_delay(proc), time.monotonic()),
+            name=f"skyeye-restart-{proc.name}",
+            daemon=True,
+        ).start()
+
+    def _note_exit(self, proc: ManagedProcess, code: int) -> int:
+        """Record an unexpected exit in the state file; returns how many times ``proc``
+        exited within the policy's window."""
+        now = time.monotonic()
+        exits = self._exits.setdefault(proc.name, deque())
+        exits.append(now)
+        while exits[0] <= now - self.restart_policy.window_s:
+            exits.popleft()
+        if now - proc.started_monotonic >= self.restart_policy.healthy_run_s:
+            self._backoff.pop(proc.name, None)
+        with self._lock:
+            proc.record_exit(describe_exit(code))
+        self._write_state()
         log.error(
-            "%s (pid %s) exited with code %d; restarting in %.0f s; log: %s%s",
-            proc.name, proc.pid, code, delay, proc.log_path, _tail_suffix(proc),
+            "%s (pid %s) %s; log: %s%s",
+            proc.name, proc.pid, proc.last_exit, proc.log_path, _tail_suffix(proc),
         )  # fmt: skip
+        return len(exits)
+
+    def _restart_delay(self, proc: ManagedProcess) -> float:
+        """The backoff before the next restart of ``proc``: doubles up to the policy's
+        maximum with each exit, back to the minimum after a healthy run."""
+        policy = self.restart_policy
+        delay = self._backoff.get(proc.name, policy.backoff_min_s)
+        self._backoff[proc.name] = min(delay * 2, policy.backoff_max_s)
+        self._report(f"{proc.name} {proc.last_exit}; restarting in {delay:g} s")
+        return delay
+
+    def _recover(self, proc: ManagedProcess, delay: float, exited_at: float) -> None:
+        """Restart infrastructure component ``proc`` after ``delay`` seconds (a thread of its
+        own, so that a slow start holds up nothing else); a failure is raised by watch()."""
+        try:
+            if self._cancel.wait(delay):
+                return
+            proc.kill_leftovers()
+            with self._lock:
+                if self._cancel.is_set():
+                    return
+                proc.restarts += 1
+                proc.start()
+            self._write_state()
+            deadline = time.monotonic() + self.start_timeout_s
+            try:
+                self._wait_ready(proc, self._probes[proc.name], deadline, None, "restart")
+            except _ExitedEarly:
+                # watch() counts it as one more exit.
+                return
+            except _PortTaken:
+                where = f"port {proc.port}" if proc.port is not None else "its socket"
+                raise StackError(
+                    f"{proc.name} cannot restart: {where} was taken by another process meanwhile;"
+                    f" log: {proc.log_path}" + _tail_suffix(proc)
+                ) from None
+            self._write_state()
+            self._report(
+                f"{proc.name} back at {proc.endpoint} after {time.monotonic() - exited_at:.1f} s "
+                f"(restart {proc.restarts})"
+            )
+            if self._on_restarted is not None:
+                try:
+                    self._on_restarted(proc.name)
+                except Exception as exc:
+                    raise StackError(
+                        f"{proc.name} was restarted, but what depends on it could not follow: {exc}"
+                    ) from exc
+        except c.Cancelled:
+            return
+        except StackError as exc:
+            log.error("%s", exc)
+            self._failure = self._failure or exc
+        except Exception as exc:
+            log.exception("restarting %s failed", proc.name)
+            self._failure = self._failure or StackError(
+                f"{proc.name} failed to restart: {type(exc).__name__}: {exc}; log: {proc.log_path}"
+            )
+        finally:
+            self._recovering.discard(proc.name)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -543,6 +711,10 @@ def _in_parallel(actions: list[Callable[[], None]]) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} s"
 
 
 def _tail_suffix(proc: ManagedProcess) -> str:
