@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
 
 from skyeye import telemetry
 from skyeye.settings import Settings
@@ -42,9 +43,17 @@ def producer(settings: Settings) -> KafkaProducer:
 
 def publish_json(producer_: KafkaProducer, topic: str, key: str, payload: object) -> None:
     """Publish with the current trace context in the headers; wait for the broker's ack."""
-    producer_.send(
+    send_json(producer_, topic, key, payload).get(timeout=30)
+
+
+def send_json(
+    producer_: KafkaProducer, topic: str, key: str, payload: object
+) -> FutureRecordMetadata:
+    """:func:`publish_json` without the wait: many messages sent before their acks are awaited
+    (``.get()`` on each future) cost one round trip, not one each."""
+    return producer_.send(
         topic, key=key.encode(), value=json.dumps(payload).encode(), headers=telemetry.inject()
-    ).get(timeout=30)
+    )
 
 
 def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) -> KafkaConsumer:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from xml.etree import ElementTree
 
 import urllib3.exceptions
 from minio import Minio
@@ -145,19 +146,29 @@ class ObjectStore:
 
         return open_
 
-    def list_objects(self, bucket: str, prefix: str = "") -> Iterator[ListedObject]:
+    def versioned(self, bucket: str) -> bool:
+        """Whether the bucket gives its objects version ids (versioning enabled or suspended)."""
+        try:
+            status = self._client.get_bucket_versioning(bucket).status
+        except ElementTree.ParseError:
+            # a store without versioning (nanio) answers with a listing of raw keys instead,
+            # which is not XML when a key holds a control character
+            return False
+        return status in {"Enabled", "Suspended"}
+
+    def list_objects(
+        self, bucket: str, prefix: str = "", *, versions: bool = False
+    ) -> Iterator[ListedObject]:
         """Every object whose key starts with ``prefix``, in key order, fetched a page (1,000
         keys) at a time as the caller iterates, so a bucket of any size streams through in
-        constant memory. In a versioned bucket, only each key's current version (never older
-        versions or delete markers), with its version id."""
-        versioning = self._client.get_bucket_versioning(bucket).status
-        versioned = versioning in {"Enabled", "Suspended"}
+        constant memory. ``versions`` (for a :meth:`versioned` bucket) lists each key's current
+        version with its version id, never older versions or delete markers."""
         for obj in self._client.list_objects(
-            bucket, prefix=prefix or None, recursive=True, include_version=versioned
+            bucket, prefix=prefix or None, recursive=True, include_version=versions
         ):
             if obj.is_dir or obj.is_delete_marker or obj.object_name is None:
                 continue
-            if versioned and obj.is_latest != "true":
+            if versions and obj.is_latest != "true":
                 continue
             yield ListedObject(
                 key=obj.object_name,
