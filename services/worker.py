@@ -34,7 +34,7 @@ from skyeye import catalog, clips, geo, imagery, previews, scenes, tasks, teleme
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
-from skyeye.contracts import Tile, WorkItem, preview_key_for
+from skyeye.contracts import Tile, WorkItem, first_error, preview_key_for
 from skyeye.services._runtime import (
     Subject,
     TransientReason,
@@ -129,8 +129,8 @@ class Worker:
         try:
             item = WorkItem.model_validate_json(record.value)
         except ValidationError as exc:
-            log.warning("%s: malformed work item: %s", source, exc.errors()[0]["msg"])
-            self._error(source, "malformed_work_item", str(exc.errors()[0]["msg"]))
+            message = f"malformed work item at {first_error(exc, 'message')}"
+            self._error(source, "malformed_work_item", message)
             return None
         span.set_attributes(
             {"skyeye.asset_id": str(item.asset_id), "skyeye.work_item_id": str(item.work_item_id)}

@@ -150,13 +150,24 @@ def open_clip(stream: BinaryIO) -> Iterator[InputContainer]:
     try:
         container = av.open(stream, mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise UnreadableClip(f"not a readable video: {exc}") from exc
+        stream.seek(0)
+        if not stream.read(1):
+            raise UnreadableClip("the file is empty") from exc
+        raise UnreadableClip(f"not a video FFmpeg can read: {_ffmpeg_message(exc)}") from exc
     try:
         yield container
     except av.FFmpegError as exc:
-        raise UnreadableClip(f"corrupt video data: {exc}") from exc
+        raise UnreadableClip(f"the clip's video data is corrupt: {_ffmpeg_message(exc)}") from exc
     finally:
         container.close()
+
+
+def _ffmpeg_message(exc: Exception) -> str:
+    """FFmpeg's reason, without its error number and the name of the anonymous stream."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if "Invalid data" in reason:
+        reason += " (a truncated file, or not a video)"
+    return reason
 
 
 def _video(container: InputContainer) -> VideoStream:

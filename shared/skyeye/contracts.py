@@ -262,7 +262,8 @@ def first_error(exc: ValidationError, whole: str) -> str:
     the document when the error is about all of it."""
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or whole
-    return f"{where}: {first['msg']}"
+    # a validator's own message needs no "Value error, " in front of it
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 class DeadLetterHeader(StrEnum):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -28,14 +28,25 @@ class ImageInfo:
     height: int
 
 
+# What Pillow raises on damaged files besides OSError: plugins parse headers with struct and
+# index arithmetic. An object store failure (urllib3, minio) is none of these, so it still
+# reaches the caller as an outage.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, struct.error, IndexError, EOFError)
+
+
 def probe(stream: BinaryIO, *, max_pixels: int) -> ImageInfo:
     """Read only the header: format and size, refusing images over ``max_pixels``."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableImage(f"not a readable image: {exc}") from exc
+        image = Image.open(stream)
+    except UnidentifiedImageError as exc:
+        stream.seek(0)
+        if not stream.read(1):
+            raise UnreadableImage("the file is empty") from exc
+        raise UnreadableImage(
+            "not an image in a format the pipeline reads (PNG, JPEG, TIFF, WebP, GIF, BMP, ...)"
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise UnreadableImage(f"the image's header cannot be read: {exc}") from exc
     width, height = image.size
     if width <= 0 or height <= 0:
         raise UnreadableImage(f"image has an empty size {width}x{height}")
@@ -72,8 +83,8 @@ def read_tile(data: bytes, tile: Tile, *, max_pixels: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImage(f"corrupt image data: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise UnreadableImage(f"the image's pixel data is corrupt: {exc}") from exc
     box = (tile.x, tile.y, tile.x + tile.width, tile.y + tile.height)
     return np.asarray(rgb.crop(box), dtype=np.uint8)
 

@@ -9,6 +9,7 @@ so memory stays per tile whatever the scene's size.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,15 +62,29 @@ def open_scene(
     store: ObjectStore, settings: Settings, bucket: str, key: str
 ) -> Iterator[DatasetReader]:
     # GDAL would otherwise list the "directory" looking for sidecar files on every open.
+    opener = store.opener(bucket, key)
     with rasterio.Env(
         GDAL_CACHEMAX=settings.gdal_cache_bytes, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"
     ):
         try:
-            dataset = rasterio.open(key, opener=store.opener(bucket, key))
+            dataset = rasterio.open(key, opener=opener)
         except RasterioIOError as exc:
-            raise UnreadableImage(f"not a readable raster: {exc}") from exc
+            # an object store outage reads as a corrupt file to GDAL: raise the outage
+            opener.raise_failure()
+            raise UnreadableImage(f"not a raster GDAL can read: {gdal_message(exc)}") from exc
         with dataset:
-            yield dataset
+            try:
+                yield dataset
+            except (RasterioError, UnreadableImage):
+                opener.raise_failure()
+                raise
+
+
+def gdal_message(exc: BaseException) -> str:
+    """GDAL's complaint without the virtual file name rasterio opened the object under."""
+    text = str(exc.__cause__ or exc) if "previous exception" in str(exc) else str(exc)
+    text = re.sub(r"'?/vsi[^\s']*'?", "the file", text)
+    return text.strip() or type(exc).__name__
 
 
 def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
@@ -172,7 +187,11 @@ def _read(dataset: DatasetReader, tile: geo.GeoTile, scene: ScenePlan) -> np.nda
     try:
         return geo.read_tile(dataset, tile, scene.bands, stretch)
     except RasterioError as exc:
-        raise UnreadableImage(f"corrupt raster data in {tile.window}: {exc}") from exc
+        window = tile.window
+        raise UnreadableImage(
+            f"the scene's pixel data is corrupt in the {window.width} x {window.height} px "
+            f"block at column {window.col_off}, row {window.row_off}: {gdal_message(exc)}"
+        ) from exc
 
 
 def locate(outcome: TaskOutcome, tile: geo.GeoTile, crs: str) -> TaskOutcome:

@@ -79,6 +79,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         # below the 640 px photos and the 1000 px scene, so previews are downscaled
         preview_max_side=512,
         fault_file=home / "faults.json",
+        # below Kafka's 1 MB message limit, so the corpus can send an oversized event
+        max_event_bytes=256 * 1024,
         finish_sweep_s=1.0,
         reconciler=ReconcilerSettings(interval_s=2, min_age_s=1),
     )

@@ -27,8 +27,14 @@ def test_probe_refuses_huge_dimensions_from_the_header() -> None:
 
 
 def test_not_an_image() -> None:
-    with pytest.raises(imagery.UnreadableImage, match="not a readable image"):
+    with pytest.raises(imagery.UnreadableImage, match="not an image in a format") as caught:
         imagery.probe(io.BytesIO(b"%PDF-1.4 definitely not pixels"), max_pixels=10_000)
+    assert "<_io" not in str(caught.value)  # no Python repr of the stream
+
+
+def test_an_empty_file_says_so() -> None:
+    with pytest.raises(imagery.UnreadableImage, match="the file is empty"):
+        imagery.probe(io.BytesIO(b""), max_pixels=10_000)
 
 
 def test_truncated_image_is_caught_when_decoding() -> None:

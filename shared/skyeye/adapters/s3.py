@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import mimetypes
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,18 +133,24 @@ class ObjectStore:
             response.close()
             response.release_conn()
 
-    def open(self, bucket: str, key: str, *, block_size: int = 256 * 1024) -> io.BufferedReader:
-        """A seekable file over HTTP range reads: header parsers fetch only what they touch."""
-        raw = _RangeReader(self._client, bucket, key, self.size(bucket, key))
+    def open(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        block_size: int = 256 * 1024,
+        failures: list[BaseException] | None = None,
+    ) -> io.BufferedReader:
+        """A seekable file over HTTP range reads: header parsers fetch only what they touch.
+
+        ``failures`` collects what made a read fail, for callers whose parser swallows the
+        exception (GDAL turns it into "read failed")."""
+        raw = _RangeReader(self._client, bucket, key, self.size(bucket, key), failures)
         return io.BufferedReader(raw, buffer_size=block_size)
 
-    def opener(self, bucket: str, key: str) -> Callable[..., io.BufferedReader]:
+    def opener(self, bucket: str, key: str) -> RasterOpener:
         """A rasterio ``opener``: GDAL reads the object through HTTP range requests."""
-
-        def open_(path: str, mode: str = "rb") -> io.BufferedReader:
-            return self.open(bucket, key)
-
-        return open_
+        return RasterOpener(self, bucket, key)
 
     def versioned(self, bucket: str) -> bool:
         """Whether the bucket gives its objects version ids (versioning enabled or suspended)."""
@@ -214,10 +220,40 @@ def _version_id(raw: str | None) -> str | None:
     return None if raw in (None, "", "null") else raw
 
 
+class RasterOpener:
+    """A rasterio ``opener`` over one object that remembers why a read failed: GDAL reports
+    any failed read as a corrupt file, and :meth:`raise_failure` tells an object store outage
+    (worth a retry) from a file that really is corrupt."""
+
+    def __init__(self, store: ObjectStore, bucket: str, key: str) -> None:
+        self._store, self._bucket, self._key = store, bucket, key
+        self.failures: list[BaseException] = []
+
+    def __call__(self, path: str, mode: str = "rb") -> io.BufferedReader:
+        try:
+            return self._store.open(self._bucket, self._key, failures=self.failures)
+        except Exception as exc:
+            self.failures.append(exc)
+            raise
+
+    def raise_failure(self) -> None:
+        """Raise the first read failure of the object store, if there was one."""
+        if self.failures:
+            raise self.failures[0]
+
+
 class _RangeReader(io.RawIOBase):
-    def __init__(self, client: Minio, bucket: str, key: str, size: int) -> None:
+    def __init__(
+        self,
+        client: Minio,
+        bucket: str,
+        key: str,
+        size: int,
+        failures: list[BaseException] | None = None,
+    ) -> None:
         self._client, self._bucket, self._key, self._size = client, bucket, key, size
         self._pos = 0
+        self._failures = failures
 
     def readable(self) -> bool:
         return True
@@ -237,12 +273,19 @@ class _RangeReader(io.RawIOBase):
         length = min(len(buffer), self._size - self._pos)
         if length <= 0:
             return 0
-        response = self._client.get_object(self._bucket, self._key, offset=self._pos, length=length)
         try:
-            data = response.read()
-        finally:
-            response.close()
-            response.release_conn()
+            response = self._client.get_object(
+                self._bucket, self._key, offset=self._pos, length=length
+            )
+            try:
+                data = response.read()
+            finally:
+                response.close()
+                response.release_conn()
+        except Exception as exc:
+            if self._failures is not None:
+                self._failures.append(exc)
+            raise
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
