@@ -3,25 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import logging
+import os
 import signal
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skyeye import catalog, samples, stac, telemetry
-from skyeye.adapters import kafka, postgres
+import sqlalchemy as sa
+
+from skyeye import catalog, clips, samples, stac, telemetry
+from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.arguments import bounded, count, non_negative_int
 from skyeye.evaluation import evaluate
-from skyeye.ingest import ingest, wait_for
+from skyeye.ingest import (
+    CatalogUnavailable,
+    Ingested,
+    IngestFailed,
+    InputRefused,
+    WaitTimeout,
+    check_inputs,
+    ingest,
+    object_key,
+    printable,
+    wait_for,
+)
 from skyeye.model import inspect as model_inspect
 from skyeye.pipeline import launch
 from skyeye.settings import Settings
-from skyeye.stack import StackError, StackNotRunning, read_state, resolve
+from skyeye.stack import (
+    ComponentState,
+    StackError,
+    StackNotRunning,
+    StackState,
+    read_state,
+    resolve,
+)
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A mistake in the command line that shows only once the catalog is read (an asset id
+    it does not hold): one line and exit 2, like the mistakes argparse finds."""
 
 
 def _say(message: str) -> None:
@@ -39,7 +70,7 @@ def _dump(value: Any) -> str:
 def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -61,37 +92,135 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise SystemExit(f"skyeye ingest: not a file: {', '.join(missing)}")
-    settings = resolve(_settings(args))
-    telemetry.setup("skyeye-ingest", settings.home)
-    done = ingest(settings, paths, prefix=args.prefix, metadata=dict(args.meta))
-    for item in done:
-        if not args.json:
-            print(f"{item.key}\t{item.asset_id}")
-    states: dict[uuid.UUID, str] = {}
-    if args.wait:
-        assert settings.database_url is not None
-        engine = postgres.create_engine(settings.database_url)
-        ids = [d.asset_id for d in done]
+    outcomes = [_Outcome(path, object_key(path, args.prefix)) for path in paths]
+    try:
+        # before connecting: a mistake is reported even without a stack, and nothing is uploaded
+        check_inputs(paths, args.prefix)
+        settings = resolve(_settings(args))
+        telemetry.setup("skyeye-ingest", settings.home)
+        done = ingest(settings, paths, prefix=args.prefix, metadata=dict(args.meta))
+    except InputRefused as refused:
+        for line in refused.lines():
+            _say(f"error: {line}")
+        _say("nothing was uploaded")
+        for outcome, problem in zip(outcomes, refused.problems, strict=True):
+            outcome.status = "refused" if problem or refused.prefix_problem else "not_uploaded"
+            outcome.error = problem or refused.prefix_problem or "another input was refused"
+        return _report_ingest(args, outcomes, 2)
+    except (IngestFailed, StackNotRunning) as failed:
+        _say(f"error: {failed}")
+        _uploaded(outcomes, getattr(failed, "done", []), args.json)
+        for outcome in outcomes:
+            if outcome.status is None:
+                outcome.status, outcome.error = "not_uploaded", str(failed)
+        return _report_ingest(args, outcomes, 2)
+    _uploaded(outcomes, done, args.json)
+    if not args.wait:
+        return _report_ingest(args, outcomes, 0)
+    assert settings.database_url is not None
+    engine = postgres.create_engine(settings.database_url)
+    ids = [d.asset_id for d in done]
 
-        def progress(current: dict[uuid.UUID, str]) -> None:
-            finished = sum(s in catalog.TERMINAL_ASSET_STATES for s in current.values())
-            _say(f"{finished}/{len(ids)} asset(s) finished")
+    def progress(current: dict[uuid.UUID, str]) -> None:
+        finished = sum(s in catalog.TERMINAL_ASSET_STATES for s in current.values())
+        _say(f"{finished}/{len(ids)} asset(s) finished")
 
-        states = wait_for(engine, ids, timeout_s=args.timeout, progress=progress)
-    if args.json:
-        print(
-            _dump(
-                [
-                    {"path": str(d.path), "key": d.key, "asset_id": str(d.asset_id)}
-                    | ({"status": states[d.asset_id]} if args.wait else {})
-                    for d in done
-                ]
+    # an asset not finished is "timeout" (or "unknown" with the database gone) and says why
+    code, unfinished, why = 0, "timeout", f"not finished within --timeout {args.timeout:g} s"
+    try:
+        states = wait_for(engine, ids, timeout_s=args.timeout, progress=progress, notice=_say)
+    except WaitTimeout as exc:
+        _say(f"error: {exc}")
+        states, code = exc.states, 2
+    except CatalogUnavailable as exc:
+        _say(f"error: {exc}")
+        states, code, unfinished, why = exc.states, 2, "unknown", str(exc)
+    finished = [a for a in ids if states.get(a) in catalog.TERMINAL_ASSET_STATES]
+    errors = _asset_errors(engine, finished) if unfinished == "timeout" else None
+    for outcome in outcomes:
+        if outcome.asset_id is None:
+            continue
+        state = states.get(outcome.asset_id)
+        outcome.errors = None if errors is None else errors.get(outcome.asset_id, [])
+        if state not in catalog.TERMINAL_ASSET_STATES:
+            outcome.status = unfinished
+            outcome.error = f"{why} (state: {state or 'not in the catalog yet'})"
+            continue
+        outcome.status = state
+        if state == "error":
+            reasons = "; ".join(f"{e['kind']}: {e['message']}" for e in outcome.errors or [])
+            outcome.error = reasons or "failed (no error row could be read)"
+            if not args.json:
+                _say(f"error: {outcome.key}: {outcome.error}")
+    if code == 0 and any(o.status == "error" for o in outcomes):
+        code = 1
+    return _report_ingest(args, outcomes, code)
+
+
+@dataclass
+class _Outcome:
+    """What became of one input of ``skyeye ingest``: one JSON object of ``--json``."""
+
+    path: Path
+    key: str
+    asset_id: uuid.UUID | None = None
+    status: str | None = None
+    error: str | None = None
+    errors: list[dict[str, Any]] | None = None  # the asset's error rows; None: not read
+
+    def as_json(self, waited: bool) -> dict[str, Any]:
+        row = {
+            "path": printable(str(self.path)),
+            "key": printable(self.key),
+            "asset_id": None if self.asset_id is None else str(self.asset_id),
+            "status": self.status,
+            "error": self.error,
+        }
+        if waited:  # None: the catalog could not be read
+            row["errors"] = (
+                None
+                if self.errors is None
+                else [{k: e[k] for k in ("stage", "kind", "message")} for e in self.errors]
             )
-        )
-    return 1 if any(s == "error" for s in states.values()) else 0
+        return row
+
+
+def _uploaded(outcomes: list[_Outcome], done: list[Ingested], as_json: bool) -> None:
+    """Fill in the uploaded files (``done`` follows the inputs, sidecars left out)."""
+    uploaded = iter(done)
+    for outcome in outcomes:
+        if clips.is_sidecar(outcome.path.name):
+            outcome.status = "skipped"  # it travels with its clip
+            continue
+        item = next(uploaded, None)
+        if item is None:
+            break
+        outcome.asset_id, outcome.status = item.asset_id, "uploaded"
+        if not as_json:
+            print(f"{item.key}\t{item.asset_id}")
+
+
+def _asset_errors(
+    engine: sa.Engine, asset_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[dict[str, Any]]] | None:
+    """Each asset's error rows; None, said in one line, when the database is gone again."""
+    if not asset_ids:
+        return {}
+    try:
+        with engine.connect() as conn:
+            return {a: catalog.errors(conn, a) for a in asset_ids}
+    except sa.exc.SQLAlchemyError as exc:
+        reason = postgres.transient_reason(exc)
+        if reason is None:
+            raise
+        _say(f"error: {reason}; the assets' error rows cannot be read")
+        return None
+
+
+def _report_ingest(args: argparse.Namespace, outcomes: list[_Outcome], code: int) -> int:
+    if args.json:
+        print(_dump([o.as_json(waited=args.wait) for o in outcomes]))
+    return code
 
 
 def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool) -> None:
@@ -101,6 +230,8 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
         assets = catalog.assets(conn, asset_id)
         results = catalog.results(conn, asset_id)
         errors = catalog.errors(conn, asset_id)
+    if asset_id is not None and not assets:
+        raise UsageError(f"no asset {asset_id} in the catalog (`skyeye results` lists them all)")
     if as_json:
         print(_dump({"assets": assets, "results": results, "errors": errors}))
         return
@@ -153,7 +284,7 @@ def _asset_and_detections(
         asset = catalog.stac_asset(conn, args.asset)
         detections = catalog.asset_detections(conn, args.asset)
     if asset is None:
-        raise SystemExit(f"skyeye {args.command}: no asset {args.asset} in the catalog")
+        raise UsageError(f"no asset {args.asset} in the catalog (`skyeye results` lists them all)")
     return asset, detections
 
 
@@ -204,35 +335,116 @@ def cmd_status(args: argparse.Namespace) -> int:
     }
     if state is not None:
         report["components"] = [c.model_dump(mode="json") for c in state.components]
-    if report["running"]:
-        resolved = resolve(settings)
-        assert resolved.database_url is not None
-        with postgres.create_engine(resolved.database_url).connect() as conn:
-            report["counts"] = catalog.counts(conn)
-        report["lag"] = {
-            "planner": kafka.lag(resolved, resolved.topic_events, resolved.planner_group),
-            "worker": kafka.lag(resolved, resolved.topic_work, resolved.worker_group),
-        }
+    if state is not None and report["running"]:
+        report |= _live_status(resolve(settings), state)
     if args.json:
         print(_dump(report))
         return 0 if report["running"] else 3
     print(f"state folder: {report['home']}")
-    if not report["running"]:
+    if state is None or not report["running"]:
         print("stack: not running (start it with `skyeye up`)")
         return 3
     rows = [
         (
-            c["name"],
-            c.get("pid") or "-",
-            c.get("endpoint") or "-",
-            "up" if c.get("alive") else "DOWN",
+            c.name,
+            c.pid or "-",
+            c.endpoint or "-",
+            _component_state(c),
+            c.restarts,
+            _last_exit(c),
         )
-        for c in report["components"]
+        for c in state.components
     ]
-    print(_table(rows, ("component", "pid", "endpoint", "state")))
-    print("\n" + _table(sorted(report["counts"].items()), ("count", "value")))
-    print("\n" + _table(sorted(report["lag"].items()), ("consumer", "lag")))
+    print(_table(rows, ("component", "pid", "endpoint", "state", "restarts", "last exit")))
+    health = report["serve"]
+    print(f"\nserve app {settings.serve_app}: {health['status']}", end="")
+    print(f" ({health['message']})" if health["message"] else "")
+    if health["deployments"]:
+        deployments = [
+            (
+                d["name"],
+                d["status"],
+                ", ".join(f"{n} {s.lower()}" for s, n in sorted(d["replicas"].items())) or "0",
+                _short(d["message"]) or "-",
+            )
+            for d in health["deployments"]
+        ]
+        print(_table(deployments, ("deployment", "status", "replicas", "message")))
+    if report["counts"] is not None:
+        print("\n" + _table(sorted(report["counts"].items()), ("count", "value")))
+    lag = [(name, "unknown" if n is None else n) for name, n in report["lag"].items()]
+    print("\n" + _table(sorted(lag), ("consumer", "lag")))
+    if report["problems"]:
+        print("\n" + "\n".join(f"problem: {problem}" for problem in report["problems"]))
     return 0
+
+
+def _component_state(component: ComponentState) -> str:
+    if component.kind == "external":
+        return "external"  # not ours to run: no pid to watch
+    if component.alive:
+        return "up"
+    return f"DOWN: {component.last_exit or 'not running'}"
+
+
+def _last_exit(component: ComponentState) -> str:
+    if component.last_exit is None:
+        return "-"
+    when = component.last_exit_at
+    return component.last_exit + (f" at {when.astimezone():%H:%M:%S}" if when else "")
+
+
+def _live_status(settings: Settings, state: StackState) -> dict[str, Any]:
+    """Counts, consumer lag and Serve's health of a running stack. A component that is down
+    or does not answer leaves its part unknown (None) with one line in ``problems``."""
+    problems: list[str] = []
+
+    def down(name: str) -> str | None:
+        component = state.component(name)
+        if component is None or component.kind == "external" or component.alive:
+            return None
+        return f"{name} is down ({component.last_exit or 'not running'})"
+
+    def ask(part: str, name: str, query: Callable[[], Any]) -> Any:
+        reason = down(name)
+        if reason is None:
+            try:
+                return query()
+            except Exception as exc:
+                reason = _outage(exc)
+                if reason is None:
+                    raise
+                log.info("status: %s failed", part, exc_info=exc)
+        problems.append(f"{part}: unknown, {reason}")
+        return None
+
+    def counts() -> dict[str, int]:
+        assert settings.database_url is not None
+        engine = postgres.create_engine(settings.database_url)
+        try:
+            with engine.connect() as conn:
+                return catalog.counts(conn)
+        finally:
+            engine.dispose()
+
+    report: dict[str, Any] = {"counts": ask("counts", "postgres", counts), "lag": {}}
+    for consumer, topic, group in (
+        ("planner", settings.topic_events, settings.planner_group),
+        ("worker", settings.topic_work, settings.worker_group),
+    ):
+        report["lag"][consumer] = ask(
+            f"{consumer} lag", "kafka", functools.partial(kafka.lag, settings, topic, group)
+        )
+    ray_down = down("ray")
+    health = serve.AppHealth("unknown", ray_down) if ray_down else serve.app_health(settings)
+    if health.status != "RUNNING":
+        problems.append(f"serve app {settings.serve_app}: {health.status}, {health.message}")
+    return report | {"serve": dataclasses.asdict(health), "problems": problems}
+
+
+def _outage(exc: BaseException) -> str | None:
+    """One line for people when ``exc`` says that a service of the stack is unreachable."""
+    return postgres.transient_reason(exc) or kafka.transient_reason(exc) or s3.transient_reason(exc)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -275,6 +487,20 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value
+
+
+def _metadata_item(text: str) -> tuple[str, str]:
+    """KEY=VALUE of S3 user metadata, which travels in HTTP headers: US-ASCII only."""
+    key, value = _key_value(text)
+    if not all(c.isalnum() or c in "-_." for c in key) or not key.isascii():
+        raise argparse.ArgumentTypeError(
+            f"metadata key {key!r}: only letters, digits, '-', '_' and '.' (US-ASCII)"
+        )
+    if not value.isascii() or not value.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"metadata value {value!r}: only printable US-ASCII (S3 sends it in a header)"
+        )
+    return key, value
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -381,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="uploads", help="object key prefix (default: uploads)")
     p.add_argument(
         "--meta",
-        type=_key_value,
+        type=_metadata_item,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -394,7 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds --wait waits (default 600)",
     )
-    p.add_argument("--json", action="store_true", help="print key and asset id per file as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per input: path, key, asset_id, status, error (and, with "
+        "--wait, the asset's error rows)",
+    )
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("results", help="print stored results (and errors)")
@@ -551,13 +782,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return args.func(args)
-    except (StackError, StackNotRunning, TimeoutError) as exc:
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that has gone (`| head`) shows here, not at exit
+        return code
+    except (StackError, StackNotRunning, TimeoutError, IngestFailed, CatalogUnavailable) as exc:
+        _say(f"error: {exc}")
+        return 2
+    except UsageError as exc:
         _say(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
+    except BrokenPipeError:
+        # The reader stopped reading: end quietly, as the Python docs advise (no flush of the
+        # rest at exit), with the status of a program that SIGPIPE ended.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except Exception as exc:
+        reason = _outage(exc)
+        if reason is None:
+            raise
+        log.info("%s failed", args.command, exc_info=exc)
+        _say(f"error: {reason} (see `skyeye status`)")
+        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -187,7 +187,7 @@ class Settings(BaseSettings):
     )
     fault_file: Path | None = Field(
         None,
-        description="test hook: a JSON file {\"planner\": [...], \"worker\": [...]} of object "
+        description='test hook: a JSON file {"planner": [...], "worker": [...]} of object '
         "key substrings whose messages make that consumer raise an unexpected exception",
     )
 

@@ -1,16 +1,50 @@
-"""Ray Serve: connecting to the cluster, deploying an application, getting its handle."""
+"""Ray Serve: connecting to the cluster, deploying an application, getting its handle, asking
+for its health."""
 
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass, field
 
 import ray
+import ray.exceptions
+import ray.serve.exceptions
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ServeStatus
 
 from skyeye.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# Failures of the cluster, not of the request: a replica died, is restarting or is overloaded.
+_UNAVAILABLE = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.GetTimeoutError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.RaySystemError,
+    ray.serve.exceptions.BackPressureError,
+    ray.serve.exceptions.DeploymentUnavailableError,
+)
+
+
+def transient_reason(exc: BaseException) -> str | None:
+    """Why the model service is unavailable when ``exc`` says so (worth a retry), else None.
+
+    An exception raised by the model's own code (``RayTaskError``) is not transient: the same
+    input would fail the same way.
+    """
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return None
+    if isinstance(exc, _UNAVAILABLE):
+        return f"the model service (Ray Serve) is unavailable ({type(exc).__name__})"
+    if isinstance(exc, TimeoutError):
+        return "the model service (Ray Serve) did not answer in time"
+    return None
 
 
 def connect(settings: Settings) -> None:
@@ -38,3 +72,83 @@ def deploy(app: serve.Application, settings: Settings) -> None:
 def handle(settings: Settings) -> DeploymentHandle:
     connect(settings)
     return serve.get_app_handle(settings.serve_app)
+
+
+@dataclass(frozen=True)
+class DeploymentHealth:
+    name: str
+    status: str
+    replicas: dict[str, int]  # replica state (RUNNING, STARTING, ...) -> count
+    message: str
+
+
+@dataclass(frozen=True)
+class AppHealth:
+    """Serve's view of the application: its status (RUNNING, DEPLOYING, UNHEALTHY, ...,
+    NOT_DEPLOYED when Serve has no such application, ``unknown`` when Serve could not be
+    asked) and a message that says why, when there is something to say."""
+
+    status: str
+    message: str
+    deployments: list[DeploymentHealth] = field(default_factory=list)
+
+
+def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
+    """The application's and each deployment's status and replica counts, or status
+    ``unknown`` with the reason when the cluster does not answer within ``timeout_s``.
+
+    Joining the cluster as a driver takes a second or two and may hang on a cluster that is
+    half down, so it runs in a daemon thread that is given up on, not waited for.
+    """
+    answer: list[AppHealth] = []
+    worker_log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NoSigtermNotice) for f in worker_log.filters):
+        worker_log.addFilter(_NoSigtermNotice())
+
+    def ask() -> None:
+        try:
+            connect(settings)
+            answer.append(_health(serve.status(), settings.serve_app))
+        except Exception as exc:  # whatever Ray raises, the report says "unknown" and why
+            log.info("serve status failed", exc_info=exc)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            answer.append(AppHealth("unknown", reason[:200]))
+
+    asker = threading.Thread(target=ask, name="serve-status", daemon=True)
+    asker.start()
+    asker.join(timeout_s)
+    if not answer:
+        return AppHealth("unknown", f"Ray did not answer within {timeout_s:g} s")
+    return answer[0]
+
+
+class _NoSigtermNotice(logging.Filter):
+    """Drops Ray's warning that a driver started off the main thread sets no SIGTERM handler:
+    the asking thread needs none, and the warning would land in the user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+def _health(status: ServeStatus, app: str) -> AppHealth:
+    overview = status.applications.get(app)
+    if overview is None:
+        return AppHealth("NOT_DEPLOYED", f"Serve runs no application named {app!r}")
+    return AppHealth(
+        status=_name(overview.status),
+        message=overview.message,
+        deployments=[
+            DeploymentHealth(
+                name=name,
+                status=_name(d.status),
+                replicas={_name(state): n for state, n in d.replica_states.items()},
+                message=d.message,
+            )
+            for name, d in overview.deployments.items()
+        ],
+    )
+
+
+def _name(status: object) -> str:
+    # Serve gives enum members in some fields and their plain string values in others
+    return str(getattr(status, "value", status))
