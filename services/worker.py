@@ -245,15 +245,17 @@ class Finisher:
         self._store = store
 
     def finish(self, asset_id: uuid.UUID | None = None, image: np.ndarray | None = None) -> bool:
-        """Finish ``asset_id`` (or the finishing asset waiting longest); False when there is
-        none to take. ``image``: a plain image's pixels, when the caller has them.
+        """Finish ``asset_id`` (or, sweeping, the finishing asset waiting longest, once it has
+        waited a sweep's interval); False when there is none to take. ``image``: a plain
+        image's pixels, when the caller has them.
 
         Everything happens in one transaction holding the asset's row lock: a finisher that
         dies releases the asset to the next sweep, and a transient failure leaves it finishing
         for the next sweep too.
         """
         with self._engine.begin() as conn:
-            target = catalog.claim_finishing(conn, asset_id)
+            waited = 0.0 if asset_id is not None else self._settings.finish_sweep_s
+            target = catalog.claim_finishing(conn, asset_id, waited_s=waited)
             if target is None:
                 return False
             preview_key = None

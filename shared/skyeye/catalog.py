@@ -443,12 +443,16 @@ class FinishTarget:
     any_done: bool
 
 
-def claim_finishing(conn: Connection, asset_id: uuid.UUID | None = None) -> FinishTarget | None:
+def claim_finishing(
+    conn: Connection, asset_id: uuid.UUID | None = None, *, waited_s: float = 0.0
+) -> FinishTarget | None:
     """Lock one finishing asset (``asset_id``, or the one waiting longest) for this transaction;
     None when there is none that another transaction is not finishing already.
 
     The row lock is the claim: if the process finishing it dies, its connection closes, the
-    lock goes with it and the next sweep takes the asset over.
+    lock goes with it and the next sweep takes the asset over. ``waited_s``: take only an asset
+    finishing for at least that long, so a sweep leaves a fresh one to the worker that has just
+    ended it.
     """
     row = conn.execute(
         sa.text(
@@ -458,9 +462,10 @@ def claim_finishing(conn: Connection, asset_id: uuid.UUID | None = None) -> Fini
             "   AND w.status = 'done') AS any_done"
             " FROM assets a WHERE a.status = 'finishing'"
             " AND (CAST(:id AS uuid) IS NULL OR a.asset_id = CAST(:id AS uuid))"
+            " AND a.updated_at <= now() - make_interval(secs => :waited)"
             " ORDER BY a.updated_at LIMIT 1 FOR UPDATE OF a SKIP LOCKED"
         ),
-        {"id": asset_id},
+        {"id": asset_id, "waited": waited_s},
     ).one_or_none()
     if row is None:
         return None
@@ -686,18 +691,17 @@ def record_dead_letter(conn: Connection, letter: DeadLetterRecord) -> bool:
     )
 
 
-def dead_letters(conn: Connection) -> list[DeadLetterRecord | Any]:
-    """Every dead letter, oldest first, with when it was made and replayed (rows with the
-    :class:`DeadLetterRecord` fields plus ``created_at``, ``replays``, ``replayed_at``)."""
+def dead_letters(conn: Connection) -> list[dict[str, Any]]:
+    """Every dead letter, oldest first, without its payload: what it was, why it failed, when,
+    and its replays."""
     rows = conn.execute(
         sa.text(
-            'SELECT dead_letter_id, stage, topic, partition, "offset", message_key, payload,'
-            " headers, kind, message, asset_id, work_item_id, dlq_partition, dlq_offset,"
-            " created_at, replays, replayed_at FROM dead_letters ORDER BY created_at,"
-            " dead_letter_id"
+            'SELECT dead_letter_id, stage, topic, partition, "offset", kind, message, asset_id,'
+            " work_item_id, dlq_partition, dlq_offset, created_at, replays, replayed_at"
+            " FROM dead_letters ORDER BY created_at, dead_letter_id"
         )
     )
-    return [row for row in rows]
+    return [dict(row._mapping) for row in rows]
 
 
 def dead_letter(conn: Connection, dead_letter_id: uuid.UUID) -> DeadLetterRecord | None:

@@ -99,9 +99,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         stack.stop()
 
 
-def plan_forged(conn: sa.Connection, items: Sequence[WorkItem], media_format: str) -> None:
-    """Register an asset (version "v1") and record its work items as the planner would, without
-    publishing them: the test sends them, or stores their results, itself."""
+def plan_forged(
+    conn: sa.Connection, items: Sequence[WorkItem], media_format: str, version: str = "v1"
+) -> None:
+    """Register an asset and record its work items as the planner would, without publishing
+    them: the test sends them, or stores their results, itself. ``version``: the object's
+    eTag when the object is really in the bucket, so the reconciler knows it as this asset."""
     first = items[0]
     catalog.register_asset(
         conn,
@@ -109,7 +112,7 @@ def plan_forged(conn: sa.Connection, items: Sequence[WorkItem], media_format: st
             asset_id=first.asset_id,
             bucket=first.bucket,
             object_key=first.key,
-            version="v1",
+            version=version,
             size_bytes=None,
             content_type=None,
             user_metadata={},

@@ -52,8 +52,8 @@ def _planned_image(pipeline: Pipeline, tmp_path: Path, name: str) -> WorkItem:
     path = tmp_path / f"{name}.png"
     Image.fromarray(np.full((100, 200, 3), 90, dtype=np.uint8)).save(path)
     key = f"it/preview/{name}.png"
-    ObjectStore(s).put_file(path, s.bucket, key)
-    asset_id = asset_id_for(s.bucket, key, "v1")
+    stored = ObjectStore(s).put_file(path, s.bucket, key)
+    asset_id = asset_id_for(s.bucket, key, stored.etag)
     item = WorkItem(
         work_item_id=work_item_id_for(asset_id, 0),
         asset_id=asset_id,
@@ -65,7 +65,7 @@ def _planned_image(pipeline: Pipeline, tmp_path: Path, name: str) -> WorkItem:
         tasks=TASKS,
     )
     with pipeline.engine.begin() as conn:
-        plan_forged(conn, [item], "png")
+        plan_forged(conn, [item], "png", version=stored.etag)
     return item
 
 
