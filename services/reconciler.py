@@ -245,7 +245,9 @@ class Reconciler:
         started = self._clock()
         full = self._last_full_pass is None or started - self._last_full_pass >= self._full_pass_s
         report = PassReport(full)
-        report.backlog = self._downstream.backlog() or 0
+        # A negative lag (the log ends before the group's committed offset) queues nothing for
+        # the planner: the broker lost its log end (the embedded tansu can, when killed).
+        report.backlog = max(self._downstream.backlog() or 0, 0)
         if report.backlog:
             return report
         if full:

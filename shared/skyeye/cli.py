@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from skyeye import catalog, clips, samples, stac, telemetry
+from skyeye import catalog, clips, deadletters, samples, stac, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.arguments import bounded, count, non_negative_int
 from skyeye.evaluation import evaluate
@@ -447,6 +447,61 @@ def _outage(exc: BaseException) -> str | None:
     return postgres.transient_reason(exc) or kafka.transient_reason(exc) or s3.transient_reason(exc)
 
 
+def _engine(args: argparse.Namespace) -> tuple[Settings, sa.Engine]:
+    settings = resolve(_settings(args))
+    assert settings.database_url is not None
+    return settings, postgres.create_engine(settings.database_url)
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    _, engine = _engine(args)
+    with engine.connect() as conn:
+        letters = catalog.dead_letters(conn)
+    if args.json:
+        print(_dump(letters))
+        return 0
+    if not letters:
+        print("no dead letters")
+        return 0
+    rows = [
+        (
+            str(d["dead_letter_id"])[: deadletters.MIN_PREFIX],
+            d["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            d["stage"],
+            d["kind"],
+            f"{d['topic']}/{d['partition']}/{d['offset']}",
+            str(d["asset_id"])[: deadletters.MIN_PREFIX] if d["asset_id"] else "-",
+            d["replays"],
+            _short(d["message"].split("; kept as dead letter")[0], 70),
+        )
+        for d in letters
+    ]
+    header = ("id", "when (UTC)", "stage", "kind", "from", "asset", "replays", "why")
+    print(_table(rows, header))
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    settings, engine = _engine(args)
+    try:
+        ids = deadletters.pending(engine) if args.all else deadletters.find(engine, args.ids)
+    except deadletters.DeadLetterNotFound as exc:
+        raise UsageError(str(exc)) from None
+    if not ids:
+        _say("no dead letter waits for a replay")
+        return 0
+    producer = kafka.producer(settings)
+    try:
+        for replayed in deadletters.replay(engine, producer, ids):
+            print(
+                f"{replayed.dead_letter_id}\treplayed to {replayed.topic} "
+                f"(partition {replayed.partition}, offset {replayed.offset})"
+            )
+    finally:
+        producer.close(timeout=10)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     started = time.monotonic()
@@ -657,6 +712,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="components, pids, ports, topic lag, counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "dlq",
+        help="the messages consumers set aside (dead letters): list them, replay them",
+        description="A consumer that cannot handle a message (a bug, or an outage past its "
+        "retries) copies it to the dead-letter topic, records why, and goes on. Replay "
+        "publishes the message again to its topic once the cause is fixed.",
+    )
+    dlq_commands = p.add_subparsers(dest="dlq_command", required=True, metavar="COMMAND")
+    p = dlq_commands.add_parser("list", help="every dead letter: when, where from, why, replays")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_dlq_list)
+    p = dlq_commands.add_parser(
+        "replay",
+        help="publish dead letters again to the topic they came from",
+        description="Publish dead letters again, key, value and headers, to the topic they "
+        "came from; the consumer reopens what the dead letter ended (the failed work item, or "
+        "the asset whose planning failed) and handles it again.",
+    )
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "ids",
+        nargs="*",
+        default=[],
+        metavar="ID",
+        help=f"dead letter ids, or their first {deadletters.MIN_PREFIX}+ characters "
+        "(`skyeye dlq list`)",
+    )
+    which.add_argument("--all", action="store_true", help="every dead letter never replayed")
+    p.set_defaults(func=cmd_dlq_replay)
 
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
     p.add_argument(

@@ -116,5 +116,5 @@ def test_bad_clips_become_error_rows_and_the_pipeline_goes_on(
         [corrupt_error] = catalog.errors(conn, done[0].asset_id)
         [sidecar_error] = catalog.errors(conn, done[1].asset_id)
     assert (corrupt_error["stage"], corrupt_error["kind"]) == ("planner", "unreadable_clip")
-    assert "not a readable video" in corrupt_error["message"]
+    assert "not a video FFmpeg can read" in corrupt_error["message"]
     assert sidecar_error["kind"] == "invalid_sidecar" and "exactly one" in sidecar_error["message"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +20,7 @@ import sqlalchemy as sa
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
-from skyeye import catalog, deadletters
-from skyeye.adapters import kafka
+from skyeye import catalog
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import DeadLetterHeader
 from skyeye.ingest import Ingested, ingest, wait_for
@@ -124,6 +125,19 @@ def _dead_letter_records(pipeline: Pipeline) -> list:
         consumer.close()
 
 
+def _skyeye(pipeline: Pipeline, *args: str) -> str:
+    """The CLI's standard output; it must succeed."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "skyeye.cli", "--home", str(pipeline.home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    return ran.stdout
+
+
 def _faults(pipeline: Pipeline, **markers: list[str]) -> None:
     pipeline.fault_file.write_text(json.dumps(markers))
 
@@ -169,12 +183,12 @@ def test_an_unexpected_exception_is_one_dead_letter_and_a_replay_finishes_it(
     # no consumer died for it
     assert _service_restarts(pipeline) == restarts
 
-    producer = kafka.producer(pipeline.settings)
-    try:
-        [replayed] = deadletters.replay(pipeline.engine, producer, [letter["dead_letter_id"]])
-    finally:
-        producer.close()
-    assert replayed.topic == topic
+    # the CLI lists it and replays it by its short id
+    listed = json.loads(_skyeye(pipeline, "dlq", "list", "--json"))
+    assert str(letter["dead_letter_id"]) in {d["dead_letter_id"] for d in listed}
+    assert short in _skyeye(pipeline, "dlq", "list")
+    replayed = _skyeye(pipeline, "dlq", "replay", short)
+    assert f"{letter['dead_letter_id']}\treplayed to {topic}" in replayed
     _wait_status(pipeline, [bad.asset_id], "done")
     _assert_complete(pipeline, [bad.asset_id])
     with pipeline.engine.connect() as conn:

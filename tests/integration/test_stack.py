@@ -274,6 +274,7 @@ def test_killed_servers_come_back_with_their_data(
         producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all")
         producer.send(settings.topic_events, payload, partition=0).get(timeout=30)
         producer.close()
+        messages = [payload]
         engine = sa.create_engine(endpoints.database_url, poolclass=sa.NullPool)
         with engine.begin() as db:
             db.execute(sa.text("create table kept (value text)"))
@@ -298,7 +299,13 @@ def test_killed_servers_come_back_with_their_data(
             assert after.pid != before.pid
 
             assert s3.get_object(settings.bucket, "probe/object.bin").read() == payload
-            assert _kafka_messages(endpoints.kafka_bootstrap, settings.topic_events) == [payload]
+            # the log goes on where it ended: a new message follows the old ones, none is lost
+            producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all")
+            sent = producer.send(settings.topic_events, name.encode(), partition=0).get(30)
+            producer.close()
+            assert sent.offset == len(messages)
+            messages.append(name.encode())
+            assert _kafka_messages(endpoints.kafka_bootstrap, settings.topic_events) == messages
             with engine.connect() as db:
                 assert db.execute(sa.text("select value from kept")).scalars().all() == [
                     payload.decode()

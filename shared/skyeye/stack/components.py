@@ -62,15 +62,14 @@ def s3_process(settings: Settings, layout: Layout, port: int) -> ManagedProcess:
         "NANIO_ACCESS_KEY": settings.s3_access_key,
         "NANIO_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
     }
+    # nanio's application with the conditional writes tansu needs to keep its offsets over a
+    # restart (see skyeye.stack.s3_server)
     argv = [
-        sys.executable, "-m", "nanio", "serve",
-        # nanio binds 0.0.0.0 unless told otherwise.
+        sys.executable, "-m", "skyeye.stack.s3_server",
         "--host", LOOPBACK,
         "--port", str(port),
         "--data-dir", str(layout.s3_dir),
         "--region", settings.s3_region,
-        # tansu keeps its log in S3: per-request lines would drown everything else.
-        "--no-access-log",
     ]  # fmt: skip
     return ManagedProcess("s3", argv, env=env, log_path=layout.log("s3"), kind="infra", port=port)
 
