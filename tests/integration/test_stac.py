@@ -153,4 +153,4 @@ def test_detections_table_and_unknown_asset(pipeline: Pipeline, scene_and_photo:
         assert "no detections" in table
     with pytest.raises(subprocess.CalledProcessError) as failed:
         _skyeye(pipeline, "stac", "00000000-0000-4000-8000-000000000000")
-    assert failed.value.returncode == 1 and "no asset" in failed.value.stderr
+    assert failed.value.returncode == 2 and "no asset" in failed.value.stderr
