@@ -3,6 +3,7 @@ supervised as `skyeye up` supervises them (dead processes are restarted)."""
 
 import contextlib
 import io
+import signal
 import threading
 import time
 import uuid
@@ -10,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 import sqlalchemy as sa
 from PIL import Image
@@ -97,6 +99,18 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         engine.dispose()
     finally:
         stack.stop()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started, and wait until they are gone."""
+    root = psutil.Process(pid)
+    family = [root, *root.children(recursive=True)]
+    for proc in family:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(family, timeout=30)
 
 
 def plan_forged(

@@ -26,7 +26,7 @@ from skyeye.contracts import DeadLetterHeader
 from skyeye.ingest import Ingested, ingest, wait_for
 from skyeye.tasks import default_tasks
 
-from .conftest import Pipeline
+from .conftest import Pipeline, kill_tree
 
 WAIT_S = 300
 
@@ -83,17 +83,6 @@ def _pid(pipeline: Pipeline, name: str) -> int:
     component = pipeline.stack.state().component(name)
     assert component is not None and component.pid is not None
     return component.pid
-
-
-def _kill_tree(pid: int) -> None:
-    root = psutil.Process(pid)
-    family = [root, *root.children(recursive=True)]
-    for proc in family:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(family, timeout=30)
 
 
 def _wait_restarted(pipeline: Pipeline, name: str) -> None:
@@ -242,7 +231,7 @@ def test_postgres_down_for_10_s_under_load_loses_and_doubles_nothing(
         pipeline, _images(tmp_path, "pg", 16, seed=300), "it/pg-down"
     )
     with pipeline.unsupervised():
-        _kill_tree(_pid(pipeline, "postgres"))
+        kill_tree(_pid(pipeline, "postgres"))
         time.sleep(10)
     ids = [d.asset_id for d in done]
     _wait_status(pipeline, ids, "done")
@@ -256,7 +245,7 @@ def test_a_broker_restart_loses_and_doubles_nothing(pipeline: Pipeline, tmp_path
     done = _ingest_and_wait_for_progress(
         pipeline, _images(tmp_path, "broker", 16, seed=400), "it/broker"
     )
-    _kill_tree(_pid(pipeline, "kafka"))
+    kill_tree(_pid(pipeline, "kafka"))
     _wait_restarted(pipeline, "kafka")
     more = ingest(
         pipeline.settings, _images(tmp_path, "after-broker", 4, seed=500), prefix="it/broker"

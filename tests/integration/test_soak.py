@@ -23,7 +23,7 @@ from skyeye.adapters.s3 import ObjectStore
 from skyeye.ingest import ingest
 from skyeye.tasks import default_tasks
 
-from .conftest import Pipeline
+from .conftest import Pipeline, kill_tree
 
 pytestmark = [
     pytest.mark.soak,
@@ -35,17 +35,6 @@ KILL_EVERY = 100
 BROKER_RESTART_AT = 500
 WAIT_S = 1800
 PREFIX = "soak"
-
-
-def _kill(pid: int) -> None:
-    root = psutil.Process(pid)
-    family = [root, *root.children(recursive=True)]
-    for proc in family:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(family, timeout=30)
 
 
 def test_soak(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -85,7 +74,7 @@ def test_soak(pipeline: Pipeline, tmp_path: Path) -> None:
         if not broker_restarted and finished >= BROKER_RESTART_AT:
             kafka = pipeline.stack.state().component("kafka")
             assert kafka is not None and kafka.pid is not None
-            _kill(kafka.pid)
+            kill_tree(kafka.pid)
             broker_restarted = True
         time.sleep(0.2)
     elapsed = time.monotonic() - began
