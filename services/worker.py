@@ -173,16 +173,15 @@ class Worker:
 
     def _read(self, item: WorkItem) -> tuple[list[np.ndarray], geo.GeoTile | None]:
         if item.frames:
-            return [self._read_image(frame.bucket, frame.key, item) for frame in item.frames], None
+            return [self._read_image(f.bucket, f.key, item.tile) for f in item.frames], None
         if item.scene is not None:
             with scenes.open_scene(self._store, self._settings, item.bucket, item.key) as dataset:
                 image, georef = scenes.read(dataset, item)
                 return [image], georef
-        return [self._read_image(item.bucket, item.key, item)], None
+        return [self._read_image(item.bucket, item.key, item.tile)], None
 
-    def _read_image(self, bucket: str, key: str, item: WorkItem) -> np.ndarray:
-        data = self._store.read(bucket, key, max_bytes=self._settings.max_object_bytes)
-        return imagery.read_tile(data, item.tile, max_pixels=self._settings.max_image_pixels)
+    def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:
+        return read_image(self._store, self._settings, bucket, key, tile)
 
     def _call(self, images: list[np.ndarray], instructions: list[str]) -> DeploymentResponse:
         return self._app.infer.remote(images, instructions)
@@ -342,8 +341,15 @@ class Finisher:
         return key
 
     def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:
-        data = self._store.read(bucket, key, max_bytes=self._settings.max_object_bytes)
-        return imagery.read_tile(data, tile, max_pixels=self._settings.max_image_pixels)
+        return read_image(self._store, self._settings, bucket, key, tile)
+
+
+def read_image(
+    store: ObjectStore, settings: Settings, bucket: str, key: str, tile: Tile
+) -> np.ndarray:
+    """An image object's ``tile``, within the object and pixel limits of ``settings``."""
+    data = store.read(bucket, key, max_bytes=settings.max_object_bytes)
+    return imagery.read_tile(data, tile, max_pixels=settings.max_image_pixels)
 
 
 def main() -> None:

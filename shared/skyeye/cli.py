@@ -275,12 +275,17 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _engine(args: argparse.Namespace) -> tuple[Settings, sa.Engine]:
+    settings = resolve(_settings(args))
+    assert settings.database_url is not None
+    return settings, postgres.create_engine(settings.database_url)
+
+
 def _asset_and_detections(
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    settings = resolve(_settings(args))
-    assert settings.database_url is not None
-    with postgres.create_engine(settings.database_url).connect() as conn:
+    _, engine = _engine(args)
+    with engine.connect() as conn:
         asset = catalog.stac_asset(conn, args.asset)
         detections = catalog.asset_detections(conn, args.asset)
     if asset is None:
@@ -445,12 +450,6 @@ def _live_status(settings: Settings, state: StackState) -> dict[str, Any]:
 def _outage(exc: BaseException) -> str | None:
     """One line for people when ``exc`` says that a service of the stack is unreachable."""
     return postgres.transient_reason(exc) or kafka.transient_reason(exc) or s3.transient_reason(exc)
-
-
-def _engine(args: argparse.Namespace) -> tuple[Settings, sa.Engine]:
-    settings = resolve(_settings(args))
-    assert settings.database_url is not None
-    return settings, postgres.create_engine(settings.database_url)
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
