@@ -33,6 +33,7 @@ from typing import Protocol
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError
+from kafka.producer.future import RecordMetadata
 from sqlalchemy.engine import Engine
 
 from skyeye import catalog, telemetry
@@ -291,12 +292,7 @@ class ConsumerLoop:
             (DeadLetterHeader.OFFSET.value, str(record.offset).encode()),
             (DeadLetterHeader.FAILED_AT.value, datetime.now(UTC).isoformat().encode()),
         ]
-        sent = self._producer.send(
-            self._settings.topic_dead_letter,
-            key=record.key,
-            value=record.value,
-            headers=headers,
-        ).get(timeout=30)
+        copy = self._copy_to_dead_letter_topic(record, headers)
         with self._engine.begin() as conn:
             asset_id, work_item_id = catalog.existing(conn, subject.asset_id, subject.work_item_id)
             catalog.record_dead_letter(
@@ -316,8 +312,8 @@ class ConsumerLoop:
                     # announce an object whose event was dead-lettered
                     asset_id=subject.asset_id,
                     work_item_id=subject.work_item_id,
-                    dlq_partition=sent.partition,
-                    dlq_offset=sent.offset,
+                    dlq_partition=copy.partition if copy else None,
+                    dlq_offset=copy.offset if copy else None,
                 ),
             )
             catalog.record_error(
@@ -330,6 +326,25 @@ class ConsumerLoop:
                 work_item_id=work_item_id,
                 detail={"dead_letter_id": str(letter_id)},
             )
+
+    def _copy_to_dead_letter_topic(
+        self, record: ConsumerRecord, headers: list[tuple[str, bytes]]
+    ) -> RecordMetadata | None:
+        """Where the copy landed; None when the broker refuses it for good (a message at the
+        size limit plus our headers): the catalog row keeps the payload, so the dead letter
+        can still be listed and replayed, and the consumer is not stopped by its own copy."""
+        try:
+            return self._producer.send(
+                self._settings.topic_dead_letter,
+                key=record.key,
+                value=record.value,
+                headers=headers,
+            ).get(timeout=30)
+        except Exception as exc:
+            if transient(exc, [kafka.transient_reason]) is not None:
+                raise  # the process restarts and the message is delivered again
+            log.error("%s: no copy on the dead-letter topic: %s", _source(record), exc)
+            return None
 
 
 def _source(record: ConsumerRecord) -> str:

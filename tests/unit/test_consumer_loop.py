@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy.exc
-from kafka.errors import CommitFailedError, KafkaTimeoutError
+from kafka.errors import CommitFailedError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from skyeye.adapters import kafka, postgres
 from skyeye.contracts import DeadLetterHeader, dead_letter_id_for
@@ -277,3 +277,40 @@ def test_a_dead_letter_keeps_the_message_and_says_why(monkeypatch: pytest.Monkey
         and f"skyeye dlq replay {str(letter_id)[:8]}" in (error["message"])
     )
     assert "not of the input" in error["message"]
+
+
+class _RefusingProducer(_Producer):
+    """Stands in for a broker that refuses the copy for good (the message is too large)."""
+
+    def send(self, topic: str, **kwargs: Any) -> _Sent:
+        raise MessageSizeTooLargeError("the message is 1048600 bytes")
+
+
+def test_a_copy_the_broker_refuses_still_leaves_a_dead_letter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows: dict[str, Any] = {}
+    monkeypatch.setattr(_runtime.catalog, "existing", lambda conn, a, w: (a, None))
+    monkeypatch.setattr(
+        _runtime.catalog, "record_dead_letter", lambda conn, letter: rows.update(letter=letter)
+    )
+    monkeypatch.setattr(
+        _runtime.catalog, "record_error", lambda conn, **kwargs: rows.update(error=kwargs)
+    )
+    stop = threading.Event()
+    loop = ConsumerLoop(
+        _Handler(),
+        Settings(),
+        _Consumer([], stop),
+        _RefusingProducer(),
+        _Engine(),
+        REASONS,
+        stop,  # type: ignore[arg-type]
+    )
+    loop._dead_letter(_record(3, b"x" * 100), InjectedFault("boom"))  # type: ignore[arg-type]
+    letter = rows["letter"]
+    assert letter.payload == b"x" * 100 and (letter.dlq_partition, letter.dlq_offset) == (
+        None,
+        None,
+    )
+    assert rows["error"]["kind"] == "internal_error"
