@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from skyeye.lab.world import held_out_scenes
 from skyeye.model import TextDecoder, VisionEncoder, prompts
 from skyeye.settings import PACKAGED_MODEL
-from skyeye.world import held_out_scenes
 
 TASKS = [
     prompts.caption(),

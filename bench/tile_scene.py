@@ -25,7 +25,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from skyeye import geo
+from skyeye.imagery import geo
 
 BLOCK = 512
 

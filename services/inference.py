@@ -1,6 +1,6 @@
 """The inference application on Ray Serve: VisionEncoder and LlmDecoder, composed by handle.
 
-``Pipeline`` is the ingress the worker calls; it only routes, so the two model stages scale
+``Ingress`` is the ingress the worker calls; it only routes, so the two model stages scale
 (and, in production, sit on GPUs) independently. The encoder's output goes to the decoder as a
 Ray object reference, never through the ingress.
 """
@@ -88,7 +88,7 @@ class LlmDecoderDeployment:
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
-class Pipeline:
+class Ingress:
     def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle) -> None:
         self._encoder = encoder
         self._decoder = decoder
@@ -114,7 +114,7 @@ def build_app(settings: Settings) -> serve.Application:
             max_ongoing_requests=max(2 * cfg.max_batch_size, 4),
         ).bind(model_dir, settings.device, cfg, *extra)
 
-    return Pipeline.bind(
+    return Ingress.bind(
         stage(VisionEncoderDeployment, "VisionEncoder", settings.encoder),
         stage(LlmDecoderDeployment, "LlmDecoder", settings.decoder, settings.decoding),
     )

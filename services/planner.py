@@ -26,7 +26,7 @@ from minio.error import S3Error
 from opentelemetry import trace
 from sqlalchemy.engine import Connection, Engine
 
-from skyeye import catalog, clips, geo, imagery, scenes, tasks, telemetry
+from skyeye import catalog, imagery, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import (
@@ -43,6 +43,8 @@ from skyeye.contracts import (
     object_key_problem,
     work_item_id_for,
 )
+from skyeye.imagery import clips, geo, scenes
+from skyeye.model import tasks
 from skyeye.services._runtime import Subject, inject_fault, run_consumer, service_settings
 from skyeye.settings import Settings
 
@@ -50,7 +52,7 @@ log = logging.getLogger("skyeye.planner")
 
 
 @dataclass(frozen=True)
-class _Layout:
+class _AssetPlan:
     media_format: str
     width: int
     height: int
@@ -152,9 +154,9 @@ class Planner:
         inject_fault(self._settings, self.stage, key)
         try:
             if clips.is_clip_candidate(key, obj.content_type):
-                layout = self._clip_layout(asset_id, bucket, key, obj.user_metadata)
+                asset_plan = self._clip_plan(asset_id, bucket, key, obj.user_metadata)
             else:
-                layout = self._layout(bucket, key, obj.content_type)
+                asset_plan = self._image_plan(bucket, key, obj.content_type)
         except (imagery.UnreadableImage, ObjectTooLarge) as exc:
             self._error(source, "unreadable_image", str(exc), asset_id=asset_id)
             return
@@ -184,19 +186,19 @@ class Planner:
                 key=key,
                 version_id=obj.version_id,
                 etag=obj.e_tag,
-                image_width=layout.width,
-                image_height=layout.height,
+                image_width=asset_plan.width,
+                image_height=asset_plan.height,
                 tile=tile,
-                scene=layout.scene,
+                scene=asset_plan.scene,
                 frames=frames,
                 tasks=item_tasks,
             )
-            for kind, tile, frames, item_tasks in self._work(layout)
+            for kind, tile, frames, item_tasks in self._work(asset_plan)
         ]
         with self._engine.begin() as conn:
-            if layout.clip is not None:
-                catalog.record_clip(conn, asset_id, layout.clip, layout.frames)
-            self._describe(conn, asset_id, layout)
+            if asset_plan.clip is not None:
+                catalog.record_clip(conn, asset_id, asset_plan.clip, asset_plan.frames)
+            self._describe(conn, asset_id, asset_plan)
             catalog.add_work_items(conn, asset_id, items)
         for item in items:
             kafka.publish_json(
@@ -212,25 +214,25 @@ class Planner:
         )
 
     @staticmethod
-    def _describe(conn: Connection, asset_id: uuid.UUID, layout: _Layout) -> None:
+    def _describe(conn: Connection, asset_id: uuid.UUID, asset_plan: _AssetPlan) -> None:
         catalog.describe_asset(
             conn,
             asset_id,
-            layout.media_format,
-            layout.width,
-            layout.height,
-            len(layout.tiles),
-            layout.georef,
-            layout.scene,
+            asset_plan.media_format,
+            asset_plan.width,
+            asset_plan.height,
+            len(asset_plan.tiles),
+            asset_plan.georef,
+            asset_plan.scene,
         )
 
-    def _layout(self, bucket: str, key: str, content_type: str | None) -> _Layout:
+    def _image_plan(self, bucket: str, key: str, content_type: str | None) -> _AssetPlan:
         """Georeferenced rasters are tiled by the scene plan; other images are one tile."""
         if scenes.is_scene_candidate(key, content_type):
             with scenes.open_scene(self._store, self._settings, bucket, key) as dataset:
                 plan = scenes.plan(dataset, self._settings)
             if plan is not None:
-                return _Layout(
+                return _AssetPlan(
                     "geotiff",
                     plan.width,
                     plan.height,
@@ -243,11 +245,13 @@ class Planner:
                 )
         with self._store.open(bucket, key) as stream:
             info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)
-        return _Layout(info.media_format, info.width, info.height, imagery.whole_image_tiles(info))
+        return _AssetPlan(
+            info.media_format, info.width, info.height, imagery.whole_image_tiles(info)
+        )
 
-    def _clip_layout(
+    def _clip_plan(
         self, asset_id: uuid.UUID, bucket: str, key: str, user_metadata: dict[str, str]
-    ) -> _Layout:
+    ) -> _AssetPlan:
         """Sample the clip and store its frames; one tile per frame."""
         sidecar = self._sidecar(bucket, key)
         limits, derived = self._settings.clips, self._settings.derived_bucket
@@ -296,7 +300,7 @@ class Planner:
             for i in range(len(records))
         ]
         bbox = geo.union_bbox(r.lon_lat_bbox for r in records if r.lon_lat_bbox)
-        return _Layout(
+        return _AssetPlan(
             info.media_format,
             info.width,
             info.height,
@@ -321,23 +325,23 @@ class Planner:
         return clips.parse_sidecar(raw)
 
     def _work(
-        self, layout: _Layout
+        self, asset_plan: _AssetPlan
     ) -> list[tuple[WorkItemKind, Tile, list[ClipFrame], list[Task]]]:
         """Each work item's kind, tile, the clip frames it shows the model, and its tasks."""
         per_tile = tasks.default_tasks(self._settings)
-        if layout.clip is not None:
-            frames = [r.frame for r in layout.frames]
+        if asset_plan.clip is not None:
+            frames = [r.frame for r in asset_plan.frames]
             work = [
                 (WorkItemKind.FRAME, tile, [frame], per_tile)
-                for tile, frame in zip(layout.tiles, frames, strict=True)
+                for tile, frame in zip(asset_plan.tiles, frames, strict=True)
             ]
-            whole = Tile(index=0, x=0, y=0, width=layout.width, height=layout.height)
+            whole = Tile(index=0, x=0, y=0, width=asset_plan.width, height=asset_plan.height)
             work.append((WorkItemKind.CLIP, whole, frames, tasks.clip_tasks(self._settings)))
             return work
-        work = [(WorkItemKind.TILE, tile, [], per_tile) for tile in layout.tiles]
-        if layout.overview is not None:
+        work = [(WorkItemKind.TILE, tile, [], per_tile) for tile in asset_plan.tiles]
+        if asset_plan.overview is not None:
             overview_tasks = tasks.overview_tasks(self._settings)
-            work.append((WorkItemKind.OVERVIEW, layout.overview, [], overview_tasks))
+            work.append((WorkItemKind.OVERVIEW, asset_plan.overview, [], overview_tasks))
         return work
 
     def _error(

@@ -75,10 +75,11 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 from sqlalchemy.engine import Engine
 
-from skyeye import catalog, clips, telemetry
+from skyeye import catalog, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.s3 import ListedObject, ObjectStore, StoredObject
 from skyeye.contracts import asset_id_for, minio_created_event, object_key_problem
+from skyeye.imagery import clips
 from skyeye.services._runtime import service_settings, transient
 from skyeye.settings import Settings
 

@@ -30,11 +30,13 @@ from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from sqlalchemy.engine import Connection, Engine
 
-from skyeye import catalog, clips, geo, imagery, previews, scenes, tasks, telemetry
+from skyeye import catalog, imagery, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import Tile, WorkItem, first_error, preview_key_for
+from skyeye.imagery import clips, geo, previews, scenes
+from skyeye.model import tasks
 from skyeye.services._runtime import (
     Subject,
     TransientReason,

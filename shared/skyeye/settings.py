@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from skyeye.contracts import MAX_CLIP_FRAMES
 
 # skyeye-tiny, trained by `skyeye model train` and shipped in the package (see README).
-PACKAGED_MODEL = Path(__file__).parent / "weights" / "skyeye-tiny"
+PACKAGED_MODEL = Path(__file__).parent / "model" / "weights" / "skyeye-tiny"
 
 
 class DeploymentSettings(BaseModel):

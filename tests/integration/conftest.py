@@ -20,9 +20,9 @@ from skyeye import catalog, telemetry
 from skyeye.adapters import postgres
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import WorkItem
-from skyeye.pipeline import launch
 from skyeye.settings import DecodingSettings, ReconcilerSettings, Settings
 from skyeye.stack import Stack, resolve
+from skyeye.stack.launcher import launch
 
 
 @dataclass

@@ -15,8 +15,8 @@ from PIL import Image
 
 from skyeye import catalog, samples
 from skyeye.adapters.s3 import ObjectStore
+from skyeye.cli.ingest import wait_for
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, asset_id_for, work_item_id_for
-from skyeye.ingest import wait_for
 
 from .conftest import Pipeline, plan_forged
 

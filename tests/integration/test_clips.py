@@ -9,9 +9,9 @@ import pytest
 
 from skyeye import catalog, samples
 from skyeye.adapters.s3 import ObjectStore
-from skyeye.ingest import ingest, wait_for
+from skyeye.cli.ingest import ingest, wait_for
 from skyeye.model import answers
-from skyeye.tasks import default_tasks
+from skyeye.model.tasks import default_tasks
 
 from .conftest import Pipeline, preview
 

@@ -28,8 +28,8 @@ from rasterio.transform import from_origin
 
 from skyeye import catalog, samples
 from skyeye.adapters import kafka
+from skyeye.cli.ingest import ingest, wait_for
 from skyeye.contracts import minio_created_event
-from skyeye.ingest import ingest, wait_for
 
 from .conftest import Pipeline
 

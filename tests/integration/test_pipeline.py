@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from PIL import Image
 from rasterio.warp import transform_bounds
 
-from skyeye import catalog, samples, scenes, telemetry
+from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka
+from skyeye.cli.ingest import ingest, wait_for
 from skyeye.contracts import (
     Task,
     TaskKind,
@@ -25,8 +26,8 @@ from skyeye.contracts import (
     minio_created_event,
     work_item_id_for,
 )
-from skyeye.ingest import ingest, wait_for
-from skyeye.tasks import default_tasks, overview_tasks
+from skyeye.imagery import scenes
+from skyeye.model.tasks import default_tasks, overview_tasks
 
 from .conftest import Pipeline, plan_forged, preview
 

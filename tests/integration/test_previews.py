@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from skyeye import catalog, previews
+from skyeye import catalog
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, asset_id_for, work_item_id_for
+from skyeye.imagery import previews
 from skyeye.services.worker import Worker
 
 from .conftest import Pipeline, plan_forged

@@ -22,9 +22,9 @@ from PIL import Image
 
 from skyeye import catalog
 from skyeye.adapters.s3 import ObjectStore
+from skyeye.cli.ingest import Ingested, ingest, wait_for
 from skyeye.contracts import DeadLetterHeader
-from skyeye.ingest import Ingested, ingest, wait_for
-from skyeye.tasks import default_tasks
+from skyeye.model.tasks import default_tasks
 
 from .conftest import Pipeline, kill_tree
 

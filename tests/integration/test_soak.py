@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from PIL import Image
 
 from skyeye.adapters.s3 import ObjectStore
-from skyeye.ingest import ingest
-from skyeye.tasks import default_tasks
+from skyeye.cli.ingest import ingest
+from skyeye.model.tasks import default_tasks
 
 from .conftest import Pipeline, kill_tree
 

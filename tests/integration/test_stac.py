@@ -10,9 +10,11 @@ import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
-from skyeye import catalog, geo, samples, scenes, stac
+from skyeye import catalog, samples
+from skyeye.catalog import stac
+from skyeye.cli.ingest import ingest, wait_for
 from skyeye.contracts import Task, TaskKind, WorkItem, work_item_id_for
-from skyeye.ingest import ingest, wait_for
+from skyeye.imagery import geo, scenes
 from tests.stac_validation import validate_feature_collection, validate_item
 
 from .conftest import Pipeline, preview

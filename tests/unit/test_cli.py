@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from skyeye.cli import build_parser, main
+from skyeye.cli.main import build_parser, main
 from skyeye.stack import ComponentState, StackState
-from skyeye.stack.layout import Layout
+from skyeye.stack.home import StackHome
 from skyeye.stack.state import process_create_time, write_state
 
 
@@ -155,7 +155,7 @@ def test_status_reports_components_down_and_goes_on(
         started_at=when,
         components=components,
     )
-    write_state(Layout.of(tmp_path), state)
+    write_state(StackHome.of(tmp_path), state)
 
     assert main(["--home", str(tmp_path), "status"]) == 0
     out = capsys.readouterr().out
@@ -215,7 +215,7 @@ def test_training_starts_from_a_tower_or_a_whole_model_not_both() -> None:
 
 
 def test_kind_weights_change_the_recipe_one_kind_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from skyeye import training
+    from skyeye.lab import training
 
     passed: dict[str, Any] = {}
 
@@ -240,7 +240,7 @@ def test_kind_weights_change_the_recipe_one_kind_at_a_time(monkeypatch: pytest.M
 
 
 def test_number_sigma_defaults_to_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    from skyeye import training
+    from skyeye.lab import training
 
     passed: dict[str, Any] = {}
 

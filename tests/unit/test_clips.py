@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skyeye import clips, geo, samples
+from skyeye import samples
 from skyeye.catalog import Detection, TaskOutcome
 from skyeye.contracts import FrameGeoref, Task, TaskKind
+from skyeye.imagery import clips, geo
 from skyeye.settings import ClipSettings
 
 

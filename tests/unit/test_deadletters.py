@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from skyeye import catalog, deadletters
-from skyeye.cli import build_parser
+from skyeye import catalog
+from skyeye.cli import dlq
+from skyeye.cli.main import build_parser
 from skyeye.contracts import DeadLetterHeader
 
 IDS = [
@@ -44,8 +45,8 @@ def rows(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 def test_a_dead_letter_is_found_by_its_id_or_a_unique_prefix(rows: list) -> None:
     engine = _Engine()
-    assert deadletters.find(engine, [str(IDS[2])]) == [IDS[2]]  # type: ignore[arg-type]
-    assert deadletters.find(engine, ["9A1B2C3D", "9a1b2c3d-0"]) == [IDS[2]]  # type: ignore[arg-type]
+    assert dlq.find(engine, [str(IDS[2])]) == [IDS[2]]  # type: ignore[arg-type]
+    assert dlq.find(engine, ["9A1B2C3D", "9a1b2c3d-0"]) == [IDS[2]]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -53,12 +54,12 @@ def test_a_dead_letter_is_found_by_its_id_or_a_unique_prefix(rows: list) -> None
     [("0c5e", "at least 8"), ("0c5e2f7a", "2 dead letters"), ("ffffffff", "no dead letter")],
 )
 def test_a_short_ambiguous_or_unknown_id_is_refused(rows: list, selector: str, why: str) -> None:
-    with pytest.raises(deadletters.DeadLetterNotFound, match=why):
-        deadletters.find(_Engine(), [selector])  # type: ignore[arg-type]
+    with pytest.raises(dlq.DeadLetterNotFound, match=why):
+        dlq.find(_Engine(), [selector])  # type: ignore[arg-type]
 
 
 def test_pending_skips_the_replayed(rows: list) -> None:
-    assert deadletters.pending(_Engine()) == [IDS[0], IDS[2]]  # type: ignore[arg-type]
+    assert dlq.pending(_Engine()) == [IDS[0], IDS[2]]  # type: ignore[arg-type]
 
 
 class _Sent:
@@ -97,7 +98,7 @@ def test_a_replay_sends_the_original_message_marked_as_a_replay(
     monkeypatch.setattr(catalog, "dead_letter", lambda conn, i: letter if i == IDS[0] else None)
     monkeypatch.setattr(catalog, "mark_replayed", lambda conn, i: replayed.append(i))
     producer = _Producer()
-    [done] = deadletters.replay(_Engine(), producer, [IDS[0]])  # type: ignore[arg-type]
+    [done] = dlq.replay(_Engine(), producer, [IDS[0]])  # type: ignore[arg-type]
     [(topic, sent)] = producer.sent
     assert topic == "skyeye.work-items"
     assert (sent["key"], sent["value"]) == (b"asset", b'{"work": 1}')
@@ -106,8 +107,8 @@ def test_a_replay_sends_the_original_message_marked_as_a_replay(
         (DeadLetterHeader.REPLAY_OF.value, str(IDS[0]).encode()),
     ]
     assert replayed == [IDS[0]] and (done.partition, done.offset) == (1, 99)
-    with pytest.raises(deadletters.DeadLetterNotFound):
-        deadletters.replay(_Engine(), producer, [IDS[1]])  # type: ignore[arg-type]
+    with pytest.raises(dlq.DeadLetterNotFound):
+        dlq.replay(_Engine(), producer, [IDS[1]])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("argv", [["dlq", "replay"], ["dlq", "replay", "abcdefgh", "--all"]])

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyeye.evaluation import (
+from skyeye.lab.evaluation import (
     FAMILIES,
     MAX_NEW_TOKENS,
     EvalReport,
@@ -14,10 +14,10 @@ from skyeye.evaluation import (
     normalise_answer,
     score,
 )
+from skyeye.lab.world import Sample, held_out_scenes, make_samples, render_scene
 from skyeye.model import build_tiny_model, prompts
 from skyeye.model.answers import Box
 from skyeye.model.vocabulary import tiny_tokenizer
-from skyeye.world import Sample, held_out_scenes, make_samples, render_scene
 
 IMAGE = np.zeros((4, 4, 3), dtype=np.uint8)
 

@@ -13,8 +13,8 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from skyeye import geo, scenes
 from skyeye.contracts import Tile
+from skyeye.imagery import geo, scenes
 from skyeye.samples import write_geotiff
 
 UTM33N = "EPSG:32633"

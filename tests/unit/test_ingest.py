@@ -14,9 +14,8 @@ import urllib3.exceptions
 from kafka.errors import KafkaTimeoutError
 
 from skyeye import catalog
-from skyeye import ingest as ingest_module
-from skyeye.contracts import MAX_KEY_BYTES
-from skyeye.ingest import (
+from skyeye.cli import ingest as ingest_module
+from skyeye.cli.ingest import (
     CatalogUnavailable,
     IngestFailed,
     InputRefused,
@@ -26,6 +25,7 @@ from skyeye.ingest import (
     printable,
     wait_for,
 )
+from skyeye.contracts import MAX_KEY_BYTES
 from skyeye.settings import Settings
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch.nn import functional as F
 from transformers import LlamaForCausalLM
 
-from skyeye.cli import build_parser
+from skyeye.cli.main import build_parser
 from skyeye.model import CheckpointError, TextDecoder, VisionEncoder, prompts
 from skyeye.model.architecture import VisionStage, llama_config
 from skyeye.model.checkpoint import CONFIG_FILE, llm_tensor_shapes, read_manifest
@@ -24,10 +24,10 @@ from skyeye.model.published import (
     PublishedModel,
     convert_published,
     eva_key_map,
+    expected_tensors,
     inspect_published,
     interpolate_position_embedding,
     load_published,
-    published_layout,
 )
 from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_tokenizer
@@ -376,7 +376,7 @@ def test_pytorch_bin_shards_with_rotary_tables(
 
 def test_published_config_is_checked_on_meta_without_memory() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    layout = published_layout(ModelConfig.published())
+    layout = expected_tensors(ModelConfig.published())
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200  # the real model is ~7.7e9 parameters
     assert layout.errors == []

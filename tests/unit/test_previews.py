@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skyeye import previews
 from skyeye.catalog import Detection
+from skyeye.imagery import previews
 
 GRAY = (90, 90, 90)
 

@@ -7,10 +7,10 @@ import pytest
 import rasterio
 from affine import Affine
 
-from skyeye import geo, scenes
 from skyeye.catalog import Detection, TaskOutcome
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, WorkItemKind, asset_id_for
-from skyeye.imagery import UnreadableImage
+from skyeye.imagery import geo, scenes
+from skyeye.imagery.images import UnreadableImage
 from skyeye.samples import write_geotiff
 from skyeye.settings import Settings
 

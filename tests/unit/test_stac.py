@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from skyeye import stac
+from skyeye.catalog import stac
 from tests.stac_validation import (
     validate_feature_collection,
     validate_item,

@@ -21,7 +21,7 @@ import pytest
 from skyeye.settings import Settings
 from skyeye.stack import RestartPolicy, Stack, StackError, read_state
 from skyeye.stack import components as c
-from skyeye.stack.layout import Layout
+from skyeye.stack.home import StackHome
 from skyeye.stack.ports import pick_ports
 from skyeye.stack.process import ManagedProcess, describe_exit
 from skyeye.stack.state import ComponentState
@@ -51,7 +51,7 @@ def _fake_postgres(
     """Run ``code`` as the embedded PostgreSQL server (in its data folder, like the real one),
     probed by ``probe``."""
 
-    def build(layout: Layout, user: str | None) -> ManagedProcess:
+    def build(layout: StackHome, user: str | None) -> ManagedProcess:
         layout.pg_dir.mkdir(parents=True, exist_ok=True)
         return ManagedProcess(
             "postgres",
@@ -341,7 +341,7 @@ def test_port_taken_meanwhile_is_a_clear_failure(
 
 
 def _fake_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    def build(settings: Settings, layout: Layout, ports: list[int]) -> ManagedProcess:
+    def build(settings: Settings, layout: StackHome, ports: list[int]) -> ManagedProcess:
         return ManagedProcess(
             "ray", SLEEP, log_path=layout.log("ray"), kind="infra", grace_s=2.0, port=ports[0]
         )

@@ -25,7 +25,7 @@ from skyeye.stack import (
     read_state,
 )
 from skyeye.stack import components as c
-from skyeye.stack.layout import Layout
+from skyeye.stack.home import StackHome
 from skyeye.stack.process import ManagedProcess
 from skyeye.stack.state import process_create_time, write_state
 
@@ -42,14 +42,14 @@ def _settings(home: Path, **overrides: str | None) -> Settings:
     return Settings(home=home, **{**EXTERNAL, **overrides})
 
 
-S3Builder = Callable[[Settings, Layout, int], ManagedProcess]
+S3Builder = Callable[[Settings, StackHome, int], ManagedProcess]
 
 
 def _stand_in(code: str) -> tuple[S3Builder, list[ManagedProcess]]:
     """A replacement for components.s3_process that runs ``code`` instead of nanio."""
     built: list[ManagedProcess] = []
 
-    def build(settings: Settings, layout: Layout, port: int) -> ManagedProcess:
+    def build(settings: Settings, layout: StackHome, port: int) -> ManagedProcess:
         proc = ManagedProcess(
             "s3",
             [sys.executable, "-c", code],
@@ -212,7 +212,7 @@ def test_leftovers_of_a_killed_supervisor_are_stopped(tmp_path: Path) -> None:
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         write_state(
-            Layout.of(tmp_path),
+            StackHome.of(tmp_path),
             StackState(
                 home=tmp_path,
                 supervisor_pid=dead.pid,
@@ -254,7 +254,7 @@ def test_failure_stops_components_already_started(
     # postgres comes up (a stand-in that passes its probe); s3 dies; postgres must be stopped.
     postgres: list[ManagedProcess] = []
 
-    def fake_postgres(layout: Layout, user: str | None) -> ManagedProcess:
+    def fake_postgres(layout: StackHome, user: str | None) -> ManagedProcess:
         proc = ManagedProcess("postgres", SLEEP, log_path=layout.log("postgres"), kind="infra")
         postgres.append(proc)
         return proc

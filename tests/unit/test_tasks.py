@@ -6,8 +6,8 @@ from skyeye.adapters.postgres import migrations
 from skyeye.contracts import Task, TaskKind, Tile
 from skyeye.model import prompts
 from skyeye.model.answers import Box
+from skyeye.model.tasks import default_tasks, identify_box, instruction, interpret, overview_tasks
 from skyeye.settings import Settings
-from skyeye.tasks import default_tasks, identify_box, instruction, interpret, overview_tasks
 
 TILE = Tile(index=3, x=100, y=50, width=200, height=400)
 

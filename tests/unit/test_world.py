@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
+from PIL import Image
 
-from skyeye.model import prompts
-from skyeye.model.answers import parse_boxes, parse_detection
-from skyeye.world import (
+from skyeye.lab.world import (
     EVAL_SEED_BASE,
     MAX_DETECTION_BOXES,
     OBJECT_CLASSES,
@@ -18,6 +17,9 @@ from skyeye.world import (
     refer_expressions,
     render_scene,
 )
+from skyeye.model import prompts
+from skyeye.model.answers import parse_boxes, parse_detection
+from skyeye.samples import world_scene
 
 SIZE = 448
 
@@ -253,3 +255,12 @@ def test_held_out_seeds_never_meet_training_seeds() -> None:
     assert [s.difficulty for s in first] == [0.0, 0.5, 1.0]
     with pytest.raises(ValueError):
         held_out_scene_seeds(2, seed=-1)
+
+
+def test_the_shipped_world_scene_is_the_held_out_render() -> None:
+    """The demo's world scene is a file so the runtime never imports the lab; it must still be
+    exactly what the lab renders for held-out seed 3 at difficulty 0.3."""
+    shipped = np.asarray(Image.open(world_scene()).convert("RGB"))
+    rendered = render_scene(held_out_scene_seeds(1, 3)[0], difficulty=0.3).image
+    assert shipped.shape == rendered.shape
+    assert np.array_equal(shipped, rendered)

@@ -50,7 +50,7 @@ def create_engine(url: str) -> Engine:
 def migrations() -> list[Migration]:
     """The packaged migrations, ordered by the number that starts each file name."""
     found = []
-    for entry in (resources.files("skyeye") / "migrations").iterdir():
+    for entry in (resources.files("skyeye.catalog") / "migrations").iterdir():
         if entry.name.endswith(".sql"):
             number, _, rest = entry.name.partition("_")
             found.append(Migration(int(number), rest.removesuffix(".sql"), entry.read_text()))

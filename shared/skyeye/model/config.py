@@ -125,7 +125,7 @@ class ModelConfig(BaseModel):
 
         A 96-wide, 3-layer tower read an object's box from its patch tokens only to within about
         2 (0-100 scale), too coarse for the world's small objects; this one reads it to within
-        0.6 and is trained alone on a GPU (bench/training-levers.md, round 7).
+        0.6 and is trained alone on a GPU (docs/training-log.md, round 7).
         """
         return cls(
             vision=VisionConfig(hidden_size=192, num_layers=6, num_heads=6, mlp_hidden_size=768),

@@ -54,20 +54,20 @@ from skyeye.model.vision import VisionEncoder
 __all__ = [
     "EVA_IMAGE_SIZE",
     "LORA_PREFIX",
+    "ExpectedTensors",
     "LoraReport",
     "MisShaped",
     "ParameterCounts",
     "PositionEmbeddingReport",
-    "PublishedLayout",
     "PublishedModel",
     "PublishedReport",
     "SourceReport",
     "convert_published",
     "eva_key_map",
+    "expected_tensors",
     "inspect_published",
     "interpolate_position_embedding",
     "load_published",
-    "published_layout",
 ]
 
 # LAVIS ships the EVA ViT-g weights for 224 px images.
@@ -390,7 +390,7 @@ def _account(
 
 
 @dataclass(frozen=True)
-class PublishedLayout:
+class ExpectedTensors:
     """What the three sources must hold for one config, in their own key names."""
 
     vision: dict[str, Shape]
@@ -405,7 +405,7 @@ class PublishedLayout:
     errors: list[str]
 
 
-def published_layout(config: ModelConfig, llama: LlamaConfig | None = None) -> PublishedLayout:
+def expected_tensors(config: ModelConfig, llama: LlamaConfig | None = None) -> ExpectedTensors:
     """Expected names and shapes, from modules built on the meta device (no memory, no files).
 
     ``llama`` is the Llama folder's config; by default the one ``config`` describes.
@@ -454,7 +454,7 @@ def published_layout(config: ModelConfig, llama: LlamaConfig | None = None) -> P
         for key, shape in target.items()
         if key not in filled
     ]
-    return PublishedLayout(
+    return ExpectedTensors(
         vision=vision,
         llm=llm,
         checkpoint=checkpoint,
@@ -482,7 +482,7 @@ class _Opened:
 
 
 def _lora_errors(
-    layout: PublishedLayout, trained: Mapping[str, torch.Tensor], config: ModelConfig, path: Path
+    layout: ExpectedTensors, trained: Mapping[str, torch.Tensor], config: ModelConfig, path: Path
 ) -> list[str]:
     errors = []
     for a_key, b_key in layout.lora_pairs.values():
@@ -511,7 +511,7 @@ def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _
     trained = _state_dict(saved["model"], checkpoint, "its 'model' entry")
     llama = _llama_config(llm_dir)
     config = _with_llm_hyperparameters(arch, llama)
-    layout = published_layout(config, llama)
+    layout = expected_tensors(config, llama)
     errors = llm_config_mismatches(arch, llama, "arch config") + layout.errors
 
     layers = config.vision.num_layers

@@ -27,7 +27,7 @@ from minio import Minio
 
 from skyeye.settings import Settings
 from skyeye.stack.errors import StackError
-from skyeye.stack.layout import Layout
+from skyeye.stack.home import StackHome
 from skyeye.stack.ports import LOOPBACK, accepts_connections
 from skyeye.stack.process import ManagedProcess, run_as
 from skyeye.stack.ray_env import RAY_LOOPBACK_ENV
@@ -55,7 +55,7 @@ def _split_endpoint(value: str) -> tuple[str, int]:
 # --- S3 (nanio) ---------------------------------------------------------------------------
 
 
-def s3_process(settings: Settings, layout: Layout, port: int) -> ManagedProcess:
+def s3_process(settings: Settings, layout: StackHome, port: int) -> ManagedProcess:
     layout.s3_dir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -94,7 +94,7 @@ def s3_client(settings: Settings, s3_endpoint: str) -> Minio:
 
 
 def kafka_process(
-    settings: Settings, layout: Layout, port: int, s3_endpoint: str
+    settings: Settings, layout: StackHome, port: int, s3_endpoint: str
 ) -> ManagedProcess:
     scheme = "https" if settings.s3_secure else "http"
     env = {
@@ -168,7 +168,7 @@ def _owned_dir(path: Path, account: pwd.struct_passwd | None, mode: int) -> None
     path.chmod(mode)
 
 
-def prepare_postgres(layout: Layout) -> str | None:
+def prepare_postgres(layout: StackHome) -> str | None:
     """Create the data folder (initdb on first use); returns the account to run the server as
     (None = the current user)."""
     account = _ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
@@ -212,7 +212,7 @@ def prepare_postgres(layout: Layout) -> str | None:
     return user
 
 
-def postgres_process(layout: Layout, user: str | None) -> ManagedProcess:
+def postgres_process(layout: StackHome, user: str | None) -> ManagedProcess:
     argv = [
         str(_pg_bin() / "postgres"),
         "-D", str(layout.pg_dir),
@@ -275,7 +275,7 @@ def ray_env() -> dict[str, str]:
     return env
 
 
-def ray_process(settings: Settings, layout: Layout, ports: list[int]) -> ManagedProcess:
+def ray_process(settings: Settings, layout: StackHome, ports: list[int]) -> ManagedProcess:
     """``ports``: GCS, Ray client server, dashboard agent HTTP.
 
     Ray's other listeners take random ports; these three have fixed defaults (10001, 52365,

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from skyeye.settings import Settings
 from skyeye.stack.errors import StackNotRunning
-from skyeye.stack.layout import Layout
+from skyeye.stack.home import StackHome
 from skyeye.stack.ray_env import use_loopback_ray
 
 log = logging.getLogger("skyeye.stack")
@@ -101,7 +101,7 @@ def process_create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def write_state(layout: Layout, state: StackState) -> None:
+def write_state(layout: StackHome, state: StackState) -> None:
     """Replace the state file atomically, so readers never see half a file."""
     payload = state.model_dump_json(
         indent=2, exclude={"supervisor_alive": True, "components": {"__all__": {"alive"}}}
@@ -118,13 +118,13 @@ def write_state(layout: Layout, state: StackState) -> None:
             tmp.unlink()
 
 
-def remove_state(layout: Layout) -> None:
+def remove_state(layout: StackHome) -> None:
     layout.state_file.unlink(missing_ok=True)
 
 
 def read_state(home: Path) -> StackState | None:
     """The recorded stack of ``home`` with live ``alive`` flags, or None if none is recorded."""
-    layout = Layout.of(home)
+    layout = StackHome.of(home)
     try:
         raw = layout.state_file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -150,7 +150,7 @@ def resolve(settings: Settings) -> Settings:
     unset = [name for name, field in ENDPOINT_FIELDS.items() if getattr(settings, field) is None]
     if not unset:
         return settings.model_copy()
-    home = Layout.of(settings.home).home
+    home = StackHome.of(settings.home).home
     state = read_state(home)
     if state is None or not state.supervisor_alive:
         raise StackNotRunning(f"no running stack in {home}; start it with `skyeye up`")

@@ -25,7 +25,7 @@ from skyeye.adapters.s3 import ObjectStore
 from skyeye.settings import Settings
 from skyeye.stack import components as c
 from skyeye.stack.errors import StackError
-from skyeye.stack.layout import Layout, short_dir
+from skyeye.stack.home import StackHome, short_dir
 from skyeye.stack.lock import HomeLock
 from skyeye.stack.ports import pick_ports
 from skyeye.stack.process import ManagedProcess, describe_exit, stop_tree
@@ -104,7 +104,7 @@ class Stack:
         component ``name`` is ready again after a restart, e.g. to redeploy what lived in it;
         if it raises, the stack stops. ``start_timeout_s`` bounds each start and restart."""
         self.settings = settings
-        self.layout = Layout.of(settings.home)
+        self.layout = StackHome.of(settings.home)
         self.start_timeout_s = start_timeout_s
         self.restart_policy = restart_policy or RestartPolicy()
         self._on_restarted = on_restarted

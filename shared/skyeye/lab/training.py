@@ -8,7 +8,7 @@ Two stages (their knobs are :class:`Stages`):
    on background patches), and optionally its object's colour (:func:`dense_targets`). From
    scratch, a tower trained only through the decoder's answer loss barely learns to look.
 2. ``instruct``: ``ln_vision`` (and top tower layers if asked), ``llama_proj`` and the Llama
-   decoder learn the answers of :func:`skyeye.world.make_samples`, loss on answer tokens only,
+   decoder learn the answers of :func:`skyeye.lab.world.make_samples`, loss on answer tokens only,
    with a difficulty curriculum; the number tokens ``<0>``..``<100>`` start from those same
    features and box numbers are scored against a Gaussian over neighbouring values.
 
@@ -51,14 +51,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import rotate_half
 
-from skyeye.model.answers import Box, parse_boxes
-from skyeye.model.architecture import VisionStage, llama_config
-from skyeye.model.checkpoint import load_llm, load_vision, read_manifest, save_model
-from skyeye.model.config import ModelConfig
-from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder, _common_prefix_length
-from skyeye.model.vision import preprocess
-from skyeye.model.vocabulary import NUMBER_TOKENS, tiny_tokenizer
-from skyeye.world import (
+from skyeye.lab.world import (
     OBJECT_CLASSES,
     OBJECT_COLOURS,
     TRAINING_SEED_LIMIT,
@@ -68,6 +61,13 @@ from skyeye.world import (
     make_samples,
     render_scene,
 )
+from skyeye.model.answers import Box, parse_boxes
+from skyeye.model.architecture import VisionStage, llama_config
+from skyeye.model.checkpoint import load_llm, load_vision, read_manifest, save_model
+from skyeye.model.config import ModelConfig
+from skyeye.model.decoder import IMAGE_TOKEN, TextDecoder, _common_prefix_length
+from skyeye.model.vision import preprocess
+from skyeye.model.vocabulary import NUMBER_TOKENS, tiny_tokenizer
 
 __all__ = [
     "LOG_FILE",
@@ -142,7 +142,7 @@ class Stages:
     # Top ViT layers trained in stage 2 (plus ln_vision); the rest stay as stage 1 left them, which
     # also spares their backward pass. Negative: all layers. The default is none: tuning the top
     # layer of a stage-1 tower that reads boxes to within 0.6 blurred them again (grounding 0.072
-    # against 0.134, training-levers.md round 7).
+    # against 0.134, docs/training-log.md round 7).
     tune_vision_layers: int = 0
     curriculum: bool = True
     # Rescale llama_proj so image tokens start at the norm of text embeddings.
@@ -442,7 +442,7 @@ class _Run:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", dir=parent))
         try:
-            origin = {"builder": "skyeye.training", "seed": self.seed, "steps": self.steps}
+            origin = {"builder": "skyeye.lab.training", "seed": self.seed, "steps": self.steps}
             save_model(staging, self.config, self.vision, self.llm, self.tokenizer, origin=origin)
             (staging / LOG_FILE).write_text(json.dumps(self.log(), indent=1) + "\n")
             old = parent / f".{self.out_dir.name}.old"
@@ -958,7 +958,7 @@ def train(
         run.close()
     run.save()
     if stages.eval_scenes:
-        from skyeye.evaluation import evaluate
+        from skyeye.lab.evaluation import evaluate
 
         report = evaluate(run.out_dir, stages.eval_scenes, _MEASURE_SEED, 16)
         run.evaluation = {name: family.model_dump() for name, family in report.families.items()}

@@ -1,5 +1,10 @@
-"""Sample inputs for the demo and the tests: the shipped aerial photos, generated rasters and
-clips."""
+"""Sample inputs for the demo and the tests: the shipped images, generated rasters and clips.
+
+The shipped files sit beside this module: two real aerial photos (see README.md here) and
+``world-lake.png``, a held-out scene of the lab's procedural world (the kind of image
+skyeye-tiny knows), rendered once by ``skyeye.lab.world`` so that the runtime never imports the
+lab (``tests/unit/test_world.py`` checks the file still matches its render).
+"""
 
 from __future__ import annotations
 
@@ -10,28 +15,24 @@ import av
 import numpy as np
 import rasterio
 from affine import Affine
-from PIL import Image
-
-from skyeye.world import held_out_scene_seeds, render_scene
 
 AERIAL_PHOTOS = ("aero1.jpg", "aero3.jpg")
+WORLD_SCENE = "world-lake.png"
+
+
+def _shipped(name: str) -> Path:
+    return Path(str(resources.files("skyeye.samples") / name))
 
 
 def aerial_photos() -> list[Path]:
-    folder = resources.files("skyeye") / "samples"
-    return [Path(str(folder / name)) for name in AERIAL_PHOTOS]
+    """The two shipped aerial photographs (640x480 JPEG)."""
+    return [_shipped(name) for name in AERIAL_PHOTOS]
 
 
-def write_world_scene(path: Path, *, seed: int = 3) -> Path:
-    """A held-out scene of the procedural world as a PNG: the kind of image skyeye-tiny knows.
-
-    Its held-out seeds are never trained on; seed 3's first scene is a lake with buildings, ships
-    and a storage tank, at an easy difficulty.
-    """
-    scene = render_scene(held_out_scene_seeds(1, seed)[0], difficulty=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(scene.image).save(path)
-    return path
+def world_scene() -> Path:
+    """A held-out scene of the procedural world (448x448 PNG): a lake with buildings, ships and a
+    storage tank, never trained on."""
+    return _shipped(WORLD_SCENE)
 
 
 def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:

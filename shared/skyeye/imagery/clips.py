@@ -45,9 +45,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from skyeye import geo
 from skyeye.catalog import TaskOutcome
 from skyeye.contracts import FrameGeoref, first_error
+from skyeye.imagery import geo
 from skyeye.settings import ClipSettings
 
 __all__ = [

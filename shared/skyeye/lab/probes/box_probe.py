@@ -15,7 +15,8 @@ A decoder that misses x1 but gets x2 and y2 once x1 and y1 are given knows the o
 and fails at picking the referred object; a probe that beats the decoder at some layer means the
 position is there but does not reach the number's logits.
 
-    .venv/bin/python bench/box_probe.py [--model DIR] [--fit-scenes 200] [--scenes 50] [--json]
+    .venv/bin/python -m skyeye.lab.probes.box_probe [--model DIR] [--fit-scenes 200] \
+        [--scenes 50] [--json]
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skyeye.lab.training import box_tokens
+from skyeye.lab.world import Scene, held_out_scenes, make_samples, render_scene
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.answers import parse_boxes
 from skyeye.settings import PACKAGED_MODEL
-from skyeye.training import box_tokens
-from skyeye.world import Scene, held_out_scenes, make_samples, render_scene
 
 COORDINATES = ("x1", "y1", "x2", "y2")
 # Training-world scene seeds for fitting the probes, far from the seeds a training run draws first.

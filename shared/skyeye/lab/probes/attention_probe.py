@@ -13,7 +13,7 @@ layer's first head) with the true answer fed in: the share of its whole attentio
 the object at each position predicting a box number (x1, y1, x2, y2), as the training loss counts
 it.
 
-    .venv/bin/python bench/attention_probe.py --scenes 30 [--model DIR] [--json]
+    .venv/bin/python -m skyeye.lab.probes.attention_probe --scenes 30 [--model DIR] [--json]
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from skyeye.lab.training import box_tokens
+from skyeye.lab.world import held_out_scenes, make_samples, refer_expressions
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.decoder import IMAGE_TOKEN
 from skyeye.model.vocabulary import NUMBER_TOKENS
 from skyeye.settings import PACKAGED_MODEL
-from skyeye.training import box_tokens
-from skyeye.world import held_out_scenes, make_samples, refer_expressions
 
 
 def main(argv: list[str] | None = None) -> None:

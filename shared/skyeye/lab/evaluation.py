@@ -34,8 +34,8 @@ from typing import TypeVar
 import numpy as np
 from pydantic import BaseModel
 
+from skyeye.lab.world import MAX_DETECTION_BOXES, Sample, held_out_scenes, make_samples
 from skyeye.model.answers import Box, parse_boxes
-from skyeye.world import MAX_DETECTION_BOXES, Sample, held_out_scenes, make_samples
 
 __all__ = [
     "FAMILIES",

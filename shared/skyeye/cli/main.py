@@ -19,11 +19,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from skyeye import catalog, clips, deadletters, samples, stac, telemetry
+from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
-from skyeye.arguments import bounded, count, non_negative_int
-from skyeye.evaluation import evaluate
-from skyeye.ingest import (
+from skyeye.catalog import stac
+from skyeye.cli import dlq, model_inspect
+from skyeye.cli.arguments import bounded, count, non_negative_int
+from skyeye.cli.ingest import (
     CatalogUnavailable,
     Ingested,
     IngestFailed,
@@ -35,8 +36,7 @@ from skyeye.ingest import (
     printable,
     wait_for,
 )
-from skyeye.model import inspect as model_inspect
-from skyeye.pipeline import launch
+from skyeye.imagery import clips
 from skyeye.settings import Settings
 from skyeye.stack import (
     ComponentState,
@@ -46,6 +46,7 @@ from skyeye.stack import (
     read_state,
     resolve,
 )
+from skyeye.stack.launcher import launch
 
 log = logging.getLogger(__name__)
 
@@ -464,12 +465,12 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         return 0
     rows = [
         (
-            str(d["dead_letter_id"])[: deadletters.MIN_PREFIX],
+            str(d["dead_letter_id"])[: dlq.MIN_PREFIX],
             d["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
             d["stage"],
             d["kind"],
             f"{d['topic']}/{d['partition']}/{d['offset']}",
-            str(d["asset_id"])[: deadletters.MIN_PREFIX] if d["asset_id"] else "-",
+            str(d["asset_id"])[: dlq.MIN_PREFIX] if d["asset_id"] else "-",
             d["replays"],
             _short(d["message"].split("; kept as dead letter")[0], 70),
         )
@@ -483,15 +484,15 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     settings, engine = _engine(args)
     try:
-        ids = deadletters.pending(engine) if args.all else deadletters.find(engine, args.ids)
-    except deadletters.DeadLetterNotFound as exc:
+        ids = dlq.pending(engine) if args.all else dlq.find(engine, args.ids)
+    except dlq.DeadLetterNotFound as exc:
         raise UsageError(str(exc)) from None
     if not ids:
         _say("no dead letter waits for a replay")
         return 0
     producer = kafka.producer(settings)
     try:
-        for replayed in deadletters.replay(engine, producer, ids):
+        for replayed in dlq.replay(engine, producer, ids):
             print(
                 f"{replayed.dead_letter_id}\treplayed to {replayed.topic} "
                 f"(partition {replayed.partition}, offset {replayed.offset})"
@@ -510,7 +511,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         generated = settings.home / "samples"
         files = [
             *samples.aerial_photos(),
-            samples.write_world_scene(generated / "demo-world-lake.png"),
+            samples.world_scene(),
             samples.write_geotiff(generated / "demo-scene-utm33n.tif"),
             samples.write_clip(generated / "demo-clip.mp4", cut_at=2.0),
         ]
@@ -591,6 +592,9 @@ def cmd_model_eval(args: argparse.Namespace) -> int:
     settings = _settings(args)
     model_dir = settings.resolved_model_dir
     _say(f"evaluating {model_dir} on {args.scenes} held-out scenes (seed {args.seed})")
+    # the lab (the procedural world, torch) loads only for this command
+    from skyeye.lab.evaluation import evaluate
+
     report = evaluate(model_dir, args.scenes, args.seed, args.batch, args.difficulty)
     print(report.model_dump_json(indent=2) if args.json else report.table())
     return 0
@@ -599,7 +603,7 @@ def cmd_model_eval(args: argparse.Namespace) -> int:
 @_reads_model_folders("--init and --tower take a folder written by skyeye model train")
 def cmd_model_train(args: argparse.Namespace) -> int:
     # torch and the training loop load only for this command
-    from skyeye.training import Stages, train
+    from skyeye.lab.training import Stages, train
 
     kind_weights = dict(Stages().kind_weights)
     for kind, weight in args.kind_weight or []:
@@ -736,8 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=[],
         metavar="ID",
-        help=f"dead letter ids, or their first {deadletters.MIN_PREFIX}+ characters "
-        "(`skyeye dlq list`)",
+        help=f"dead letter ids, or their first {dlq.MIN_PREFIX}+ characters (`skyeye dlq list`)",
     )
     which.add_argument("--all", action="store_true", help="every dead letter never replayed")
     p.set_defaults(func=cmd_dlq_replay)
@@ -842,7 +845,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND=W",
         help="stage 2's relative weight of one question kind (refer, detection, presence, "
         "count, scene or caption), repeatable; the kinds not given keep the recipe's "
-        "(skyeye.training.Stages.kind_weights)",
+        "(skyeye.lab.training.Stages.kind_weights)",
     )
     p.add_argument(
         "--number-sigma",
@@ -850,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="stage 2 scores box numbers against a Gaussian of this width on the 0-100 scale, "
         "so a near miss costs less than a far one (0: exact targets; default: the recipe's, "
-        "skyeye.training.Stages.number_sigma)",
+        "skyeye.lab.training.Stages.number_sigma)",
     )
     p.add_argument(
         "--eval-scenes",
@@ -892,7 +895,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

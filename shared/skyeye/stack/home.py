@@ -25,11 +25,11 @@ def short_dir(home: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class Layout:
+class StackHome:
     home: Path
 
     @classmethod
-    def of(cls, home: Path) -> Layout:
+    def of(cls, home: Path) -> StackHome:
         return cls(home.expanduser().resolve())
 
     @property

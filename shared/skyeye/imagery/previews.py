@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from skyeye.catalog import Detection
-from skyeye.imagery import fit_size
+from skyeye.imagery.images import fit_size
 from skyeye.model.answers import has_template_remnants
 
 # Distinct, saturated colours that stay visible on fields, water and roofs alike.

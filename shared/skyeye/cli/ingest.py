@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from kafka import KafkaProducer
 from minio.error import S3Error
 
-from skyeye import catalog, clips, telemetry
+from skyeye import catalog, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import asset_id_for, minio_created_event, object_key_problem
+from skyeye.imagery import clips
 from skyeye.settings import Settings
 
 log = logging.getLogger(__name__)

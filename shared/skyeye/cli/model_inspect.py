@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from skyeye.arguments import count
+from skyeye.cli.arguments import count
 
 __all__ = ["add_parser", "run"]
 

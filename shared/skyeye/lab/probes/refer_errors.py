@@ -9,7 +9,7 @@ the left", "the red ship") and by the object's larger side. A model that picks t
 but places its corners a few units off has median errors of a few units; one that picks the
 wrong object has errors near the mean box's (about 21).
 
-    .venv/bin/python bench/refer_errors.py [--model DIR] [--scenes 50] [--json]
+    .venv/bin/python -m skyeye.lab.probes.refer_errors [--model DIR] [--scenes 50] [--json]
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from skyeye.evaluation import iou
+from skyeye.lab.evaluation import iou
+from skyeye.lab.world import held_out_scenes, make_samples, refer_expressions
 from skyeye.model import TextDecoder, VisionEncoder
 from skyeye.model.answers import parse_boxes
 from skyeye.settings import PACKAGED_MODEL
-from skyeye.world import held_out_scenes, make_samples, refer_expressions
 
 COORDINATES = ("x1", "y1", "x2", "y2")
 _SIZE_WORDS = ("largest", "smallest")

@@ -21,11 +21,12 @@ from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
 from sqlalchemy.engine import Connection
 
-from skyeye import catalog, geo
+from skyeye import catalog
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.catalog import TaskOutcome
 from skyeye.contracts import ScenePlan, WorkItem, WorkItemKind
-from skyeye.imagery import UnreadableImage
+from skyeye.imagery import geo
+from skyeye.imagery.images import UnreadableImage
 from skyeye.settings import Settings
 
 log = logging.getLogger("skyeye.scenes")

@@ -14,7 +14,8 @@ objects of held-out scenes. Three features, in the order the vision stage comput
 Where ``patches`` reads colour and ``projected`` does not, the information is in the tower but
 does not reach the decoder's tokens.
 
-    .venv/bin/python bench/colour_probe.py [--model DIR] [--fit-scenes 200] [--scenes 50] [--json]
+    .venv/bin/python -m skyeye.lab.probes.colour_probe [--model DIR] [--fit-scenes 200] \
+        [--scenes 50] [--json]
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from box_probe import fit_scenes  # bench/ is on the path when a bench script runs
 from torch.nn import functional as F
 
+from skyeye.lab.probes.box_probe import fit_scenes
+from skyeye.lab.training import _patch_tokens, box_tokens
+from skyeye.lab.world import Scene, held_out_scenes
 from skyeye.model import VisionEncoder
 from skyeye.model.architecture import merge_patches
 from skyeye.model.vision import preprocess
 from skyeye.settings import PACKAGED_MODEL
-from skyeye.training import _patch_tokens, box_tokens
-from skyeye.world import Scene, held_out_scenes
 
 FEATURES = ("patches", "merged", "projected")
 _PROBE_STEPS = 600

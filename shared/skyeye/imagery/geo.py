@@ -67,7 +67,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from skyeye.contracts import Tile
-from skyeye.imagery import fit_size
+from skyeye.imagery.images import fit_size
 
 __all__ = [
     "DEFAULT_TILE_SIZE",

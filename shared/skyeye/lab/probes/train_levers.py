@@ -5,7 +5,7 @@ Fixed step counts (not a time budget) keep lever runs comparable on a CPU shared
 work, and repeat exactly from the seed; ``--minutes`` sizes them from a time budget instead (the
 counts are printed, to repeat the run). Overrides are ``field=value`` with JSON values:
 
-    .venv/bin/python bench/train_levers.py --out /tmp/lev/base --threads 1 \\
+    .venv/bin/python -m skyeye.lab.probes.train_levers --out /tmp/lev/base --threads 1 \\
         pretrain_steps=250 instruct_steps=350 dense_boxes=false number_embeddings=false \\
         number_sigma=0
 """
@@ -17,9 +17,9 @@ import json
 import time
 from pathlib import Path
 
-from skyeye.evaluation import evaluate
+from skyeye.lab.evaluation import evaluate
+from skyeye.lab.training import Stages, train
 from skyeye.model.config import ModelConfig
-from skyeye.training import Stages, train
 
 
 def main() -> None:
