@@ -43,6 +43,7 @@ def _run(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Time decoding both ways (best of --repeats each); print tasks/s, speed-up, agreement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiles", type=int, default=8, help="tiles per timed run (default 8)")
     parser.add_argument("--images", type=int, default=3, help="distinct images, cycled (default 3)")

@@ -64,6 +64,7 @@ def write_scene(path: Path, size: int) -> None:
 def tile_all(
     path: Path, tile_size: int, overlap: int, target_gsd: float | None, cache_mb: int | None
 ) -> dict:
+    """Plan the scene and read every tile with data; returns timings, peak memory, a checksum."""
     started = time.perf_counter()
     # GDAL's block cache defaults to 5 % of RAM and would hold every decoded block of the scene;
     # capping it is what keeps memory per tile rather than per scene (rasterio takes bytes here)
@@ -104,6 +105,7 @@ def tile_all(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Write the scene (in a child process) unless --keep has it, tile it, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=5000, help="scene side in px (default 5000)")
     parser.add_argument("--tile-size", type=int, default=geo.DEFAULT_TILE_SIZE)

@@ -95,18 +95,23 @@ class S3Entity(_Minio):
 
 
 class EventRecord(_Minio):
+    """One S3 event of a notification: its name, when it happened, and the bucket and object."""
+
     event_name: str = Field(alias="eventName")
     event_time: str | None = Field(None, alias="eventTime")
     s3: S3Entity
 
 
 class ObjectEvent(_Minio):
+    """A MinIO bucket notification as its Kafka target publishes it: one message per event."""
+
     event_name: str = Field(alias="EventName")
     key: str = Field(alias="Key")
     records: list[EventRecord] = Field(alias="Records", min_length=1)
 
     @property
     def is_object_created(self) -> bool:
+        """Whether an object was written (``s3:ObjectCreated:*``); the planner skips the rest."""
         return self.event_name.startswith("s3:ObjectCreated:")
 
     @classmethod
@@ -155,6 +160,8 @@ class TaskKind(StrEnum):
 
 
 class Task(BaseModel):
+    """One thing to ask the model about a work item's image: a kind and its text."""
+
     model_config = ConfigDict(frozen=True)
 
     kind: TaskKind
@@ -218,6 +225,8 @@ class WorkItemKind(StrEnum):
 
 
 class WorkItem(BaseModel):
+    """The planner's order to the worker: which pixels of which object, and what to ask of them."""
+
     work_item_id: uuid.UUID
     kind: WorkItemKind = WorkItemKind.TILE
     asset_id: uuid.UUID
@@ -258,8 +267,10 @@ class WorkItem(BaseModel):
 
 
 def first_error(exc: ValidationError, whole: str) -> str:
-    """``where: what`` of a validation's first error, for a one-line error row; ``whole`` names
-    the document when the error is about all of it."""
+    """``where: what`` of a validation's first error, for a one-line error row.
+
+    ``whole`` names the document when the error is about all of it.
+    """
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or whole
     # a validator's own message needs no "Value error, " in front of it
@@ -267,8 +278,11 @@ def first_error(exc: ValidationError, whole: str) -> str:
 
 
 class DeadLetterHeader(StrEnum):
-    """Kafka headers a consumer adds to the copy of a message it gives up on, on the
-    dead-letter topic (after the original headers, which it keeps), and the one a replay adds."""
+    """Kafka headers that dead-lettering and replays add to a message.
+
+    A consumer adds them to the copy of a message it gives up on, on the dead-letter topic
+    (after the original headers, which it keeps); a replay adds its own one.
+    """
 
     ID = "skyeye-dead-letter-id"
     STAGE = "skyeye-error-stage"
@@ -291,9 +305,11 @@ def dead_letter_id_for(topic: str, partition: int, offset: int) -> uuid.UUID:
 
 
 def object_key_problem(key: str) -> str | None:
-    """Why an object key is refused, or None. Keys become log lines, rows and later file names,
-    so the planner, the reconciler and ``skyeye ingest`` refuse the same keys for the same
-    reason."""
+    """Why an object key is refused, or None.
+
+    Keys become log lines, rows and later file names, so the planner, the reconciler and
+    ``skyeye ingest`` refuse the same keys for the same reason.
+    """
     if not key:
         return "the object key is empty"
     if len(key.encode()) > MAX_KEY_BYTES:
@@ -313,6 +329,7 @@ def asset_id_for(bucket: str, key: str, version: str | None) -> uuid.UUID:
 def work_item_id_for(
     asset_id: uuid.UUID, tile_index: int, kind: WorkItemKind = WorkItemKind.TILE
 ) -> uuid.UUID:
+    """Deterministic id of an asset's work item, so a redelivered event plans the same items."""
     return uuid.uuid5(asset_id, f"{kind}/{tile_index}")
 
 

@@ -40,6 +40,7 @@ class DeploymentSettings(BaseModel):
         return self
 
     def autoscaling_config(self) -> dict[str, float | int]:
+        """Replica bounds and load target, as Ray Serve's ``autoscaling_config`` takes them."""
         return {
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
@@ -81,9 +82,11 @@ class ClipSettings(BaseModel):
 
 
 class RetrySettings(BaseModel):
-    """How a consumer retries a message that failed for a transient reason (S3, PostgreSQL,
-    Kafka or Serve unavailable or timing out) before it dead-letters it. The offset is held
-    meanwhile, so the backoff's sum must stay well below Kafka's max.poll.interval (300 s)."""
+    """How a consumer retries a message that failed for a transient reason, then dead-letters it.
+
+    Transient: S3, PostgreSQL, Kafka or Serve unavailable or timing out. The offset is held
+    meanwhile, so the backoff's sum must stay well below Kafka's max.poll.interval (300 s).
+    """
 
     attempts: int = Field(10, ge=1, description="tries of one message, the first included")
     initial_backoff_s: float = Field(0.5, gt=0)
@@ -95,8 +98,10 @@ class RetrySettings(BaseModel):
 
 
 class ReconcilerSettings(BaseModel):
-    """The reconciler lists the ingest bucket and announces objects that have no asset: objects
-    written by any S3 client, and those whose notification was lost."""
+    """How the reconciler lists the ingest bucket and announces objects that have no asset.
+
+    Those are objects written by any S3 client, and those whose notification was lost.
+    """
 
     interval_s: float = Field(10.0, gt=0, description="seconds between two listings")
     min_age_s: float = Field(
@@ -111,6 +116,8 @@ class ReconcilerSettings(BaseModel):
 
 
 class Settings(BaseSettings):
+    """Every setting of the product, from ``SKYEYE_*`` variables; unset endpoints: embedded."""
+
     # A variable set but empty (`SKYEYE_MODEL_DIR= skyeye ...`) means "unset", not "." or "".
     model_config = SettingsConfigDict(
         env_prefix="SKYEYE_", env_nested_delimiter="__", extra="ignore", env_ignore_empty=True
@@ -249,6 +256,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model_dir(self) -> Path:
+        """The model folder to serve: ``model_dir``, else the packaged skyeye-tiny."""
         return self.model_dir or PACKAGED_MODEL
 
     def as_env(self) -> dict[str, str]:

@@ -1,9 +1,9 @@
-"""The catalog in PostgreSQL: assets, clip frames, work items, results, detections, errors and
-dead letters.
+"""The catalog in PostgreSQL: every asset and what the pipeline made of it.
 
-Every SQL statement of the product lives in :mod:`skyeye.catalog.queries`; its schema is the
-ordered migrations in ``migrations/``; :mod:`skyeye.catalog.stac` renders it as STAC. Callers
-use the names re-exported here.
+It holds assets, clip frames, work items, results, detections, errors and dead letters. Every
+SQL statement of the product lives in :mod:`skyeye.catalog.queries`; its schema is the ordered
+migrations in ``migrations/``; :mod:`skyeye.catalog.stac` renders it as STAC. Callers use the
+names re-exported here.
 """
 
 from skyeye.catalog.queries import (

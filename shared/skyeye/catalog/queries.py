@@ -25,6 +25,8 @@ LonLatBox = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class AssetRecord:
+    """An object version as the planner registers it: where it is and what its event said."""
+
     asset_id: uuid.UUID
     bucket: str
     object_key: str
@@ -76,6 +78,8 @@ class Detection:
 
 @dataclass(frozen=True)
 class TaskOutcome:
+    """The model's answer to one task of a work item: the raw text, and what parsing made of it."""
+
     task: Task
     prompt: str
     raw_text: str
@@ -102,8 +106,10 @@ def register_asset(conn: Connection, asset: AssetRecord) -> str:
 
 
 def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkItem]) -> None:
-    """Record the planned work items; done before they are published, so a worker never
-    receives an item the catalog does not know yet."""
+    """Record the planned work items, before they are published.
+
+    So a worker never receives an item the catalog does not know yet.
+    """
     for item in items:
         conn.execute(
             sa.text(
@@ -167,8 +173,10 @@ def record_clip(
 
 @dataclass(frozen=True)
 class Georeference:
-    """Where an asset lies, as far as planning found out: nothing for a plain image, a lon/lat
-    box for a placed clip, everything for a scene."""
+    """Where an asset lies, as far as planning found out.
+
+    Nothing for a plain image, a lon/lat box for a placed clip, everything for a scene.
+    """
 
     crs: str | None = None
     lon_lat_bbox: LonLatBox | None = None
@@ -186,8 +194,10 @@ def describe_asset(
     georef: Georeference | None = None,
     scene: ScenePlan | None = None,
 ) -> None:
-    """Record what planning found out about the asset (format, size, place, how its scene is
-    read); its status is left as it is."""
+    """Record what planning found out about the asset; its status is left as it is.
+
+    That is its format, size and place, and how its scene is read.
+    """
     georef = georef or Georeference()
     conn.execute(
         sa.text(
@@ -276,6 +286,7 @@ def record_error(
 
 
 def work_item_status(conn: Connection, work_item_id: uuid.UUID) -> str | None:
+    """A work item's status (queued, done or error); None if the catalog has no such item."""
     return conn.execute(
         sa.text("SELECT status FROM work_items WHERE work_item_id = :id"), {"id": work_item_id}
     ).scalar_one_or_none()
@@ -310,29 +321,7 @@ def store_results(
         if result_id is None:
             continue
         written += 1
-        for ordinal, det in enumerate(outcome.detections):
-            conn.execute(
-                sa.text(
-                    "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2,"
-                    " footprint, lon_lat_bbox, bbox, centrality) VALUES (:rid, :aid, :label,"
-                    " :ordinal, :x1, :y1, :x2, :y2, CAST(:footprint AS jsonb), CAST(:box AS box),"
-                    " :bbox, :centrality)"
-                ),
-                {
-                    "rid": result_id,
-                    "aid": item.asset_id,
-                    "ordinal": ordinal,
-                    "label": det.label,
-                    "x1": det.x1,
-                    "y1": det.y1,
-                    "x2": det.x2,
-                    "y2": det.y2,
-                    "footprint": None if det.footprint is None else json.dumps(det.footprint),
-                    "box": _box_literal(det.lon_lat_bbox),
-                    "bbox": _bbox_array(det.lon_lat_bbox),
-                    "centrality": det.centrality,
-                },
-            )
+        _store_detections(conn, result_id, item.asset_id, outcome.detections)
     conn.execute(
         sa.text(
             "UPDATE work_items SET status = 'done', completed_at = now()"
@@ -344,7 +333,37 @@ def store_results(
     return written
 
 
+def _store_detections(
+    conn: Connection, result_id: int, asset_id: uuid.UUID, detections: Sequence[Detection]
+) -> None:
+    """Write a new result's detections, numbered in the order the answer gave them."""
+    for ordinal, det in enumerate(detections):
+        conn.execute(
+            sa.text(
+                "INSERT INTO detections (result_id, asset_id, label, ordinal, x1, y1, x2, y2,"
+                " footprint, lon_lat_bbox, bbox, centrality) VALUES (:rid, :aid, :label,"
+                " :ordinal, :x1, :y1, :x2, :y2, CAST(:footprint AS jsonb), CAST(:box AS box),"
+                " :bbox, :centrality)"
+            ),
+            {
+                "rid": result_id,
+                "aid": asset_id,
+                "ordinal": ordinal,
+                "label": det.label,
+                "x1": det.x1,
+                "y1": det.y1,
+                "x2": det.x2,
+                "y2": det.y2,
+                "footprint": None if det.footprint is None else json.dumps(det.footprint),
+                "box": _box_literal(det.lon_lat_bbox),
+                "bbox": _bbox_array(det.lon_lat_bbox),
+                "centrality": det.centrality,
+            },
+        )
+
+
 def asset_status(conn: Connection, asset_id: uuid.UUID) -> str | None:
+    """An asset's status (registered, planned, finishing, done or error); None if unknown."""
     return conn.execute(
         sa.text("SELECT status FROM assets WHERE asset_id = :id"), {"id": asset_id}
     ).scalar_one_or_none()
@@ -367,8 +386,10 @@ def located_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, 
 def kept_detections(
     conn: Connection, asset_id: uuid.UUID, frame_index: int | None = None
 ) -> list[Detection]:
-    """The asset's detections that are not flagged duplicates, in pixels of the whole asset (or
-    of one clip frame: ``frame_index``)."""
+    """The asset's detections that are not flagged duplicates, in pixels of the whole asset.
+
+    With ``frame_index``: only those of that clip frame, in pixels of the frame.
+    """
     rows = conn.execute(
         sa.text(
             "SELECT d.label, d.x1, d.y1, d.x2, d.y2 FROM detections d"
@@ -399,9 +420,11 @@ def flag_duplicates(conn: Connection, asset_id: uuid.UUID, keep: Sequence[int]) 
 
 
 def _box_literal(bbox: LonLatBox | None) -> str | None:
-    """The GiST-indexed box of a lon/lat box: a box cannot cross the antimeridian, so a crossing
-    one becomes the band of every longitude between its latitudes (an index may over-select;
-    it never misses)."""
+    """The GiST-indexed box of a lon/lat box.
+
+    A box cannot cross the antimeridian, so a crossing one becomes the band of every longitude
+    between its latitudes (an index may over-select; it never misses).
+    """
     if bbox is None:
         return None
     west, south, east, north = bbox
@@ -446,7 +469,8 @@ class FinishTarget:
 def claim_finishing(
     conn: Connection, asset_id: uuid.UUID | None = None, *, waited_s: float = 0.0
 ) -> FinishTarget | None:
-    """Lock one finishing asset (``asset_id``, or the one waiting longest) for this transaction;
+    """Lock one finishing asset (``asset_id``, or the one waiting longest) for this transaction.
+
     None when there is none that another transaction is not finishing already.
 
     The row lock is the claim: if the process finishing it dies, its connection closes, the
@@ -496,6 +520,7 @@ def complete_finish(conn: Connection, asset_id: uuid.UUID, preview_key: str | No
 
 
 def asset_states(conn: Connection, asset_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The status of each of these assets; an id the catalog does not hold is left out."""
     rows = conn.execute(
         sa.text("SELECT asset_id, status FROM assets WHERE asset_id = ANY(:ids)"),
         {"ids": list(asset_ids)},
@@ -504,6 +529,7 @@ def asset_states(conn: Connection, asset_ids: Sequence[uuid.UUID]) -> dict[uuid.
 
 
 def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
+    """Every asset (or the one ``asset_id``): what it is, where, and its status; oldest first."""
     rows = conn.execute(
         sa.text(
             "SELECT asset_id, bucket, object_key, version, media_format, width, height, status,"
@@ -519,6 +545,7 @@ def assets(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
 
 
 def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
+    """Every result (or one asset's) with its work item, frame time and detections as a list."""
     rows = conn.execute(
         sa.text(
             "SELECT r.result_id, r.asset_id, w.kind AS item_kind, w.tile_index, w.frame_index,"
@@ -541,6 +568,7 @@ def results(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[st
 
 
 def clip_frames(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The frames sampled from a clip asset, in frame order, with why and where each lies."""
     rows = conn.execute(
         sa.text(
             "SELECT frame_index, time_s, sampled_by, scene_score, bucket, object_key, footprint,"
@@ -553,6 +581,7 @@ def clip_frames(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
 
 
 def errors(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str, Any]]:
+    """Every error row (or one asset's), in the order they were recorded."""
     rows = conn.execute(
         sa.text(
             "SELECT error_id, source, stage, kind, message, asset_id, work_item_id, detail,"
@@ -566,6 +595,11 @@ def errors(conn: Connection, asset_id: uuid.UUID | None = None) -> list[dict[str
 
 
 def counts(conn: Connection) -> dict[str, int]:
+    """Totals of the catalog, as ``skyeye status`` shows them.
+
+    Assets (and those finished), work items (and those queued), results, detections, previews,
+    errors and dead letters.
+    """
     row = conn.execute(
         sa.text(
             "SELECT (SELECT count(*) FROM assets) AS assets,"
@@ -583,8 +617,10 @@ def counts(conn: Connection) -> dict[str, int]:
 
 
 def stac_asset(conn: Connection, asset_id: uuid.UUID) -> dict[str, Any] | None:
-    """Every column of the asset (later migrations' too: a clip's time range, a preview key),
-    with its lon/lat box as [west, south, east, north]; None if unknown."""
+    """Every column of the asset, with its lon/lat box as [west, south, east, north].
+
+    Later migrations' columns too (a clip's time range, a preview key); None if unknown.
+    """
     row = conn.execute(
         sa.text(
             f"SELECT a.*, {_bounds('a')} AS lon_lat_bounds FROM assets a WHERE a.asset_id = :id"
@@ -595,8 +631,10 @@ def stac_asset(conn: Connection, asset_id: uuid.UUID) -> dict[str, Any] | None:
 
 
 def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The asset's detections with the task, model and tile that produced each, and each
-    located one's lon/lat box as [west, south, east, north]."""
+    """The asset's detections with the task, model and tile that produced each.
+
+    Each located one also has its lon/lat box as [west, south, east, north].
+    """
     rows = conn.execute(
         sa.text(
             "SELECT d.detection_id, d.label, d.x1, d.y1, d.x2, d.y2, d.footprint, d.duplicate,"
@@ -612,8 +650,10 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
 
 
 def _bounds(table: str) -> str:
-    """SQL for a row's lon/lat bounds as [west, south, east, north] (west > east across the
-    antimeridian), NULL when it has none."""
+    """SQL for a row's lon/lat bounds as [west, south, east, north], NULL when it has none.
+
+    West > east across the antimeridian.
+    """
     # rows written before the bbox column existed have only the box, which PostgreSQL keeps as
     # (upper right, lower left) and which never crosses
     box = f"{table}.lon_lat_bbox"
@@ -646,8 +686,10 @@ class DeadLetterRecord:
 def existing(
     conn: Connection, asset_id: uuid.UUID | None, work_item_id: uuid.UUID | None
 ) -> tuple[uuid.UUID | None, uuid.UUID | None]:
-    """``asset_id`` and ``work_item_id``, each kept only if the catalog has it (an error row
-    may only name what exists)."""
+    """``asset_id`` and ``work_item_id``, each kept only if the catalog has it.
+
+    An error row may only name what exists.
+    """
     row = conn.execute(
         sa.text(
             "SELECT EXISTS (SELECT 1 FROM assets WHERE asset_id = CAST(:a AS uuid)) AS asset,"
@@ -692,8 +734,10 @@ def record_dead_letter(conn: Connection, letter: DeadLetterRecord) -> bool:
 
 
 def dead_letters(conn: Connection) -> list[dict[str, Any]]:
-    """Every dead letter, oldest first, without its payload: what it was, why it failed, when,
-    and its replays."""
+    """Every dead letter, oldest first, without its payload.
+
+    Each says what it was, why it failed, when, and its replays.
+    """
     rows = conn.execute(
         sa.text(
             'SELECT dead_letter_id, stage, topic, partition, "offset", kind, message, asset_id,'
@@ -735,6 +779,7 @@ def dead_letter(conn: Connection, dead_letter_id: uuid.UUID) -> DeadLetterRecord
 
 
 def mark_replayed(conn: Connection, dead_letter_id: uuid.UUID) -> None:
+    """Count one more replay of the dead letter, and when it was."""
     conn.execute(
         sa.text(
             "UPDATE dead_letters SET replays = replays + 1, replayed_at = now()"
@@ -745,10 +790,12 @@ def mark_replayed(conn: Connection, dead_letter_id: uuid.UUID) -> None:
 
 
 def reopen(conn: Connection, asset_id: uuid.UUID | None, work_item_id: uuid.UUID | None) -> None:
-    """Undo what a dead letter ended, so that its replay is handled again: a failed work item
-    is queued again (and its asset planned again), an asset whose planning failed is
-    registered again. Anything that has moved on since is left alone, so a redelivered replay
-    reopens nothing twice."""
+    """Undo what a dead letter ended, so that its replay is handled again.
+
+    A failed work item is queued again (and its asset planned again), an asset whose planning
+    failed is registered again. Anything that has moved on since is left alone, so a
+    redelivered replay reopens nothing twice.
+    """
     if work_item_id is not None:
         reopened = conn.execute(
             sa.text(
@@ -777,8 +824,10 @@ def reopen(conn: Connection, asset_id: uuid.UUID | None, work_item_id: uuid.UUID
 
 
 def known_objects(conn: Connection, object_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """Which object versions (by :func:`skyeye.contracts.asset_id_for`) the pipeline has seen:
-    registered as assets, or dead-lettered before they could be."""
+    """Which object versions (by :func:`skyeye.contracts.asset_id_for`) the pipeline has seen.
+
+    Seen means registered as assets, or dead-lettered before they could be.
+    """
     rows = conn.execute(
         sa.text(
             "SELECT asset_id FROM assets WHERE asset_id = ANY(:ids)"

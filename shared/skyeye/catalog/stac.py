@@ -123,8 +123,11 @@ def item(
 
 
 def detections_collection(detections: Sequence[Row]) -> dict[str, Any]:
-    """The detections as a GeoJSON FeatureCollection of label features (null geometry where
-    the asset has no georeference; the pixel box is always in the properties)."""
+    """The detections as a GeoJSON FeatureCollection of label features.
+
+    Geometry is null where the asset has no georeference; the pixel box is always in the
+    properties.
+    """
     return {"type": "FeatureCollection", "features": [_feature(d) for d in detections]}
 
 
@@ -242,8 +245,10 @@ def _s3_href(bucket: str, key: str) -> str:
 
 
 def _bbox_polygon(bounds: Sequence[float]) -> dict[str, Any]:
-    """The bounding box as a GeoJSON Polygon, exterior ring counter-clockwise (RFC 7946); one
-    across the antimeridian (west > east) as a MultiPolygon of its two halves."""
+    """The bounding box as a GeoJSON Polygon, exterior ring counter-clockwise (RFC 7946).
+
+    One across the antimeridian (west > east) becomes a MultiPolygon of its two halves.
+    """
     west, south, east, north = (float(v) for v in bounds)
     if west <= east:
         return {"type": "Polygon", "coordinates": [_ring(west, south, east, north)]}

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
+from skyeye.adapters.postgres import Engine
 from skyeye.catalog import stac
 from skyeye.cli import dlq, model_inspect
 from skyeye.cli.arguments import bounded, count, non_negative_int
@@ -52,8 +51,10 @@ log = logging.getLogger(__name__)
 
 
 class UsageError(Exception):
-    """A mistake in the command line that shows only once the catalog is read (an asset id
-    it does not hold): one line and exit 2, like the mistakes argparse finds."""
+    """A command-line mistake that shows only once the catalog is read: one line and exit 2.
+
+    For example an asset id the catalog does not hold; reported like the mistakes argparse finds.
+    """
 
 
 def _say(message: str) -> None:
@@ -82,6 +83,7 @@ def _short(text: str, width: int = 60) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    """``skyeye up``: start the embedded stack and the pipeline, and run until Ctrl-C."""
     settings = _settings(args)
     started = time.monotonic()
     stack = launch(settings, progress=_say)
@@ -92,6 +94,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    """``skyeye ingest``: upload the files, announce them, and with --wait await their results."""
     paths = [Path(p) for p in args.paths]
     outcomes = [_Outcome(path, object_key(path, args.prefix)) for path in paths]
     try:
@@ -118,9 +121,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     _uploaded(outcomes, done, args.json)
     if not args.wait:
         return _report_ingest(args, outcomes, 0)
+    code = _await_assets(args, settings, [d.asset_id for d in done], outcomes)
+    return _report_ingest(args, outcomes, code)
+
+
+def _await_assets(
+    args: argparse.Namespace, settings: Settings, ids: list[uuid.UUID], outcomes: list[_Outcome]
+) -> int:
+    """``--wait``: wait for the uploaded assets to finish and record how each ended.
+
+    Returns the exit status: 2 when the wait timed out or the catalog became unreadable, 1 when
+    an asset failed, else 0.
+    """
     assert settings.database_url is not None
     engine = postgres.create_engine(settings.database_url)
-    ids = [d.asset_id for d in done]
 
     def progress(current: dict[uuid.UUID, str]) -> None:
         finished = sum(s in catalog.TERMINAL_ASSET_STATES for s in current.values())
@@ -141,21 +155,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         if outcome.asset_id is None:
             continue
-        state = states.get(outcome.asset_id)
-        outcome.errors = None if errors is None else errors.get(outcome.asset_id, [])
-        if state not in catalog.TERMINAL_ASSET_STATES:
-            outcome.status = unfinished
-            outcome.error = f"{why} (state: {state or 'not in the catalog yet'})"
-            continue
-        outcome.status = state
-        if state == "error":
-            reasons = "; ".join(f"{e['kind']}: {e['message']}" for e in outcome.errors or [])
-            outcome.error = reasons or "failed (no error row could be read)"
-            if not args.json:
-                _say(f"error: {outcome.key}: {outcome.error}")
+        asset_errors = None if errors is None else errors.get(outcome.asset_id, [])
+        outcome.settle(states.get(outcome.asset_id), asset_errors, unfinished, why)
+        if outcome.status == "error" and not args.json:
+            _say(f"error: {outcome.key}: {outcome.error}")
     if code == 0 and any(o.status == "error" for o in outcomes):
         code = 1
-    return _report_ingest(args, outcomes, code)
+    return code
 
 
 @dataclass
@@ -169,8 +175,30 @@ class _Outcome:
     error: str | None = None
     errors: list[dict[str, Any]] | None = None  # the asset's error rows; None: not read
 
+    def settle(
+        self,
+        state: str | None,
+        errors: list[dict[str, Any]] | None,
+        unfinished: str,
+        why: str,
+    ) -> None:
+        """Record how the asset ended after ``--wait``: its final state and error rows.
+
+        An asset in no final state gets the status ``unfinished`` and ``why`` as its error.
+        """
+        self.errors = errors
+        if state not in catalog.TERMINAL_ASSET_STATES:
+            self.status = unfinished
+            self.error = f"{why} (state: {state or 'not in the catalog yet'})"
+            return
+        self.status = state
+        if state == "error":
+            reasons = "; ".join(f"{e['kind']}: {e['message']}" for e in self.errors or [])
+            self.error = reasons or "failed (no error row could be read)"
+
     def as_json(self, waited: bool) -> dict[str, Any]:
-        row = {
+        """This outcome as one object of ``--json``; ``waited``: with the asset's error rows."""
+        row: dict[str, Any] = {
             "path": printable(str(self.path)),
             "key": printable(self.key),
             "asset_id": None if self.asset_id is None else str(self.asset_id),
@@ -202,16 +230,16 @@ def _uploaded(outcomes: list[_Outcome], done: list[Ingested], as_json: bool) -> 
 
 
 def _asset_errors(
-    engine: sa.Engine, asset_ids: Sequence[uuid.UUID]
+    engine: Engine, asset_ids: Sequence[uuid.UUID]
 ) -> dict[uuid.UUID, list[dict[str, Any]]] | None:
     """Each asset's error rows; None, said in one line, when the database is gone again."""
     if not asset_ids:
         return {}
     try:
-        with engine.connect() as conn:
+        with postgres.connection(engine) as conn:
             return {a: catalog.errors(conn, a) for a in asset_ids}
-    except sa.exc.SQLAlchemyError as exc:
-        reason = postgres.transient_reason(exc)
+    except postgres.DatabaseError as exc:
+        reason = exc.reason
         if reason is None:
             raise
         _say(f"error: {reason}; the assets' error rows cannot be read")
@@ -225,6 +253,7 @@ def _report_ingest(args: argparse.Namespace, outcomes: list[_Outcome], code: int
 
 
 def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool) -> None:
+    """Print the catalog's assets (or the one ``asset_id``) with their results and errors."""
     assert settings.database_url is not None
     engine = postgres.create_engine(settings.database_url)
     with engine.connect() as conn:
@@ -237,32 +266,7 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
         print(_dump({"assets": assets, "results": results, "errors": errors}))
         return
     for asset in assets:
-        size = f"{asset['width']}x{asset['height']}" if asset["width"] else "?"
-        if asset["duration_s"] is not None:
-            size += f", {asset['duration_s']:.1f} s"
-        print(f"\n{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
-        if asset["preview_key"]:
-            print(f"  preview: s3://{settings.derived_bucket}/{asset['preview_key']}")
-        rows = []
-        for r in (r for r in results if r["asset_id"] == asset["asset_id"]):
-            answer = r["raw_text"] if r["parsed"] else f"(unparsed) {r['raw_text']}"
-            if r["detections"]:
-                answer = "; ".join(
-                    f"{d['label']} ({d['x1']:.0f},{d['y1']:.0f})-({d['x2']:.0f},{d['y2']:.0f})"
-                    for d in r["detections"]
-                )
-            # frames are told by their time; scene- and clip-level results by their item's kind
-            if r["item_kind"] == "frame":
-                where = f"{r['frame_time_s']:.2f} s"
-            elif r["item_kind"] == "tile":
-                where = r["tile_index"]
-            else:
-                where = r["item_kind"]
-            rows.append((where, r["task_kind"], _short(r["task_text"], 36), _short(answer)))
-        if rows:
-            print(_table(rows, ("tile/frame", "task", "asked", "answer")))
-        for e in (e for e in errors if e["asset_id"] == asset["asset_id"]):
-            print(f"  error ({e['stage']}/{e['kind']}): {e['message']}")
+        _print_asset(settings, asset, results, errors)
     unattached = [e for e in errors if e["asset_id"] is None]
     if unattached and asset_id is None:
         print("\nerrors not tied to an asset:")
@@ -270,13 +274,52 @@ def _print_results(settings: Settings, asset_id: uuid.UUID | None, as_json: bool
             print(f"  {e['source']} ({e['stage']}/{e['kind']}): {_short(e['message'], 100)}")
 
 
+def _print_asset(
+    settings: Settings,
+    asset: dict[str, Any],
+    results: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+) -> None:
+    """Print one asset of ``skyeye results``: a heading, its results' table and its errors."""
+    size = f"{asset['width']}x{asset['height']}" if asset["width"] else "?"
+    if asset["duration_s"] is not None:
+        size += f", {asset['duration_s']:.1f} s"
+    print(f"\n{asset['object_key']}  [{asset['asset_id']}]  {size} {asset['status']}")
+    if asset["preview_key"]:
+        print(f"  preview: s3://{settings.derived_bucket}/{asset['preview_key']}")
+    rows = [_result_row(r) for r in results if r["asset_id"] == asset["asset_id"]]
+    if rows:
+        print(_table(rows, ("tile/frame", "task", "asked", "answer")))
+    for e in (e for e in errors if e["asset_id"] == asset["asset_id"]):
+        print(f"  error ({e['stage']}/{e['kind']}): {e['message']}")
+
+
+def _result_row(r: dict[str, Any]) -> tuple[object, str, str, str]:
+    """One line of an asset's results table: where in the asset, task, question, answer."""
+    answer = r["raw_text"] if r["parsed"] else f"(unparsed) {r['raw_text']}"
+    if r["detections"]:
+        answer = "; ".join(
+            f"{d['label']} ({d['x1']:.0f},{d['y1']:.0f})-({d['x2']:.0f},{d['y2']:.0f})"
+            for d in r["detections"]
+        )
+    # frames are told by their time; scene- and clip-level results by their item's kind
+    if r["item_kind"] == "frame":
+        where = f"{r['frame_time_s']:.2f} s"
+    elif r["item_kind"] == "tile":
+        where = r["tile_index"]
+    else:
+        where = r["item_kind"]
+    return where, r["task_kind"], _short(r["task_text"], 36), _short(answer)
+
+
 def cmd_results(args: argparse.Namespace) -> int:
+    """``skyeye results``: print every asset's (or one asset's) results and errors."""
     settings = resolve(_settings(args))
     _print_results(settings, args.asset, args.json)
     return 0
 
 
-def _engine(args: argparse.Namespace) -> tuple[Settings, sa.Engine]:
+def _engine(args: argparse.Namespace) -> tuple[Settings, Engine]:
     settings = resolve(_settings(args))
     assert settings.database_url is not None
     return settings, postgres.create_engine(settings.database_url)
@@ -295,6 +338,7 @@ def _asset_and_detections(
 
 
 def cmd_stac(args: argparse.Namespace) -> int:
+    """``skyeye stac``: print an asset's STAC 1.1 Item, its detections linked as its labels."""
     asset, detections = _asset_and_detections(args)
     derived = _settings(args).derived_bucket
     print(_dump(stac.item(asset, detections, args.labels_href, preview_bucket=derived)))
@@ -302,6 +346,7 @@ def cmd_stac(args: argparse.Namespace) -> int:
 
 
 def cmd_detections(args: argparse.Namespace) -> int:
+    """``skyeye detections``: an asset's detections as a table, or with --geojson as GeoJSON."""
     asset, detections = _asset_and_detections(args)
     if args.geojson:
         print(_dump(stac.detections_collection(detections)))
@@ -333,6 +378,7 @@ def _lon_lat_centre(bounds: Sequence[float] | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """``skyeye status``: components, Serve's health, counts and lag; exit 3 when not running."""
     settings = _settings(args)
     state = read_state(settings.home)
     report: dict[str, Any] = {
@@ -401,8 +447,11 @@ def _last_exit(component: ComponentState) -> str:
 
 
 def _live_status(settings: Settings, state: StackState) -> dict[str, Any]:
-    """Counts, consumer lag and Serve's health of a running stack. A component that is down
-    or does not answer leaves its part unknown (None) with one line in ``problems``."""
+    """Counts, consumer lag and Serve's health of a running stack.
+
+    A component that is down or does not answer leaves its part unknown (None) with one line in
+    ``problems``.
+    """
     problems: list[str] = []
 
     def down(name: str) -> str | None:
@@ -454,6 +503,7 @@ def _outage(exc: BaseException) -> str | None:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
+    """``skyeye dlq list``: every dead letter, oldest first: when, where from, why, replays."""
     _, engine = _engine(args)
     with engine.connect() as conn:
         letters = catalog.dead_letters(conn)
@@ -482,6 +532,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    """``skyeye dlq replay``: publish the given dead letters (or all never replayed) again."""
     settings, engine = _engine(args)
     try:
         ids = dlq.pending(engine) if args.all else dlq.find(engine, args.ids)
@@ -503,6 +554,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``skyeye demo``: start the stack, ingest the samples, print their results, stop."""
     settings = _settings(args)
     started = time.monotonic()
     stack = launch(settings, progress=_say)
@@ -567,8 +619,10 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _reads_model_folders(hint: str) -> Callable[[Command], Command]:
-    """For commands that load a model folder in-process: one that is not a model folder is a
-    clear error (exit 2) with ``hint``, not a traceback."""
+    """Make a folder that is not a model folder a clear error (exit 2) with ``hint``.
+
+    For commands that load a model folder in-process: the user sees one line, not a traceback.
+    """
 
     def wrap(command: Command) -> Command:
         @functools.wraps(command)
@@ -589,6 +643,7 @@ def _reads_model_folders(hint: str) -> Callable[[Command], Command]:
 
 @_reads_model_folders("set SKYEYE_MODEL_DIR to a model folder")
 def cmd_model_eval(args: argparse.Namespace) -> int:
+    """``skyeye model eval``: score the configured model on held-out scenes of the lab's world."""
     settings = _settings(args)
     model_dir = settings.resolved_model_dir
     _say(f"evaluating {model_dir} on {args.scenes} held-out scenes (seed {args.seed})")
@@ -602,6 +657,7 @@ def cmd_model_eval(args: argparse.Namespace) -> int:
 
 @_reads_model_folders("--init and --tower take a folder written by skyeye model train")
 def cmd_model_train(args: argparse.Namespace) -> int:
+    """``skyeye model train``: train skyeye-tiny into --out with the recipe the options adjust."""
     # torch and the training loop load only for this command
     from skyeye.lab.training import Stages, train
 
@@ -647,6 +703,7 @@ def cmd_model_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``skyeye`` command line: global options and one subcommand per task."""
     parser = argparse.ArgumentParser(
         prog="skyeye",
         description="Watch Earth-observation imagery streams with a vision-language model.",
@@ -656,11 +713,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--home", type=Path, help="state folder of the embedded stack (default: $SKYEYE_HOME)"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+    # `skyeye --help` lists the commands in the order they are added here
     p = sub.add_parser("up", help="start the embedded stack and the pipeline; Ctrl-C stops it")
     p.set_defaults(func=cmd_up)
+    _add_ingest(sub)
+    _add_read_commands(sub)
+    _add_dlq(sub)
+    p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
+    p.add_argument(
+        "--timeout",
+        type=bounded(float, 0),
+        default=600.0,
+        help="seconds to wait for results (default 600)",
+    )
+    p.set_defaults(func=cmd_demo)
+    _add_model_commands(sub)
+    return parser
 
-    p = sub.add_parser("ingest", help="upload files and announce them to the pipeline")
+
+def _add_ingest(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``ingest``: the files to upload, their key prefix and metadata, waiting, output."""
+    p = commands.add_parser("ingest", help="upload files and announce them to the pipeline")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files to ingest")
     p.add_argument("--prefix", default="uploads", help="object key prefix (default: uploads)")
     p.add_argument(
@@ -686,12 +759,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("results", help="print stored results (and errors)")
+
+def _add_read_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``results``, ``stac``, ``detections`` and ``status``: what the catalog and stack hold."""
+    p = commands.add_parser("results", help="print stored results (and errors)")
     p.add_argument("--asset", type=uuid.UUID, help="only this asset id")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_results)
 
-    p = sub.add_parser(
+    p = commands.add_parser(
         "stac", help="print an asset's STAC 1.1 Item (label and projection extensions)"
     )
     p.add_argument("asset", type=uuid.UUID, metavar="ASSET_ID")
@@ -703,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_stac)
 
-    p = sub.add_parser("detections", help="print an asset's detections: a table, or GeoJSON")
+    p = commands.add_parser("detections", help="print an asset's detections: a table, or GeoJSON")
     p.add_argument("asset", type=uuid.UUID, metavar="ASSET_ID")
     p.add_argument(
         "--geojson",
@@ -712,11 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_detections)
 
-    p = sub.add_parser("status", help="components, pids, ports, topic lag, counts")
+    p = commands.add_parser("status", help="components, pids, ports, topic lag, counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser(
+
+def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dlq`` and its ``list`` and ``replay`` commands, for the messages consumers set aside."""
+    p = commands.add_parser(
         "dlq",
         help="the messages consumers set aside (dead letters): list them, replay them",
         description="A consumer that cannot handle a message (a bug, or an outage past its "
@@ -745,18 +824,18 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every dead letter never replayed")
     p.set_defaults(func=cmd_dlq_replay)
 
-    p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
-    p.add_argument(
-        "--timeout",
-        type=bounded(float, 0),
-        default=600.0,
-        help="seconds to wait for results (default 600)",
-    )
-    p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("model", help="check the published weights; evaluate or train a model")
+def _add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``model`` and its commands: ``inspect``, ``eval`` and ``train``."""
+    p = commands.add_parser("model", help="check the published weights; evaluate or train a model")
     model_commands = p.add_subparsers(dest="model_command", required=True, metavar="COMMAND")
     model_inspect.add_parser(model_commands)
+    _add_model_eval(model_commands)
+    _add_model_train(model_commands)
+
+
+def _add_model_eval(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``model eval``: held-out scenes and their seed, batch size, difficulty, output."""
     p = model_commands.add_parser(
         "eval",
         help="score the configured model on generated held-out scenes (grounding, VQA, BLEU-4)",
@@ -785,6 +864,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_model_eval)
+
+
+def _add_model_train(model_commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``model train``: output folder, seed, time budget, device, start point and recipe."""
     p = model_commands.add_parser(
         "train",
         help="train skyeye-tiny on the procedural aerial world, from scratch or further from "
@@ -862,10 +945,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out scenes scored at the end (0: none; default 20)",
     )
     p.set_defaults(func=cmd_model_train)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``skyeye`` command; returns its exit status (2 for an error said in one line)."""
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:

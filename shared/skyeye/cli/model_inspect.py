@@ -1,5 +1,7 @@
-"""``skyeye model inspect``: account for every tensor of the published SkyEyeGPT files, then
-caption a sample image with the assembled model.
+"""``skyeye model inspect``: check the published SkyEyeGPT files, then caption with them.
+
+It accounts for every tensor of the published files, then captions a sample image with the
+assembled model.
 
 Heavy imports (torch, transformers) wait for :func:`run`, so that adding the parser to the CLI
 costs nothing.
@@ -72,8 +74,11 @@ def _caption(args: argparse.Namespace, arch: Any) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: every tensor accounted for (and captioned unless --no-run); 1: the report lists
-    problems; 2: a file could not be read."""
+    """Run ``skyeye model inspect``; returns its exit status.
+
+    0: every tensor accounted for (and captioned unless --no-run); 1: the report lists problems;
+    2: a file could not be read.
+    """
     from pydantic import ValidationError
 
     from skyeye.model.checkpoint import CheckpointError

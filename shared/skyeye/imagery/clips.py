@@ -23,15 +23,16 @@ Decisions, documented once here:
 - **Sidecar** (``<clip key>.geo.json``): per-frame camera footprint corners in lon/lat, or an
   affine transform in a CRS; a sampled frame takes the entry nearest its time (see the README).
   Corners either side of the antimeridian are read the short way across it (179.9 then -179.9
-  is 0.2 degrees wide), and the footprint is split there like any other (:mod:`skyeye.geo`). A
-  transform that gives the frame no area on the ground is refused when the sidecar is parsed; a
-  frame whose CRS cannot be put on the globe raises :class:`skyeye.geo.InvalidGeoreference`.
+  is 0.2 degrees wide), and the footprint is split there like any other
+  (:mod:`skyeye.imagery.geo`). A transform that gives the frame no area on the ground is refused
+  when the sidecar is parsed; a frame whose CRS cannot be put on the globe raises
+  :class:`skyeye.imagery.geo.InvalidGeoreference`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -99,6 +100,8 @@ class InvalidSidecar(ValueError):
 
 @dataclass(frozen=True)
 class ClipInfo:
+    """What a clip's header says, read before any frame is decoded (the clip limits use it)."""
+
     media_format: str
     codec: str
     width: int
@@ -112,6 +115,8 @@ class ClipInfo:
 
 @dataclass(frozen=True)
 class SampledFrame:
+    """A decoded frame picked for the model: why it was picked, and the cut's score if a cut."""
+
     time_s: float
     image: np.ndarray  # H x W x 3 uint8
     sampled_by: SampledBy
@@ -119,20 +124,25 @@ class SampledFrame:
 
 
 def is_clip_candidate(key: str, content_type: str | None) -> bool:
+    """Whether an object is handled as a clip: a video suffix or a ``video/*`` content type."""
     return key.lower().endswith(CLIP_SUFFIXES) or (content_type or "").startswith("video/")
 
 
 def is_sidecar(key: str) -> bool:
+    """Whether an object is a clip's ``.geo.json`` sidecar rather than imagery of its own."""
     return key.lower().endswith(SIDECAR_SUFFIX)
 
 
 def sidecar_key(clip_key: str) -> str:
+    """The key a clip's sidecar is looked for under: beside the clip, ``.geo.json`` appended."""
     return clip_key + SIDECAR_SUFFIX
 
 
 class _Budget:
-    """Frames decoded for one clip, refused past the limit (a one-keyframe clip would otherwise
-    decode from its start for every sample)."""
+    """Frames decoded for one clip, all passes together, refused past the limit.
+
+    Without it a one-keyframe clip would decode from its start for every sample.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
@@ -147,6 +157,7 @@ class _Budget:
 
 @contextmanager
 def open_clip(stream: BinaryIO) -> Iterator[InputContainer]:
+    """The clip's container, closed on exit; unreadable or corrupt video is an UnreadableClip."""
     try:
         container = av.open(stream, mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
@@ -192,8 +203,10 @@ def _creation_time(tags: Mapping[str, str]) -> datetime | None:
 
 
 def probe(container: InputContainer, limits: ClipSettings, name: str = "") -> ClipInfo:
-    """The clip's header, refusing it before any decoding when it is over the limits; ``name``
-    (the object key) picks the container's name among FFmpeg's aliases ("mov,mp4,...")."""
+    """The clip's header, refusing it before any decoding when it is over the limits.
+
+    ``name`` (the object key) picks the container's name among FFmpeg's aliases ("mov,mp4,...").
+    """
     video = _video(container)
     width, height = video.codec_context.width, video.codec_context.height
     if width <= 0 or height <= 0:
@@ -226,6 +239,7 @@ def probe(container: InputContainer, limits: ClipSettings, name: str = "") -> Cl
 
 
 def uniform_times(duration_s: float, count: int) -> list[float]:
+    """The centres of ``count`` equal spans of the clip, in seconds (uniform sampling)."""
     return [(i + 0.5) * duration_s / count for i in range(count)]
 
 
@@ -254,7 +268,7 @@ def scene_cuts(
 
 
 def choose_times(
-    duration_s: float, count: int, cuts: list[tuple[float, float]] = ()
+    duration_s: float, count: int, cuts: Sequence[tuple[float, float]] = ()
 ) -> list[tuple[float, SampledBy, float | None]]:
     """The times to sample, in order: strongest cuts first (spaced), uniform times filling up."""
     gap = duration_s / (2 * count)
@@ -296,8 +310,10 @@ def _frame_at(
 def sample(
     container: InputContainer, info: ClipInfo, limits: ClipSettings
 ) -> Iterator[SampledFrame]:
-    """The sampled frames in time order, one decoded at a time; the same frame reached from two
-    sample times is given once."""
+    """The sampled frames in time order, one decoded at a time.
+
+    The same frame reached from two sample times is given once.
+    """
     budget = _Budget(limits.max_frames_decoded)
     cuts = scene_cuts(container, limits, budget) if limits.scene_changes else []
     video = _video(container)
@@ -312,8 +328,11 @@ def sample(
 
 
 def start_time(user_metadata: Mapping[str, str], info: ClipInfo) -> datetime | None:
-    """When the clip starts: user metadata (``--meta start-datetime=...``), else the container's
-    creation time. A value that is not ISO 8601 is ignored."""
+    """When the clip starts: user metadata, else the container's creation time.
+
+    The user metadata is set as ``--meta start-datetime=...``; a value that is not ISO 8601 is
+    ignored.
+    """
     for raw_key, value in user_metadata.items():
         key = raw_key.lower().removeprefix("x-amz-meta-").replace("-", "_")
         if key in _START_KEYS:
@@ -325,6 +344,7 @@ def start_time(user_metadata: Mapping[str, str], info: ClipInfo) -> datetime | N
 
 
 def end_time(start: datetime | None, info: ClipInfo) -> datetime | None:
+    """When the clip ends, from its start and duration; ``None`` when its start is unknown."""
     return None if start is None else start + timedelta(seconds=info.duration_s)
 
 
@@ -334,8 +354,10 @@ _MIN_AREA_RATIO = 1e-12
 
 
 def _unwrapped(corners: tuple[tuple[float, float], ...]) -> list[tuple[float, float]]:
-    """The corners with each longitude the short way from the first's: across the antimeridian
-    179.9 and -179.9 become 179.9 and 180.1."""
+    """The corners with each longitude the short way from the first's.
+
+    Across the antimeridian, 179.9 and -179.9 become 179.9 and 180.1.
+    """
     lon0 = corners[0][0]
     return [(lon + 360 * round((lon0 - lon) / 360), lat) for lon, lat in corners]
 
@@ -385,6 +407,8 @@ class _SidecarEntry(BaseModel):
 
 
 class Sidecar(BaseModel):
+    """A clip's ``.geo.json``: where its frames lie on the ground, entry by entry in time."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     crs: str | None = Field(None, description="CRS of every 'transform' without its own")
@@ -414,6 +438,7 @@ def _crs_string(text: str) -> str:
 
 
 def parse_sidecar(raw: bytes) -> Sidecar:
+    """The sidecar in ``raw``; too large or invalid is an InvalidSidecar naming what is wrong."""
     if len(raw) > MAX_SIDECAR_BYTES:
         raise InvalidSidecar(f"sidecar of {len(raw)} bytes exceeds {MAX_SIDECAR_BYTES} bytes")
     try:
@@ -425,8 +450,11 @@ def parse_sidecar(raw: bytes) -> Sidecar:
 def _homography(
     src: list[tuple[float, float]], dst: list[tuple[float, float]]
 ) -> tuple[float, ...]:
-    """The 3x3 projective map (row-major, last entry 1) taking four points onto four points; no
-    three on one line (the sidecar's corners are checked convex), so it exists."""
+    """The 3x3 projective map (row-major, last entry 1) taking four points onto four points.
+
+    No three of the points are on one line (the sidecar's corners are checked convex), so it
+    exists.
+    """
     rows, rhs = [], []
     for (x, y), (u, v) in zip(src, dst, strict=True):
         rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
@@ -437,8 +465,10 @@ def _homography(
 
 
 def georef_at(sidecar: Sidecar, time_s: float, width: int, height: int) -> FrameGeoref:
-    """The georeference of a frame of ``width`` x ``height`` shown at ``time_s``, from the
-    sidecar entry nearest in time (the earlier one on a tie)."""
+    """The georeference of a frame of ``width`` x ``height`` shown at ``time_s``.
+
+    It comes from the sidecar entry nearest in time (the earlier one on a tie).
+    """
     entry = min(sidecar.frames, key=lambda e: (abs(e.t - time_s), e.t))
     if entry.corners is not None:
         frame = [(0.0, 0.0), (width, 0.0), (width, height), (0.0, height)]
@@ -461,8 +491,8 @@ def frame_footprint(
     """A box in frame pixels as a lon/lat polygon on the ground.
 
     A ValueError when the box reaches the camera's horizon, its subclass
-    :class:`skyeye.geo.InvalidGeoreference` (speaking of ``subject``) when the box is no place
-    on the globe.
+    :class:`skyeye.imagery.geo.InvalidGeoreference` (speaking of ``subject``) when the box is no
+    place on the globe.
     """
     cols, rows = geo.box_outline(*box, densify=densify)
     m = np.asarray(georef.matrix).reshape(3, 3)
@@ -478,7 +508,7 @@ def frame_ground(georef: FrameGeoref, width: int, height: int) -> geo.Footprint:
 
     A sidecar placing it beyond the horizon is an :class:`InvalidSidecar`; one placing it
     nowhere on the globe (a CRS PROJ cannot transform, out-of-range lon/lat) raises
-    :class:`skyeye.geo.InvalidGeoreference`.
+    :class:`skyeye.imagery.geo.InvalidGeoreference`.
     """
     try:
         return frame_footprint(
@@ -491,8 +521,10 @@ def frame_ground(georef: FrameGeoref, width: int, height: int) -> geo.Footprint:
 
 
 def locate(outcome: TaskOutcome, georef: FrameGeoref) -> TaskOutcome:
-    """The outcome with a lon/lat footprint on each detection (boxes are in frame pixels); a
-    detection beyond the horizon or nowhere on the globe keeps none."""
+    """The outcome with a lon/lat footprint on each detection (boxes are in frame pixels).
+
+    A detection beyond the horizon or nowhere on the globe keeps none.
+    """
     located = []
     for det in outcome.detections:
         try:

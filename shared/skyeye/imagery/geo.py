@@ -131,6 +131,7 @@ class SceneMeta:
 
     @classmethod
     def of(cls, dataset: DatasetReaderBase) -> SceneMeta:
+        """The open raster's header facts (its data type and overviews are band 1's)."""
         return cls(
             width=dataset.width,
             height=dataset.height,
@@ -183,6 +184,7 @@ class GeoTile:
 
     @property
     def window(self) -> Window:
+        """The tile's source window in full-resolution pixels, as rasterio reads it."""
         return Window(self.col_off, self.row_off, self.width, self.height)
 
     def to_scene_pixels(self, x: float, y: float) -> tuple[float, float]:
@@ -357,8 +359,10 @@ _SENTINEL2_COMMON_NAMES = {
 
 
 def common_name(description: str | None, colorinterp: ColorInterp) -> str | None:
-    """The band's eo common name (``red``, ``nir``...) from its colour interpretation, else its
-    Sentinel-2 name; None when neither says."""
+    """The band's eo common name (``red``, ``nir``...), or None when nothing names it.
+
+    The name comes from the band's colour interpretation, else from its Sentinel-2 name.
+    """
     if colorinterp in (ColorInterp.red, ColorInterp.green, ColorInterp.blue):
         return colorinterp.name
     return _SENTINEL2_COMMON_NAMES.get(_band_name(description)) if description else None
@@ -521,8 +525,11 @@ def read_tile(
 
 
 class InvalidGeoreference(ValueError):
-    """A georeference that puts the data nowhere on the globe: a CRS that PROJ cannot transform
-    to lon/lat, a place outside its projection's domain, or lon/lat out of range."""
+    """A georeference that puts the data nowhere on the globe.
+
+    That is a CRS that PROJ cannot transform to lon/lat, a place outside its projection's domain,
+    or lon/lat out of range.
+    """
 
 
 @dataclass(frozen=True)
@@ -546,13 +553,16 @@ def _tile_pixels(box: Sequence[float], tile: GeoTile) -> tuple[float, float, flo
 def box_outline(
     x1: float, y1: float, x2: float, y2: float, *, densify: int = 4
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Columns and rows along a pixel box's edges, clockwise from its top-left corner, each edge
-    split into ``densify`` segments (corners at multiples of ``densify``), not closed."""
+    """Columns and rows along a pixel box's edges, clockwise from its top-left corner, not closed.
+
+    Each edge is split into ``densify`` segments (corners at multiples of ``densify``).
+    """
     if densify < 1:
         raise ValueError(f"densify must be at least 1, got {densify}")
     corners = [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
     steps = np.arange(densify) / densify
-    cols, rows = [], []
+    cols: list[float] = []
+    rows: list[float] = []
     for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1], strict=True):
         cols.extend(ax + (bx - ax) * steps)
         rows.extend(ay + (by - ay) * steps)

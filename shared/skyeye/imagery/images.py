@@ -23,6 +23,8 @@ class UnreadableImage(ValueError):
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """What an image's header says: its format (lower case, as Pillow names it) and size."""
+
     media_format: str
     width: int
     height: int
@@ -59,8 +61,10 @@ def probe(stream: BinaryIO, *, max_pixels: int) -> ImageInfo:
 
 
 def fit_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """``(width, height)`` scaled so the longer side is at most ``long_side``: aspect kept, never
-    enlarged, each side at least one pixel."""
+    """``(width, height)`` scaled so the longer side is at most ``long_side``.
+
+    The aspect is kept, the size never enlarged, and each side is at least one pixel.
+    """
     if long_side < 1:
         raise ValueError(f"long_side must be at least 1, got {long_side}")
     scale = min(1.0, long_side / max(width, height))
@@ -68,6 +72,7 @@ def fit_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 
 def whole_image_tiles(info: ImageInfo) -> list[Tile]:
+    """The one tile a plain image is processed as: the whole image, at full resolution."""
     return [Tile(index=0, x=0, y=0, width=info.width, height=info.height)]
 
 

@@ -1,7 +1,8 @@
 """Preview PNGs for dashboards: an asset's image, bounded in size, with its detections drawn.
 
 Pure drawing: the worker hands in pixels (a plain image, or a scene read decimated by
-:func:`skyeye.scenes.read_preview`) and the detections to draw; storing the PNG is its business.
+:func:`skyeye.imagery.scenes.read_preview`) and the detections to draw; storing the PNG is its
+business.
 """
 
 from __future__ import annotations

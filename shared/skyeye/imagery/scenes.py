@@ -1,5 +1,7 @@
-"""Georeferenced scenes in the pipeline: plan an object into tiles and an overview, read one,
-locate boxes, read a decimated preview.
+"""Georeferenced scenes in the pipeline: plan, read, locate and preview.
+
+An object is planned into tiles and an overview; a worker reads one of them and locates the boxes
+found in it; the worker finishing the asset reads a decimated preview.
 
 The raster is read straight from S3 through HTTP range requests (the S3 adapter's opener), so a
 cloud-optimised GeoTIFF costs only the blocks a tile touches, and GDAL's block cache is bounded
@@ -14,14 +16,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import TypedDict
 
 import numpy as np
 import rasterio
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.io import DatasetReader
-from sqlalchemy.engine import Connection
 
 from skyeye import catalog
+from skyeye.adapters.postgres import Connection
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.catalog import TaskOutcome
 from skyeye.contracts import ScenePlan, WorkItem, WorkItemKind
@@ -37,6 +40,8 @@ SCENE_SUFFIXES = (".tif", ".tiff")
 
 @dataclass(frozen=True)
 class Plan:
+    """What the planner makes of a scene: the work items' tiles and what its catalog row says."""
+
     scene: ScenePlan
     tiles: list[geo.GeoTile]
     # the whole scene at the tile size, for scene-level tasks; None when one tile already is
@@ -54,7 +59,19 @@ class NoData(ValueError):
     """A scene whose every pixel is nodata: there is nothing to show the model."""
 
 
+class _Grid(TypedDict):
+    """How a scene is cut, given both to the tiling and to the plan the worker re-tiles from."""
+
+    tile_size: int
+    target_gsd: float | None
+    overlap: int
+
+
 def is_scene_candidate(key: str, content_type: str | None) -> bool:
+    """Whether an object goes the scene path: a GeoTIFF suffix or an ``image/tiff`` content type.
+
+    A candidate without a CRS still becomes a plain image (see :func:`plan`).
+    """
     return key.lower().endswith(SCENE_SUFFIXES) or (content_type or "").startswith("image/tiff")
 
 
@@ -62,6 +79,11 @@ def is_scene_candidate(key: str, content_type: str | None) -> bool:
 def open_scene(
     store: ObjectStore, settings: Settings, bucket: str, key: str
 ) -> Iterator[DatasetReader]:
+    """The object as a rasterio dataset read by range requests, GDAL's block cache bounded.
+
+    An unreadable raster is an UnreadableImage, unless the object store failed under it: then
+    the store's error is raised.
+    """
     # GDAL would otherwise list the "directory" looking for sidecar files on every open.
     opener = store.opener(bucket, key)
     with rasterio.Env(
@@ -91,9 +113,9 @@ def gdal_message(exc: BaseException) -> str:
 def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
     """The tiles of a georeferenced scene, skipping all-nodata ones; None without a CRS.
 
-    Raises :class:`skyeye.geo.InvalidGeoreference` when the scene is no place on the globe (a
-    CRS PROJ cannot transform, outside its projection's domain, lon/lat out of range), before
-    any pixel is read, and :class:`NoData` when no tile holds a valid pixel.
+    Raises :class:`skyeye.imagery.geo.InvalidGeoreference` when the scene is no place on the
+    globe (a CRS PROJ cannot transform, outside its projection's domain, lon/lat out of range),
+    before any pixel is read, and :class:`NoData` when no tile holds a valid pixel.
     """
     if dataset.crs is None:
         return None
@@ -108,7 +130,7 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
         bands = geo.select_bands(meta, settings.rgb_bands)
     except ValueError as exc:
         raise UnreadableImage(str(exc)) from exc
-    grid = {
+    grid: _Grid = {
         "tile_size": settings.tile_size,
         "target_gsd": settings.target_gsd,
         "overlap": settings.tile_overlap,
@@ -120,9 +142,8 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
         stretch = geo.default_stretch(dataset, bands)
     except ValueError as exc:
         raise NoData(f"too few valid pixels to show the scene: {exc}") from exc
-    overview = geo.overview_tile(meta, settings.tile_size)
-    if len(tiles) == 1 and tiles[0].window == overview.window:
-        overview = None
+    whole = geo.overview_tile(meta, settings.tile_size)
+    overview = None if len(tiles) == 1 and tiles[0].window == whole.window else whole
     scene = ScenePlan(
         crs=dataset.crs.to_string(),
         bands=bands,
@@ -143,8 +164,10 @@ def plan(dataset: DatasetReader, settings: Settings) -> Plan | None:
 
 
 def band_facts(meta: geo.SceneMeta, shown: tuple[int, ...]) -> list[dict[str, object]]:
-    """Each band's description, common name, type and nodata, and whether the model sees it:
-    what a STAC Item says of the raster's bands."""
+    """What a STAC Item says of the raster's bands.
+
+    That is each band's description, common name, type and nodata, and whether the model sees it.
+    """
     return [
         {
             "name": meta.descriptions[i - 1],
@@ -158,8 +181,10 @@ def band_facts(meta: geo.SceneMeta, shown: tuple[int, ...]) -> list[dict[str, ob
 
 
 def read(dataset: DatasetReader, item: WorkItem) -> tuple[np.ndarray, geo.GeoTile]:
-    """The work item's tile (or overview) as H x W x 3 uint8 (resampled to the planned output
-    size), and the tile's georeference for :func:`locate`."""
+    """The work item's tile (or overview) as H x W x 3 uint8, and its georeference.
+
+    The pixels are resampled to the planned output size; the georeference is for :func:`locate`.
+    """
     assert item.scene is not None
     meta = geo.SceneMeta.of(dataset)
     if item.kind is WorkItemKind.OVERVIEW:
@@ -178,8 +203,11 @@ def read(dataset: DatasetReader, item: WorkItem) -> tuple[np.ndarray, geo.GeoTil
 
 
 def read_preview(dataset: DatasetReader, scene: ScenePlan, max_side: int) -> np.ndarray:
-    """The whole scene at most ``max_side`` px on its long side, shown as its tiles are (same
-    bands and stretch), read decimated so it is never held at full resolution."""
+    """The whole scene at most ``max_side`` px on its long side, shown as its tiles are.
+
+    It has the same bands and stretch, and is read decimated so it is never held at full
+    resolution.
+    """
     return _read(dataset, geo.overview_tile(geo.SceneMeta.of(dataset), max_side), scene)
 
 
@@ -196,8 +224,11 @@ def _read(dataset: DatasetReader, tile: geo.GeoTile, scene: ScenePlan) -> np.nda
 
 
 def locate(outcome: TaskOutcome, tile: geo.GeoTile, crs: str) -> TaskOutcome:
-    """The outcome with a lon/lat footprint on each of its detections; one that is no place on
-    the globe keeps none (the planner refuses such scenes, so this is a detection at worst)."""
+    """The outcome with a lon/lat footprint on each of its detections.
+
+    One that is no place on the globe keeps none (the planner refuses such scenes, so this is a
+    detection at worst).
+    """
     located = []
     for det in outcome.detections:
         centrality = geo.scene_detection(det.label, det.box_0_100, tile).centrality
@@ -214,8 +245,10 @@ def locate(outcome: TaskOutcome, tile: geo.GeoTile, crs: str) -> TaskOutcome:
 
 
 def merge_duplicates(conn: Connection, asset_id: uuid.UUID) -> int:
-    """Flag the copies of one object that overlapping tiles found (NMS in scene pixels);
-    returns how many were flagged."""
+    """Flag the copies of one object that overlapping tiles found; returns how many were flagged.
+
+    Copies are found by NMS in scene pixels.
+    """
     rows = catalog.located_detections(conn, asset_id)
     detections = [
         geo.SceneDetection(

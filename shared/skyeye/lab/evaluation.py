@@ -88,6 +88,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 class FamilyScore(BaseModel):
+    """One family's figure, how many samples it covers, and the constant answer it must beat."""
+
     metric: str
     score: float
     count: int  # samples scored
@@ -97,6 +99,8 @@ class FamilyScore(BaseModel):
 
 
 class EvalReport(BaseModel):
+    """What :func:`evaluate` measured: the model, the held-out scenes asked about, each family."""
+
     model: str
     scenes: int
     seed: int
@@ -128,6 +132,7 @@ class EvalReport(BaseModel):
 
 
 def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes, 0 when both are empty."""
     width = min(a.x2, b.x2) - max(a.x1, b.x1)
     height = min(a.y2, b.y2) - max(a.y1, b.y1)
     inter = max(0, width) * max(0, height)
@@ -148,8 +153,10 @@ def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
 def corpus_bleu(
     candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4
 ) -> float:
-    """Corpus BLEU: clipped n-gram precisions summed over the corpus, geometric mean, brevity
-    penalty from the reference lengths closest to each candidate (shorter wins a tie).
+    """Corpus BLEU: the geometric mean of clipped n-gram precisions, with the brevity penalty.
+
+    The precisions are summed over the corpus; the brevity penalty takes, for each candidate, the
+    reference length closest to it (shorter wins a tie).
 
     No smoothing, as the standard metric: any n-gram order without a match gives 0.
     """
@@ -219,39 +226,56 @@ def score(samples: Sequence[Sample], answers: Sequence[str]) -> dict[str, Family
     by_kind: dict[str, list[tuple[Sample, str]]] = {}
     for sample, answer in zip(samples, answers, strict=True):
         by_kind.setdefault(sample.kind, []).append((sample, answer))
-    families: dict[str, FamilyScore] = {}
+    families = {
+        "grounding": _grounding(by_kind.get("refer", [])),
+        "detection": _detection(by_kind.get("detection", [])),
+        **_exact_match(
+            by_kind.get("presence", []), by_kind.get("count", []), by_kind.get("scene", [])
+        ),
+        "caption": _caption(by_kind.get("caption", [])),
+    }
+    return {name: families[name] for name in FAMILIES}
 
-    refer = by_kind.get("refer", [])
+
+def _grounding(refer: list[tuple[Sample, str]]) -> FamilyScore:
+    """[refer] accuracy: a hit when the answer's first box has IoU above the threshold."""
     hits = parsed = 0
     for sample, answer in refer:
         predicted = parse_boxes(answer)
         parsed += bool(predicted)
         hits += bool(predicted) and iou(predicted[0], parse_boxes(sample.answer)[0]) > IOU_THRESHOLD
-    families["grounding"] = FamilyScore(
+    return FamilyScore(
         metric=f"Acc@{IOU_THRESHOLD}",
         score=hits / len(refer) if refer else 0.0,
         count=len(refer),
         parsed=parsed / len(refer) if refer else 0.0,
     )
 
-    detection = by_kind.get("detection", [])
+
+def _detection(detection: list[tuple[Sample, str]]) -> FamilyScore:
+    """[detection] F1 over every box of every answer, true boxes matched one to one."""
     tp = fp = fn = parsed = 0
     for sample, answer in detection:
         predicted = parse_boxes(answer)
         parsed += bool(predicted)
         t, f, n = _detection_counts(parse_boxes(sample.answer), predicted)
         tp, fp, fn = tp + t, fp + f, fn + n
-    families["detection"] = FamilyScore(
+    return FamilyScore(
         metric=f"F1@{IOU_THRESHOLD}",
         score=2 * tp / (2 * tp + fp + fn) if tp else 0.0,
         count=len(detection),
         parsed=parsed / len(detection) if detection else 0.0,
     )
 
-    presence = by_kind.get("presence", [])
-    count = by_kind.get("count", [])
-    scene = by_kind.get("scene", [])
+
+def _exact_match(
+    presence: list[tuple[Sample, str]],
+    count: list[tuple[Sample, str]],
+    scene: list[tuple[Sample, str]],
+) -> dict[str, FamilyScore]:
+    """Presence, count, vqa (both together) and scene accuracy, each with its constant answer."""
     common_count = _majority(count)
+    families: dict[str, FamilyScore] = {}
     for name, pairs, baseline, baseline_name in (
         ("presence", presence, _constant(presence, "yes"), 'always "yes"'),
         ("count", count, _constant(count, common_count), f'always "{common_count}"'),
@@ -270,19 +294,21 @@ def score(samples: Sequence[Sample], answers: Sequence[str]) -> dict[str, Family
             baseline=baseline,
             baseline_name=baseline_name,
         )
+    return families
 
-    captions = by_kind.get("caption", [])
+
+def _caption(captions: list[tuple[Sample, str]]) -> FamilyScore:
+    """Caption BLEU-4 against the sample's caption, beside the best constant caption's."""
     references = [[s.answer] for s, _ in captions]
     # The blind captioner: the one caption that, said of every image, scores best.
     constant = [c for c, _ in Counter(s.answer for s, _ in captions).most_common(_CAPTION_TRIES)]
-    families["caption"] = FamilyScore(
+    return FamilyScore(
         metric="BLEU-4",
         score=corpus_bleu([a for _, a in captions], references),
         count=len(captions),
         baseline=max((corpus_bleu([c] * len(captions), references) for c in constant), default=0.0),
         baseline_name="best constant caption",
     )
-    return {name: families[name] for name in FAMILIES}
 
 
 def _chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:

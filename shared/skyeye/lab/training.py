@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -48,8 +49,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import DynamicCache, LlamaForCausalLM
-from transformers.models.llama.modeling_llama import rotate_half
+from transformers import DynamicCache, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.cache_utils import CacheLayerMixin
+from transformers.models.llama.modeling_llama import LlamaAttention, rotate_half
 
 from skyeye.lab.world import (
     OBJECT_CLASSES,
@@ -165,6 +167,8 @@ class Stages:
 
 @dataclass
 class TrainReport:
+    """What :func:`train` hands back: the folder, the step counts it ran, figures, loss curve."""
+
     out_dir: Path
     seed: int
     pretrain_steps: int
@@ -176,8 +180,11 @@ class TrainReport:
 
 
 def patch_labels(scene: Scene, grid: int) -> np.ndarray:
-    """(grid, grid) int64 per-patch class: the object class covering most of the patch, if it
-    covers at least ``_OBJECT_SHARE`` of it, else water if water is most of it, else background."""
+    """Stage 1's class of each patch, as a (grid, grid) int64 array.
+
+    The class is that of the object covering most of the patch, if it covers at least
+    ``_OBJECT_SHARE`` of it, else water if water is most of it, else background.
+    """
     classes = scene.class_map().astype(np.int64)
     height, width = classes.shape
     cell_h, cell_w = height // grid, width // grid
@@ -201,14 +208,18 @@ def number_features(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
-def _box_values(box: Box) -> list[int]:
-    return [box.x1, box.y1, box.x2, box.y2]
+def _box_values(box: Box) -> tuple[int, int, int, int]:
+    """The box as (x1, y1, x2, y2) on the 0-100 scale."""
+    return box.x1, box.y1, box.x2, box.y2
 
 
 def _owners(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch (row-major): the index in ``scene.objects`` of the object covering most of it,
-    and whether that object covers at least ``_OBJECT_SHARE`` of it (else the index means
-    nothing)."""
+    """Per patch (row-major): which object covers most of it, and whether it covers enough.
+
+    The first array is the index in ``scene.objects`` of the object covering most of the patch,
+    the second whether that object covers at least ``_OBJECT_SHARE`` of it (else the index means
+    nothing).
+    """
     width, height = scene.size
     cell_h, cell_w = height // grid, width // grid
     instances = scene.instances[: grid * cell_h, : grid * cell_w].astype(np.int64)
@@ -218,8 +229,8 @@ def _owners(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(scene.objects) + 1
     if n == 1:
         return np.zeros(grid * grid, dtype=np.int64), np.zeros(grid * grid, dtype=bool)
-    shares = np.bincount((patch * n + instances).ravel(), minlength=grid * grid * n)
-    shares = shares.reshape(grid * grid, n)[:, 1:] / (cell_h * cell_w)
+    pixels = np.bincount((patch * n + instances).ravel(), minlength=grid * grid * n)
+    shares = pixels.reshape(grid * grid, n)[:, 1:] / (cell_h * cell_w)
     return shares.argmax(axis=1), shares.max(axis=1) >= _OBJECT_SHARE
 
 
@@ -232,12 +243,15 @@ class DenseTargets(NamedTuple):
 
 
 def dense_targets(scene: Scene, grid: int) -> DenseTargets:
-    """The patch centres, and the box and colour of the object covering most of each patch (zero
-    where no object covers ``_OBJECT_SHARE`` of it)."""
+    """Stage 1's dense targets: each patch's centre, and its object's box and colour.
+
+    The object is the one covering most of the patch; box and colour are zero where no object
+    covers ``_OBJECT_SHARE`` of it.
+    """
     width, height = scene.size
     owner, has_object = _owners(scene, grid)
     boxes = np.array(
-        [_box_values(o.model_box(width, height)) for o in scene.objects] or [[0, 0, 0, 0]],
+        [_box_values(o.model_box(width, height)) for o in scene.objects] or [(0, 0, 0, 0)],
         dtype=np.float32,
     )
     centre = (np.arange(grid, dtype=np.float32) + 0.5) * 100 / grid
@@ -250,8 +264,10 @@ def dense_targets(scene: Scene, grid: int) -> DenseTargets:
 
 
 def _cosine(step: int, total: int, warmup: int) -> float:
-    """LR factor: linear warm-up, a plateau until ``2 * warmup`` (both independent of ``total``,
-    which a time budget only fixes then), then cosine down to 10%."""
+    """LR factor: linear warm-up, a plateau until ``2 * warmup``, then cosine down to 10%.
+
+    Warm-up and plateau are both independent of ``total``, which a time budget only fixes then.
+    """
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - 2 * warmup) / max(1, total - 2 * warmup)
@@ -259,9 +275,12 @@ def _cosine(step: int, total: int, warmup: int) -> float:
 
 
 def _lineage(log: dict[str, Any]) -> dict[str, Any]:
-    """An earlier run's log, and those it started from, without their loss curves: each
-    ``--init`` generation would otherwise carry every curve before it (about 20 KB a generation)
-    into a file packaged with the weights; each curve stays in its own run's ``training.json``."""
+    """An earlier run's log, and those it started from, without their loss curves.
+
+    Each ``--init`` generation would otherwise carry every curve before it (about 20 KB a
+    generation) into a file packaged with the weights; each curve stays in its own run's
+    ``training.json``.
+    """
     kept = {k: v for k, v in log.items() if k != "losses"}
     for key in ("tower", "init"):
         if kept.get(key):
@@ -296,11 +315,53 @@ def _scene_item(seed: int, size: int, difficulty: float) -> tuple[Scene, np.ndar
 def _dense_item(
     seed: int, size: int, difficulty: float, *, grid: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Stage 1's inputs for one scene: pixels, per-patch labels, dense values, has_object and
-    colours (not the Scene itself: its maps would cross the process boundary for nothing)."""
+    """Stage 1's inputs for one scene: pixels, patch labels, dense values, has_object, colours.
+
+    Not the Scene itself: its maps would cross the process boundary for nothing.
+    """
     scene, pixels = _scene_item(seed, size, difficulty)
     labels = patch_labels(scene, grid).ravel()
     return pixels, labels, *dense_targets(scene, grid)
+
+
+def _assembly_pool(workers: int) -> Pool | None:
+    """The ``workers`` processes that assemble scenes, or None for none.
+
+    Spawned, not forked: the workers preprocess pixels with torch, whose thread pool (and CUDA
+    context) a forked child inherits in a state it can hang on. One thread each, as there is one
+    worker per core.
+    """
+    if workers <= 0:
+        return None
+    return multiprocessing.get_context("spawn").Pool(workers, torch.set_num_threads, (1,))
+
+
+def _untrained_model(
+    config: ModelConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[VisionStage, LlamaForCausalLM]:
+    """A fresh vision stage and decoder on the CPU, their weights drawn from torch's generator.
+
+    Built on the CPU first, so the initial weights are the same on every device.
+    """
+    vision = VisionStage(config)
+    llm = LlamaForCausalLM(
+        llama_config(
+            config,
+            bos_id=tokenizer.bos_token_id,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=tokenizer.pad_token_id,
+        )
+    )
+    return vision, llm
+
+
+class _Sequence(NamedTuple):
+    """One question as stage 2 trains on it, before its shared prompt prefix is split off."""
+
+    ids: list[int]  # the prompt's token ids
+    prompt: torch.Tensor  # the prompt's embeddings, image rows included
+    answer: tuple[int, ...]  # the answer's token ids, EOS last
+    image: int  # index of the question's image in the batch
 
 
 class _Run:
@@ -319,38 +380,25 @@ class _Run:
     ) -> None:
         self.out_dir, self.seed, self.config, self.stages = out_dir, seed, config, stages
         self.device = torch.device(device)
-        # Spawned, not forked: the workers preprocess pixels with torch, whose thread pool (and
-        # CUDA context) a forked child inherits in a state it can hang on. One thread each, as
-        # there is one worker per core.
-        self.pool = (
-            multiprocessing.get_context("spawn").Pool(workers, torch.set_num_threads, (1,))
-            if workers > 0
-            else None
-        )
+        self.pool = _assembly_pool(workers)
         self.progress = progress
         self.started = time.perf_counter()
         self.deadline = self.started + minutes * 60
         self.last_checkpoint = self.started
         torch.manual_seed(seed)
         self.tokenizer = tiny_tokenizer()
-        # Built on the CPU first, so the initial weights are the same on every device.
-        self.vision = VisionStage(config)
-        self.llm = LlamaForCausalLM(
-            llama_config(
-                config,
-                bos_id=self.tokenizer.bos_token_id,
-                eos_id=self.tokenizer.eos_token_id,
-                pad_id=self.tokenizer.pad_token_id,
-            )
-        )
+        self.vision, self.llm = _untrained_model(config, self.tokenizer)
         self.vision.to(self.device)
-        self.llm.to(self.device)
+        # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), so the stubs
+        # see the unbound signature and take ``device`` for ``self``
+        self.llm.to(self.device)  # type: ignore[arg-type]
         self.last_attention = _AttentionInputs(self.llm.model.layers[-1].self_attn)
         self.decoder = TextDecoder(config, self.llm, self.tokenizer)
         # Answers repeat less than instructions (boxes vary) but often enough: yes/no, counts,
         # captions and classes.
         self._answer_ids = functools.lru_cache(maxsize=_CACHED_ANSWERS)(self._tokenize_answer)
-        number_ids = self.tokenizer.convert_tokens_to_ids(list(NUMBER_TOKENS))
+        # convert_tokens_to_ids has no overload: a list of tokens gives a list of ids
+        number_ids: list[int] = self.tokenizer.convert_tokens_to_ids(list(NUMBER_TOKENS))  # type: ignore[assignment]
         # Looked up per answer token on the host: indexing a GPU tensor would sync each time.
         self.number_id_set = frozenset(number_ids)
         self.number_ids = torch.tensor(number_ids, device=self.device)
@@ -378,8 +426,11 @@ class _Run:
         return time.perf_counter() - self.started
 
     def _assembled(self, item: Callable[..., _Item], n: int, cap: float) -> list[_Item]:
-        """``item(seed, size, difficulty)`` for the next ``n`` scenes: in the worker processes
-        when there are any (the same scenes, in the same order, as without them)."""
+        """``item(seed, size, difficulty)`` for the next ``n`` scenes.
+
+        It runs in the worker processes when there are any: the same scenes, in the same order,
+        as without them.
+        """
         seeds = self.scene_rng.integers(0, TRAINING_SEED_LIMIT, size=n)
         difficulties = self.scene_rng.uniform(0.0, cap, size=n)
         size = self.config.vision.image_size
@@ -462,9 +513,12 @@ class _Run:
         budget_end: float,
         loss_of: Callable[[float], tuple[torch.Tensor, int]],
     ) -> None:
-        """The loop both stages share: curriculum cap, LR schedule, clipped step, step count
-        sized from the pace unless fixed, progress and checkpoints. ``loss_of(cap)`` draws a
-        batch no harder than ``cap`` and returns its loss and how many samples it held."""
+        """The loop both stages share: curriculum cap, LR schedule, clipped step, step count.
+
+        The step count is sized from the pace unless fixed; the loop also reports progress and
+        saves checkpoints. ``loss_of(cap)`` draws a batch no harder than ``cap`` and returns its
+        loss and how many samples it held.
+        """
         stages = self.stages
         bases = [g["lr"] for g in optimiser.param_groups]
         params = [p for g in optimiser.param_groups for p in g["params"]]
@@ -492,6 +546,37 @@ class _Run:
             self.steps[stage] = step
             self.maybe_checkpoint()
 
+    def run_stages(self, minutes: float, tower: Path | None, init: Path | None) -> None:
+        """Load ``tower`` or ``init`` if given, run stage 1 unless that replaces it, then stage 2.
+
+        A loaded folder replaces stage 1 unless ``pretrain_steps`` is set. Without ``init``, the
+        image tokens are scaled and the number embeddings structured first, as ``stages`` asks.
+        """
+        stages = self.stages
+        if init is not None:
+            self.load_model(Path(init))
+        elif tower is not None:
+            self.load_tower(Path(tower))
+        loaded = init is not None or tower is not None
+        fixed = stages.pretrain_steps is not None
+        if stages.pretrain_share > 0 and stages.pretrain_steps != 0 and (fixed or not loaded):
+            self.pretrain(self.started + stages.pretrain_share * minutes * 60)
+        if init is None:
+            if stages.match_token_scale:
+                self.match_token_scale()
+            if stages.number_embeddings:
+                self.structure_numbers()
+        self.instruct(self.deadline)
+
+    def closing_evaluation(self) -> None:
+        """Evaluate the saved folder on ``eval_scenes`` held-out scenes and add that to its log."""
+        from skyeye.lab.evaluation import evaluate
+
+        report = evaluate(self.out_dir, self.stages.eval_scenes, _MEASURE_SEED, 16)
+        self.evaluation = {name: family.model_dump() for name, family in report.families.items()}
+        self.progress(report.table())
+        (self.out_dir / LOG_FILE).write_text(json.dumps(self.log(), indent=1) + "\n")
+
     # Stage 1 -------------------------------------------------------------------------------
 
     def _earlier(self, folder: Path) -> dict[str, Any]:
@@ -505,8 +590,10 @@ class _Run:
         }
 
     def load_tower(self, folder: Path) -> None:
-        """Start from the vision tower of an earlier run's folder instead of running stage 1 here
-        (say stage 1 alone on a GPU, where the tower is cheap to train; stage 2 on the CPU)."""
+        """Start from the vision tower of an earlier run's folder instead of running stage 1.
+
+        Say stage 1 alone on a GPU, where the tower is cheap to train, and stage 2 here on the CPU.
+        """
         manifest = read_manifest(folder)
         if manifest.config.vision != self.config.vision:
             raise ValueError(
@@ -520,8 +607,10 @@ class _Run:
         self.progress(f"vision tower from {folder} ({manifest.origin}): {self.patch_accuracy}")
 
     def load_model(self, folder: Path) -> None:
-        """Start from every weight of an earlier run's folder (tower, projector, decoder), to
-        train stage 2 further with a fresh optimiser and schedule."""
+        """Start from every weight (tower, projector, decoder) of an earlier run's folder.
+
+        Stage 2 then trains them further with a fresh optimiser and schedule.
+        """
         manifest = read_manifest(folder)
         if manifest.config != self.config:
             raise ValueError(
@@ -595,21 +684,25 @@ class _Run:
         _, pixels = self.scenes(4, 1.0)
         with torch.no_grad():
             image_norm = self.vision(pixels).norm(dim=-1).mean()
-            text_norm = self.llm.get_input_embeddings().weight.norm(dim=-1).mean()
+            text_norm = self.llm.get_input_embeddings().get_parameter("weight").norm(dim=-1).mean()
             factor = (text_norm / image_norm).item()
             self.vision.llama_proj.weight.mul_(factor)
             self.vision.llama_proj.bias.mul_(factor)
         self.progress(f"image tokens scaled by {factor:.3f} to norm {text_norm.item():.3f}")
 
     def structure_numbers(self) -> None:
-        """Write the number features of <0>..<100> into the first embedding dimensions (input and
-        output), at the rows' mean norm; the other dimensions keep their random identity."""
+        """Write the number features of <0>..<100> into their first embedding dimensions.
+
+        Both tables, input and output, at the rows' mean norm; the other dimensions keep their
+        random identity.
+        """
         features = number_features(torch.arange(101, device=self.device))
         with torch.no_grad():
             for table in (self.llm.get_input_embeddings(), self.llm.get_output_embeddings()):
-                norm = table.weight.norm(dim=-1).mean()
+                weight = table.get_parameter("weight")
+                norm = weight.norm(dim=-1).mean()
                 scaled = features * norm / features.norm(dim=-1, keepdim=True)
-                table.weight[self.number_ids, :NUMBER_FEATURES] = scaled
+                weight[self.number_ids, :NUMBER_FEATURES] = scaled
 
     def _questions(self, scene: Scene) -> list[Sample]:
         """Up to ``questions_per_image`` distinct samples, kinds drawn by ``kind_weights``."""
@@ -644,10 +737,36 @@ class _Run:
         key/value cache. Causal attention makes this the same loss as whole sequences, at a
         quarter of the decoder's work: most of a sequence is its image.
         """
+        rows, refer = self._sequences(scenes, pixels)
+        shared = _common_prefix_length([row.ids for row in rows])
+        cache = self._prefix_cache(rows, shared)
+        inputs, mask, targets = self._suffixes(rows, shared)
+        positions = torch.arange(shared, shared + inputs.shape[1], device=self.device)
+        out = self.llm(
+            inputs_embeds=inputs,
+            attention_mask=mask,
+            position_ids=positions.expand(len(rows), -1),
+            cache=cache,
+            use_cache=True,
+        )
+        per_token = self._token_losses(out.logits, targets)
+        counted = (targets != -100).sum(dim=1)
+        loss = (per_token.sum(dim=1) / counted).mean()
+        if refer:
+            aux = self._attention_loss(rows, refer, shared, cache)
+            loss = loss + self.stages.attention_supervision * aux
+        return loss, len(rows)
+
+    def _sequences(
+        self, scenes: list[Scene], pixels: torch.Tensor
+    ) -> tuple[list[_Sequence], list[tuple[int, Sample]]]:
+        """Each image's drawn questions as decoder sequences, and the refer ones to supervise.
+
+        The second list pairs a sequence's index with its [refer] sample, for the questions whose
+        attention is supervised (none when ``attention_supervision`` is 0).
+        """
         embeds = self.vision(pixels)
-        embed = self.llm.get_input_embeddings()
-        # (token ids, prompt embeddings, answer ids, image index) of each sequence
-        rows: list[tuple[list[int], torch.Tensor, tuple[int, ...], int]] = []
+        rows: list[_Sequence] = []
         refer: list[tuple[int, Sample]] = []
         for image_index, (scene, image) in enumerate(zip(scenes, embeds, strict=True)):
             questions = self._questions(scene)
@@ -655,20 +774,36 @@ class _Run:
             for (ids, prompt), question in zip(prompts, questions, strict=True):
                 if question.kind == "refer" and self.stages.attention_supervision > 0:
                     refer.append((len(rows), question))
-                rows.append((ids, prompt, self._answer_ids(question.answer), image_index))
-        shared = _common_prefix_length([ids for ids, _, _, _ in rows])
-        # One prefix per image that has questions, taken from its first sequence.
+                answer = self._answer_ids(question.answer)
+                rows.append(_Sequence(ids, prompt, answer, image_index))
+        return rows, refer
+
+    def _prefix_cache(self, rows: list[_Sequence], shared: int) -> DynamicCache:
+        """The decoder's key/value cache of the first ``shared`` positions, a row per sequence.
+
+        The prefix runs once per image that has questions, taken from its first sequence; row r
+        of the cache then becomes a copy of its image's prefix row.
+        """
         firsts: dict[int, int] = {}
-        for i, (*_, image_index) in enumerate(rows):
-            firsts.setdefault(image_index, i)
-        prefix = torch.stack([rows[i][1][:shared] for i in firsts.values()])
+        for i, row in enumerate(rows):
+            firsts.setdefault(row.image, i)
+        prefix = torch.stack([rows[i].prompt[:shared] for i in firsts.values()])
         cache = DynamicCache(config=self.llm.config)
         self.llm.model(inputs_embeds=prefix, cache=cache, use_cache=True)
-        # Row r of the cache becomes a copy of its image's prefix row.
         order = list(firsts)
-        owner = torch.tensor([order.index(image) for *_, image in rows], device=self.device)
+        owner = torch.tensor([order.index(row.image) for row in rows], device=self.device)
         cache.batch_select_indices(owner)
+        return cache
 
+    def _suffixes(
+        self, rows: list[_Sequence], shared: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each sequence after the shared prefix, padded: its embeddings, attention mask, targets.
+
+        The mask covers the prefix too; a target is the answer token a position predicts, -100
+        where there is none.
+        """
+        embed = self.llm.get_input_embeddings()
         suffixes = [
             torch.cat([prompt[shared:], embed(torch.tensor(answer, device=self.device))])
             for _, prompt, answer, _ in rows
@@ -684,41 +819,45 @@ class _Run:
             # Position p predicts token p + 1: the last prompt position predicts the first answer.
             first = len(ids) - 1 - shared
             targets[i, first : first + len(answer)] = torch.tensor(answer)
-        mask, targets = mask.to(self.device), targets.to(self.device)
-        positions = torch.arange(shared, shared + length, device=self.device)
-        out = self.llm(
-            inputs_embeds=inputs,
-            attention_mask=mask,
-            position_ids=positions.expand(len(rows), -1),
-            cache=cache,
-            use_cache=True,
-        )
-        per_token = self._token_losses(out.logits, targets)
-        counted = (targets != -100).sum(dim=1)
-        loss = (per_token.sum(dim=1) / counted).mean()
-        if refer:
-            keys = cache.layers[-1].keys
-            grid, merge = self.config.vision.grid_size, self.config.merge
-            masses = []
-            for r, question in refer:
-                ids, _, answer, _ = rows[r]
-                # The suffix positions that predict the box's four numbers.
-                numbers = [
-                    len(ids) - 1 - shared + i
-                    for i, t in enumerate(answer)
-                    if t in self.number_id_set
-                ][:4]
-                box = parse_boxes(question.answer)[0]
-                on = box_tokens(_box_values(box), 100, grid, merge) + ids.index(IMAGE_TOKEN)
-                weights = self.last_attention.weights(r, numbers, keys[r, 0])
-                masses.append(weights[:, on.to(self.device)].sum(dim=-1))
-            aux = -torch.log(torch.cat(masses) + 1e-6).mean()
-            loss = loss + self.stages.attention_supervision * aux
-        return loss, len(rows)
+        return inputs, mask.to(self.device), targets.to(self.device)
+
+    def _attention_loss(
+        self,
+        rows: list[_Sequence],
+        refer: list[tuple[int, Sample]],
+        shared: int,
+        cache: DynamicCache,
+    ) -> torch.Tensor:
+        """Minus the log of the supervised head's attention on each referred object, averaged.
+
+        The attention mass counted is that on the object's image tokens, at each of the suffix
+        positions that predict the box's four numbers.
+        """
+        layer = cache.layers[-1]
+        # The cache's layers are typed for every model family; a Llama layer holds its keys.
+        if not isinstance(layer, CacheLayerMixin) or layer.keys is None:
+            raise RuntimeError("the decoder's last layer has cached no keys")
+        keys = layer.keys
+        grid, merge = self.config.vision.grid_size, self.config.merge
+        masses = []
+        for r, question in refer:
+            ids, _, answer, _ = rows[r]
+            # The suffix positions that predict the box's four numbers.
+            numbers = [
+                len(ids) - 1 - shared + i for i, t in enumerate(answer) if t in self.number_id_set
+            ][:4]
+            box = parse_boxes(question.answer)[0]
+            on = box_tokens(_box_values(box), 100, grid, merge) + ids.index(IMAGE_TOKEN)
+            weights = self.last_attention.weights(r, numbers, keys[r, 0])
+            masses.append(weights[:, on.to(self.device)].sum(dim=-1))
+        return -torch.log(torch.cat(masses) + 1e-6).mean()
 
     def _token_losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(B, L) cross-entropy; on box numbers against a Gaussian over the 101 number tokens
-        when ``number_sigma`` > 0. Ignored positions (-100) cost 0."""
+        """(B, L) cross-entropy per answer token; ignored positions (-100) cost 0.
+
+        On box numbers it is taken against a Gaussian over the 101 number tokens when
+        ``number_sigma`` > 0.
+        """
         log_p = F.log_softmax(logits.float(), dim=-1)
         known = targets != -100
         safe = targets.where(known, 0)
@@ -765,10 +904,12 @@ class _Run:
 def box_tokens(
     box: tuple[float, float, float, float], extent: float, grid: int, merge: int
 ) -> torch.Tensor:
-    """Indices (row-major) of the merged image tokens (1 x ``merge`` patches of a ``grid`` x
-    ``grid`` patch grid) that overlap ``box`` (x1, y1, x2, y2 with x2, y2 exclusive, on a square
-    scale of ``extent``: 100 for model boxes, the image size for pixels). A box less than one unit
-    wide or high still overlaps the token it sits on."""
+    """Indices (row-major) of the merged image tokens that overlap ``box``.
+
+    A merged token is 1 x ``merge`` patches of a ``grid`` x ``grid`` patch grid. ``box`` is x1, y1,
+    x2, y2 with x2, y2 exclusive, on a square scale of ``extent``: 100 for model boxes, the image
+    size for pixels. A box less than one unit wide or high still overlaps the token it sits on.
+    """
     x1, y1, x2, y2 = box
     rows = torch.arange(grid)
     cols = torch.arange(grid // merge)
@@ -779,11 +920,14 @@ def box_tokens(
 
 
 class _AttentionInputs:
-    """Keeps what one attention layer was last called with, to recompute its first head's
-    weights at a few query positions: the forward itself stays on SDPA, which returns none, and
-    eager attention over every head and position would slow training by a quarter."""
+    """Keeps what one attention layer was last called with, to recompute its first head's weights.
 
-    def __init__(self, attention: nn.Module) -> None:
+    They are recomputed at a few query positions only: the forward itself stays on SDPA, which
+    returns none, and eager attention over every head and position would slow training by a
+    quarter.
+    """
+
+    def __init__(self, attention: LlamaAttention) -> None:
         self.attention = attention
         self.hidden: torch.Tensor | None = None
         self.rotary: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -796,10 +940,12 @@ class _AttentionInputs:
         self.handle.remove()
 
     def weights(self, row: int, queries: list[int], keys: torch.Tensor) -> torch.Tensor:
-        """(len(queries), len(keys)) causal attention weights of the first head at ``row`` of
-        the last call, as eager attention computes them. ``queries`` index that call's
-        positions; ``keys`` (the row's first key head from the cache, rotated) may begin with a
-        cached prefix before them."""
+        """The first head's causal attention weights at ``row`` of the last call.
+
+        Shape (len(queries), len(keys)), as eager attention computes them. ``queries`` index that
+        call's positions; ``keys`` (the row's first key head from the cache, rotated) may begin
+        with a cached prefix before them.
+        """
         if self.hidden is None or self.rotary is None:
             raise RuntimeError("the attention layer has not run yet")
         attention = self.attention
@@ -827,9 +973,11 @@ def _dense_loss(
     has_object: torch.Tensor,
     zero_background: bool,
 ) -> torch.Tensor:
-    """MSE of the number features of each patch's centre and, on object patches, object box
-    (``values`` and ``has_object`` as :func:`dense_targets`, batched); with ``zero_background``
-    also of zero box features on the other patches."""
+    """MSE of the number features of patch centres and, on object patches, of object boxes.
+
+    ``values`` and ``has_object`` are as :func:`dense_targets`, batched; with ``zero_background``
+    the loss also counts zero box features on the other patches.
+    """
     predicted = regressor(tokens).unflatten(-1, (_DENSE_VALUES, NUMBER_FEATURES))
     features = number_features(values)
     features[..., 2:, :] *= has_object[..., None, None]
@@ -843,8 +991,11 @@ def _dense_loss(
 
 
 def _colour_loss(head: nn.Linear, tokens: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """Squared error of each patch's one-hot object colour (``colours`` as :func:`dense_targets`,
-    batched), averaged over object patches, plus the same towards zero on the other patches."""
+    """Squared error of each patch's one-hot object colour, and towards zero on other patches.
+
+    ``colours`` is as :func:`dense_targets`, batched. The error is averaged over object patches,
+    plus the same towards zero on the other patches.
+    """
     on = colours > 0
     target = F.one_hot((colours - 1).clamp(min=0), len(OBJECT_COLOURS)).float() * on[..., None]
     errors = (head(tokens) - target).pow(2).sum(dim=-1)
@@ -864,9 +1015,11 @@ def _patch_accuracy(
     colour_head: nn.Linear | None,
     config: ModelConfig,
 ) -> dict[str, float]:
-    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean; with
-    dense targets the mean absolute error (0-100 scale) of the decoded centres and boxes; with
-    colour targets the share of object patches whose strongest colour output is right."""
+    """Stage 1's figures on held-out scenes: overall, object-patch recall, per-class mean.
+
+    With dense targets also the mean absolute error (0-100 scale) of the decoded centres and
+    boxes; with colour targets the share of object patches whose strongest colour output is right.
+    """
     scenes = list(held_out_scenes(16, _MEASURE_SEED, size=config.vision.image_size))
     grid = config.vision.grid_size
     device = head.weight.device
@@ -940,30 +1093,12 @@ def train(
         stages = replace(stages, curriculum=False)
     run = _Run(Path(out_dir), seed, minutes, config, stages, progress, device, workers)
     try:
-        if init is not None:
-            run.load_model(Path(init))
-        elif tower is not None:
-            run.load_tower(Path(tower))
-        loaded = init is not None or tower is not None
-        fixed = stages.pretrain_steps is not None
-        if stages.pretrain_share > 0 and stages.pretrain_steps != 0 and (fixed or not loaded):
-            run.pretrain(run.started + stages.pretrain_share * minutes * 60)
-        if init is None:
-            if stages.match_token_scale:
-                run.match_token_scale()
-            if stages.number_embeddings:
-                run.structure_numbers()
-        run.instruct(run.deadline)
+        run.run_stages(minutes, tower, init)
     finally:
         run.close()
     run.save()
     if stages.eval_scenes:
-        from skyeye.lab.evaluation import evaluate
-
-        report = evaluate(run.out_dir, stages.eval_scenes, _MEASURE_SEED, 16)
-        run.evaluation = {name: family.model_dump() for name, family in report.families.items()}
-        progress(report.table())
-        (run.out_dir / LOG_FILE).write_text(json.dumps(run.log(), indent=1) + "\n")
+        run.closing_evaluation()
     return TrainReport(
         out_dir=run.out_dir,
         seed=seed,

@@ -142,6 +142,8 @@ Shape = Callable[[np.ndarray, np.ndarray], list[Layer]]
 
 @dataclass(frozen=True)
 class SceneObject:
+    """One drawn object's ground truth: its class, pixel box, named colour and mask area."""
+
     kind: str
     # Pixels: x1, y1 inclusive, x2, y2 exclusive (the extent of the object's mask).
     box: tuple[int, int, int, int]
@@ -151,15 +153,19 @@ class SceneObject:
 
     @property
     def centre(self) -> tuple[float, float]:
+        """The middle of the pixel box (x, y), which positional expressions compare."""
         x1, y1, x2, y2 = self.box
         return (x1 + x2) / 2, (y1 + y2) / 2
 
     def model_box(self, width: int, height: int) -> Box:
+        """The pixel box on the model's 0-100 scale, truncated as the answers state it."""
         return Box.from_pixels(*self.box, width, height)
 
 
 @dataclass(frozen=True, eq=False)
 class Scene:
+    """A rendered scene and everything drawn in it, the ground truth its samples are made from."""
+
     image: np.ndarray  # (H, W, 3) uint8
     scene_class: str
     land_cover: str  # the dominant cover of the land: farmland, grassland, forest or bare land
@@ -175,6 +181,7 @@ class Scene:
         return self.image.shape[1], self.image.shape[0]
 
     def of_kind(self, kind: str) -> list[SceneObject]:
+        """The objects of one class, in drawing order."""
         return [o for o in self.objects if o.kind == kind]
 
     def class_map(self) -> np.ndarray:
@@ -187,6 +194,8 @@ class Scene:
 
 @dataclass(frozen=True, eq=False)
 class Sample:
+    """One instruction about a scene's image and the true answer, as training and scoring use it."""
+
     image: np.ndarray
     instruction: str
     answer: str

@@ -1,10 +1,10 @@
-"""Reading boxes, labels, classes, yes/no and counts out of MiniGPT-v2 answers.
+r"""Reading boxes, labels, classes, yes/no and counts out of MiniGPT-v2 answers.
 
 Every parser returns ``None`` (or nothing) for text it cannot read and never raises: the caller
 keeps such an answer raw and marks it unparsed.
 
 Boxes are ``{<x1><y1><x2><y2>}`` with integers on a 0-100 scale of the image width and height.
-The spec's evaluation regex is ``\\{<\\d{1,3}><\\d{1,3}><\\d{1,3}><\\d{1,3}>\\}``; this module
+The spec's evaluation regex is ``\{<\d{1,3}><\d{1,3}><\d{1,3}><\d{1,3}>\}``; this module
 accepts the same boxes and also tolerates whitespace between the parts (MiniGPT-v2's own evaluation
 deletes all spaces before matching, so a decoded " <12>" must not lose the box).
 
@@ -107,6 +107,7 @@ class ParsedAnswer:
 
     @property
     def parsed(self) -> bool:
+        """Whether at least one box was read; an answer with none is kept raw as unparsed."""
         return bool(self.boxes)
 
 
@@ -125,8 +126,11 @@ def parse_boxes(text: str) -> list[Box]:
 
 
 def clean_label(text: str) -> str | None:
-    """The text as a label, spaces collapsed, when it is one: letters, digits, spaces, hyphens
-    and apostrophes, at least one letter, at most :data:`MAX_LABEL_CHARS`; else ``None``."""
+    """The text as a label with its spaces collapsed, or ``None`` when it is not a clean label.
+
+    A clean label has only letters, digits, spaces, hyphens and apostrophes, at least one letter,
+    and at most :data:`MAX_LABEL_CHARS` characters.
+    """
     label = " ".join(text.split())
     if len(label) > MAX_LABEL_CHARS or not _LABEL.fullmatch(label):
         return None
@@ -166,16 +170,20 @@ def parse_grounding(text: str, default_phrase: str) -> ParsedAnswer:
 
 
 def parse_text(text: str) -> str | None:
-    """A free-text answer (caption, description, VQA): stripped; ``None`` if empty or holding
-    template remnants."""
+    """A free-text answer (caption, description, VQA), stripped.
+
+    ``None`` if it is empty or holds template remnants.
+    """
     if has_template_remnants(text):
         return None
     return text.strip() or None
 
 
 def parse_yes_no(text: str) -> str | None:
-    """``"yes"`` or ``"no"`` when the answer starts with that word (any case) and holds no
-    template remnants, else ``None``."""
+    """``"yes"`` or ``"no"`` when the answer starts with that word (any case), else ``None``.
+
+    An answer holding template remnants gives ``None`` whatever its first word.
+    """
     match = _YES_NO.match(text)
     return match.group(1).lower() if match and not has_template_remnants(text) else None
 

@@ -28,6 +28,7 @@ def merge_patches(patches: torch.Tensor, merge: int) -> torch.Tensor:
 
 
 def blip2_vision_config(config: ModelConfig) -> Blip2VisionConfig:
+    """The EVA tower's shape as transformers' BLIP-2 vision model takes it (qkv bias, GELU)."""
     vision = config.vision
     return Blip2VisionConfig(
         hidden_size=vision.hidden_size,
@@ -54,6 +55,7 @@ class VisionStage(nn.Module):
         self.llama_proj = nn.Linear(config.projector_in, config.llm.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP-normalised pixels (B, 3, H, W) -> image tokens (B, n, LLM hidden size)."""
         tower = self.vision_model
         dtype = tower.embeddings.patch_embedding.weight.dtype
         hidden = tower.encoder(inputs_embeds=tower.embeddings(pixel_values.to(dtype)))
@@ -68,6 +70,7 @@ class VisionStage(nn.Module):
 
 
 def llama_config(config: ModelConfig, *, bos_id: int, eos_id: int, pad_id: int) -> LlamaConfig:
+    """The language stage's Llama shape, with the tokenizer's special ids and untied embeddings."""
     llm = config.llm
     return LlamaConfig(
         vocab_size=llm.vocab_size,

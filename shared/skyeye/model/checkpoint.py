@@ -1,6 +1,6 @@
 """The SkyEye model folder: save, and load with every tensor checked.
 
-Layout::
+Files::
 
     skyeye.json          {"format_version": 1, "config": ModelConfig, "origin": {...}}
     vision.safetensors   vision_model.* (ViT incl. post_layernorm = ln_vision), llama_proj.*
@@ -71,6 +71,7 @@ _RECOMPUTED_LLM_KEYS = re.compile(r"\.rotary_emb\.inv_freq$")
 
 
 def default_dtype(device: str) -> torch.dtype:
+    """The precision a model loads in when the caller names none: bf16 on a GPU, fp32 on the CPU."""
     # bf16 on GPU: MiniGPT-v2 used fp16, but bf16 has fp32's range, so the 39-block ViT and the
     # 7B decoder cannot overflow; on CPU low-precision kernels are slow, so stay in fp32 there.
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
@@ -91,6 +92,7 @@ class ModelManifest(BaseModel):
 
 
 def read_manifest(path: Path) -> ModelManifest:
+    """The folder's ``skyeye.json``; a missing or invalid one, or another format version, raises."""
     file = path / CONFIG_FILE
     try:
         manifest = ModelManifest.model_validate_json(file.read_bytes())
@@ -163,6 +165,7 @@ def save_model(
 
 
 def load_vision(path: Path, device: str, dtype: torch.dtype) -> tuple[ModelConfig, VisionStage]:
+    """The folder's vision stage, every tensor checked, in eval mode (ln_vision kept in fp32)."""
     config = read_manifest(path).config
     with torch.device("meta"):
         stage = VisionStage(config)
@@ -214,10 +217,12 @@ def llm_tensor_shapes(llama: LlamaConfig) -> dict[str, list[int]]:
 
 
 def is_recomputed_llm_key(key: str) -> bool:
+    """Whether a Llama tensor is one that old conversions stored but the config recomputes."""
     return _RECOMPUTED_LLM_KEYS.search(key) is not None
 
 
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The Llama folder's tokenizer; one that cannot load raises, naming the files it found."""
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, ImportError) as exc:
@@ -256,6 +261,7 @@ def load_hf_llm(
 def load_llm(
     path: Path, device: str, dtype: torch.dtype
 ) -> tuple[ModelConfig, LlamaForCausalLM, PreTrainedTokenizerBase]:
+    """The folder's language stage and tokenizer, config and every tensor checked, in eval mode."""
     config = read_manifest(path).config
     folder = path / LLM_DIR
     llama_config = LlamaConfig.from_pretrained(folder)
@@ -269,4 +275,6 @@ def load_llm(
     }
     check_tensors(llm_tensor_shapes(llama_config), found, str(folder))
     llm, tokenizer = load_hf_llm(folder, llama_config, dtype)
-    return config, llm.to(device), tokenizer
+    # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), so the stubs
+    # see the unbound signature and take ``device`` for ``self``
+    return config, llm.to(device), tokenizer  # type: ignore[arg-type]

@@ -24,10 +24,12 @@ class VisionConfig(BaseModel):
 
     @property
     def grid_size(self) -> int:
+        """Patches along each side of the square input (32 at 448 px, patch 14)."""
         return self.image_size // self.patch_size
 
     @property
     def num_patches(self) -> int:
+        """Patch tokens per image before the merge, not counting the CLS token."""
         return self.grid_size**2
 
     @model_validator(mode="after")
@@ -71,10 +73,13 @@ class LoraConfig(BaseModel):
 
     @property
     def scale(self) -> float:
+        """The factor on ``B @ A`` when the adapters are merged into the LLM's weights."""
         return self.alpha / self.r
 
 
 class ModelConfig(BaseModel):
+    """The whole model's shape, as ``skyeye.json`` stores it; a folder's tensors must match it."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     vision: VisionConfig
@@ -93,6 +98,7 @@ class ModelConfig(BaseModel):
 
     @property
     def projector_in(self) -> int:
+        """Width of a merged image token, the input of ``llama_proj``."""
         return self.vision.hidden_size * self.merge
 
     @model_validator(mode="after")

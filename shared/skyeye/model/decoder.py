@@ -56,6 +56,8 @@ class PromptBatch:
 
 
 class TextDecoder:
+    """Stage 2 of the served model: decodes answers to instructions about already encoded images."""
+
     def __init__(
         self, config: ModelConfig, llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
     ) -> None:
@@ -73,6 +75,7 @@ class TextDecoder:
 
     @classmethod
     def load(cls, path: Path, device: str = "cpu", dtype: torch.dtype | None = None) -> TextDecoder:
+        """The language stage from a model folder, in ``dtype`` or else the device's default."""
         config, llm, tokenizer = checkpoint.load_llm(
             path, device, dtype or checkpoint.default_dtype(device)
         )
@@ -80,6 +83,7 @@ class TextDecoder:
 
     @property
     def device(self) -> torch.device:
+        """Where the Llama decoder's weights are, and so where its prompts and caches must be."""
         return self.llm.device
 
     def _tokenize(self, instruction: str, n_frames: int) -> tuple[tuple[int, ...], ...]:
@@ -109,7 +113,7 @@ class TextDecoder:
         """(token ids, input embeddings) of each prompt, unpadded."""
         frames = self._frames(image_embeds)
         n_frames, n_tokens, _ = frames.shape
-        embed = self.llm.get_input_embeddings()
+        embed = self.llm.model.embed_tokens
         frames = frames.to(device=self.device, dtype=embed.weight.dtype)
         image_ids = [IMAGE_TOKEN] * n_tokens
         rows: list[tuple[list[int], torch.Tensor]] = []
@@ -302,7 +306,9 @@ class TextDecoder:
         generated = torch.empty((batch, 0), dtype=torch.long, device=self.device)
         unfinished = torch.ones(batch, dtype=torch.bool, device=self.device)
         for step in range(max_new_tokens):
-            scores = processors(generated, logits)
+            # transformers annotates input_ids as the legacy torch.LongTensor class, which no
+            # tensor has statically; ``generated`` is a long tensor
+            scores = processors(generated, logits)  # type: ignore[arg-type]
             if do_sample:
                 probs = torch.softmax(scores, dim=-1)
                 next_ids = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
@@ -323,7 +329,8 @@ class TextDecoder:
         return generated.tolist()
 
     def _decode(self, ids: list[int]) -> str:
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        # decode's annotation has no overload: one sequence of ids gives a str, only a batch a list
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[assignment]
         # As MiniGPT-v2: an answer that restates the prompt keeps only what follows it.
         return text.split(_END_OF_PROMPT)[-1].strip()
 

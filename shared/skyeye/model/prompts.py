@@ -29,34 +29,42 @@ _IMAGE_SLOT = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
 
 
 def caption(text: str = "briefly describe the image") -> str:
+    """A short-caption instruction (``[caption]`` tag); the default text is MiniGPT-v2's own."""
     return f"[caption] {text}"
 
 
 def detailed_description() -> str:
+    """The untagged request for a long description that a scene's overview gets."""
     return "Describe this image in detail."
 
 
 def video_caption() -> str:
+    """A caption instruction worded for a clip's frames shown together in one prompt."""
     return caption("briefly describe the video frame image")
 
 
 def refer(expression: str) -> str:
+    """Ask for the box of the one object a referring expression describes (``[refer]``)."""
     return f"[refer] give me the location of {expression}"
 
 
 def detection(phrase: str) -> str:
+    """Ask for a box around every object the phrase names (``[detection]``, grounding)."""
     return f"[detection] {phrase}"
 
 
 def identify(box: Box) -> str:
+    """Ask what the object inside a box on the 0-100 scale is (``[identify]``)."""
     return f"[identify] this {box} is"
 
 
 def vqa(question: str) -> str:
+    """A free question about the image (``[vqa]``); yes/no and count questions use it too."""
     return f"[vqa] {question}"
 
 
 def classify(classes: Sequence[str]) -> str:
+    """A ``[vqa]`` question asking for exactly one of ``classes``, in SkyEyeGPT's wording."""
     return vqa(
         f"Classify the image within one of the given classes: {', '.join(classes)}. "
         "Answer it using the above category word or phrase."

@@ -1,5 +1,4 @@
-"""The published SkyEyeGPT model, assembled from its three original sources with every tensor
-accounted for.
+"""The published SkyEyeGPT model, assembled from its three original sources.
 
 MiniGPT-v2 (which SkyEyeGPT's checkpoint runs on) builds its model from:
 
@@ -47,7 +46,7 @@ from skyeye.model.checkpoint import (
     load_hf_llm,
     save_model,
 )
-from skyeye.model.config import ModelConfig
+from skyeye.model.config import LoraConfig, ModelConfig
 from skyeye.model.decoder import TextDecoder
 from skyeye.model.vision import VisionEncoder
 
@@ -130,8 +129,10 @@ def _qkv_biases(num_layers: int) -> dict[str, tuple[str, str]]:
 
 
 def interpolate_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
-    """[1, 1 + s*s, C] -> [1, 1 + grid*grid, C] in fp32, as LAVIS' ``interpolate_pos_embed``:
-    the CLS row kept, the s x s grid resized bicubically (align_corners=False)."""
+    """[1, 1 + s*s, C] -> [1, 1 + grid*grid, C] in fp32, as LAVIS' ``interpolate_pos_embed``.
+
+    The CLS row is kept and the s x s grid resized bicubically (align_corners=False).
+    """
     pos_embed = pos_embed.float()
     source = math.isqrt(pos_embed.shape[1] - 1)
     if source == grid:
@@ -144,6 +145,8 @@ def interpolate_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.
 
 
 class MisShaped(BaseModel):
+    """A tensor a source holds under the expected name but with another shape than the model's."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: str
@@ -168,6 +171,7 @@ class SourceReport(BaseModel):
     ignored_entries: list[str] = []
 
     def problems(self) -> list[str]:
+        """This source's missing, unexpected and mis-shaped tensors, one user-facing line each."""
         return (
             [f"{self.path}: missing {k} (expected shape {s})" for k, s in self.missing.items()]
             + [
@@ -182,6 +186,8 @@ class SourceReport(BaseModel):
 
 
 class LoraReport(BaseModel):
+    """The LoRA pairs merged into the LLM's weights, and the rank and scale they were merged at."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     pairs: int
@@ -192,6 +198,8 @@ class LoraReport(BaseModel):
 
 
 class PositionEmbeddingReport(BaseModel):
+    """The EVA file's position grid (for 224 px) and the served one; interpolated if they differ."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     source_grid: int
@@ -200,6 +208,8 @@ class PositionEmbeddingReport(BaseModel):
 
 
 class ParameterCounts(BaseModel):
+    """Parameters per stage of the model as served: the LoRA pairs are merged, not counted."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     vision: int
@@ -208,8 +218,11 @@ class ParameterCounts(BaseModel):
 
 
 class PublishedReport(BaseModel):
-    """The accounting of one assembly; ``config`` is the arch config with the LLM's
-    non-shape hyper-parameters (norm eps, RoPE theta, context) as the Llama folder gives them."""
+    """The accounting of one assembly: what became of each source's tensors, and any problem.
+
+    ``config`` is the arch config with the LLM's non-shape hyper-parameters (norm eps, RoPE theta,
+    context) as the Llama folder gives them.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -223,6 +236,7 @@ class PublishedReport(BaseModel):
     errors: list[str] = []
 
     def problems(self) -> list[str]:
+        """Every problem of the assembly; any one of them stops :func:`load_published`."""
         # Config-level errors first: they usually explain the tensor-level ones.
         return [
             *self.errors,
@@ -233,14 +247,17 @@ class PublishedReport(BaseModel):
 
     @property
     def ok(self) -> bool:
+        """Whether the sources can be assembled: no problem at all."""
         return not self.problems()
 
     def raise_for_problems(self) -> None:
+        """Raise a :class:`CheckpointError` listing the first problems, if there are any."""
         problems = self.problems()
         if problems:
             raise CheckpointError("; ".join(_first(problems, "skyeye model inspect --json")))
 
     def summary(self) -> str:
+        """The report as text for ``skyeye model inspect``: per source, then LoRA, then problems."""
         lines = []
         for name, source in (
             ("vision", self.vision),
@@ -405,50 +422,76 @@ class ExpectedTensors:
     errors: list[str]
 
 
-def expected_tensors(config: ModelConfig, llama: LlamaConfig | None = None) -> ExpectedTensors:
-    """Expected names and shapes, from modules built on the meta device (no memory, no files).
+def _eva_grid(config: ModelConfig) -> int:
+    """Patches along each side of the grid the EVA file's position embeddings were trained for."""
+    return EVA_IMAGE_SIZE // config.vision.patch_size
 
-    ``llama`` is the Llama folder's config; by default the one ``config`` describes.
-    """
-    llama = llama or llama_config(config, bos_id=1, eos_id=2, pad_id=0)
-    errors: list[str] = []
+
+def _eva_tensors(
+    config: ModelConfig, target: Mapping[str, Shape]
+) -> tuple[dict[str, Shape], set[str], list[str]]:
+    """What the EVA file must hold, the vision-model tensors it fills, and the mapping faults."""
     layers, width = config.vision.num_layers, config.vision.hidden_size
-    with torch.device("meta"):
-        stage = VisionStage(config)
-    target = {key: list(t.shape) for key, t in stage.state_dict().items()}
-    filled: set[str] = set()
-
     vision: dict[str, Shape] = {}
+    filled: set[str] = set()
+    errors: list[str] = []
     for eva_key, model_key in eva_key_map(layers).items():
         if model_key in target:
             vision[eva_key] = target[model_key]
             filled.add(model_key)
         else:
             errors.append(f"{model_key} (from EVA {eva_key}) is not a tensor of the vision model")
-    source_grid = EVA_IMAGE_SIZE // config.vision.patch_size
-    vision[_POS_EMBED] = [1, 1 + source_grid**2, width]
+    vision[_POS_EMBED] = [1, 1 + _eva_grid(config) ** 2, width]
     filled.add(_POSITION_EMBEDDING)
     for model_key, (q_bias, v_bias) in _qkv_biases(layers).items():
         vision[q_bias] = vision[v_bias] = [width]
         filled.add(model_key)
+    return vision, filled, errors
 
+
+def _lora_tensors(
+    lora: LoraConfig, llm: Mapping[str, Shape]
+) -> tuple[dict[str, tuple[str, str]], dict[str, Shape], list[str]]:
+    """The LoRA pair of each targeted LLM weight, the pairs' shapes, and the unmatched targets.
+
+    The pairs are keyed by LLM weight and name the checkpoint's ``(lora_A, lora_B)`` keys.
+    """
+    pairs: dict[str, tuple[str, str]] = {}
+    shapes: dict[str, Shape] = {}
+    errors: list[str] = []
+    for name in lora.targets:
+        pattern = re.compile(rf"^model\.layers\.\d+\.(.+\.)?{re.escape(name)}\.weight$")
+        matches = [key for key in llm if pattern.match(key)]
+        if not matches:
+            errors.append(f"LoRA target {name} matches no weight of the LLM")
+        for key in matches:
+            stem = LORA_PREFIX + key.removesuffix(".weight")
+            pairs[key] = (f"{stem}.lora_A.weight", f"{stem}.lora_B.weight")
+            out_features, in_features = llm[key]
+            shapes[pairs[key][0]] = [lora.r, in_features]
+            shapes[pairs[key][1]] = [out_features, lora.r]
+    return pairs, shapes, errors
+
+
+def expected_tensors(config: ModelConfig, llama: LlamaConfig | None = None) -> ExpectedTensors:
+    """Expected names and shapes, from modules built on the meta device (no memory, no files).
+
+    ``llama`` is the Llama folder's config; by default the one ``config`` describes.
+    """
+    llama = llama or llama_config(config, bos_id=1, eos_id=2, pad_id=0)
+    with torch.device("meta"):
+        stage = VisionStage(config)
+    target = {key: list(t.shape) for key, t in stage.state_dict().items()}
+    vision, filled, errors = _eva_tensors(config, target)
     llm = llm_tensor_shapes(llama)
     checkpoint = {key: target[key] for key in _PROJECTOR}
     ln_vision = {key: target[model_key] for key, model_key in _LN_VISION.items()}
     filled.update(_PROJECTOR, _LN_VISION.values())
     pairs: dict[str, tuple[str, str]] = {}
     if config.lora is not None:
-        for name in config.lora.targets:
-            pattern = re.compile(rf"^model\.layers\.\d+\.(.+\.)?{re.escape(name)}\.weight$")
-            matches = [key for key in llm if pattern.match(key)]
-            if not matches:
-                errors.append(f"LoRA target {name} matches no weight of the LLM")
-            for key in matches:
-                stem = LORA_PREFIX + key.removesuffix(".weight")
-                pairs[key] = (f"{stem}.lora_A.weight", f"{stem}.lora_B.weight")
-                out_features, in_features = llm[key]
-                checkpoint[pairs[key][0]] = [config.lora.r, in_features]
-                checkpoint[pairs[key][1]] = [out_features, config.lora.r]
+        pairs, lora_shapes, lora_errors = _lora_tensors(config.lora, llm)
+        checkpoint |= lora_shapes
+        errors += lora_errors
     errors += [
         f"vision model tensor {key} {shape} has no source"
         for key, shape in target.items()
@@ -482,66 +525,69 @@ class _Opened:
 
 
 def _lora_errors(
-    layout: ExpectedTensors, trained: Mapping[str, torch.Tensor], config: ModelConfig, path: Path
+    expected: ExpectedTensors, trained: Mapping[str, torch.Tensor], config: ModelConfig, path: Path
 ) -> list[str]:
+    """LoRA pairs the checkpoint holds only half of, and ranks other than the arch config's."""
     errors = []
-    for a_key, b_key in layout.lora_pairs.values():
+    for a_key, b_key in expected.lora_pairs.values():
         for present, absent in ((a_key, b_key), (b_key, a_key)):
             if present in trained and absent not in trained:
                 errors.append(
                     f"{path}: LoRA pair incomplete: {present} {list(trained[present].shape)} "
-                    f"has no {absent} (expected {layout.checkpoint[absent]})"
+                    f"has no {absent} (expected {expected.checkpoint[absent]})"
                 )
     if config.lora is not None:
         # A holds [r, in], B holds [out, r]; a mis-shaped tensor is also reported on its own.
         ranks = sorted(
-            {trained[a].shape[0] for a, _ in layout.lora_pairs.values() if a in trained}
-            | {trained[b].shape[-1] for _, b in layout.lora_pairs.values() if b in trained}
+            {trained[a].shape[0] for a, _ in expected.lora_pairs.values() if a in trained}
+            | {trained[b].shape[-1] for _, b in expected.lora_pairs.values() if b in trained}
         )
         if ranks and ranks != [config.lora.r]:
             errors.append(f"{path}: LoRA rank {ranks}; the arch config says r={config.lora.r}")
     return errors
 
 
-def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _Opened:
-    eva = _state_dict(_load_pth(vision), vision, "the EVA ViT file")
-    saved = _load_pth(checkpoint)
-    if not isinstance(saved, Mapping) or "model" not in saved:
-        raise CheckpointError(f"{checkpoint}: no 'model' entry (a MiniGPT-v2 checkpoint has one)")
-    trained = _state_dict(saved["model"], checkpoint, "its 'model' entry")
-    llama = _llama_config(llm_dir)
-    config = _with_llm_hyperparameters(arch, llama)
-    layout = expected_tensors(config, llama)
-    errors = llm_config_mismatches(arch, llama, "arch config") + layout.errors
-
-    layers = config.vision.num_layers
+def _vision_report(
+    vision: Path, eva: Mapping[str, torch.Tensor], expected: ExpectedTensors, layers: int
+) -> SourceReport:
+    """The EVA file's accounting: the block past the model's ``layers`` is dropped by design."""
     dropped = {
         key: f"EVA block {layers} (MiniGPT-v2 builds {layers} blocks and drops it)"
         for key in eva
         if key.startswith(f"blocks.{layers}.")
     }
-    vision_report = _account(vision, [vision], layout.vision, _shapes(eva), dropped)
+    return _account(vision, [vision], expected.vision, _shapes(eva), dropped)
 
+
+def _llm_report(llm_dir: Path, expected: ExpectedTensors) -> SourceReport:
+    """The Llama folder's accounting, from the shapes of the weight files it would load."""
     files = _llm_weight_files(llm_dir)
-    llm_found = _llm_file_shapes(files)
+    found = _llm_file_shapes(files)
     recomputed = {
         key: "rotary table, recomputed from the config"
-        for key in llm_found
+        for key in found
         if is_recomputed_llm_key(key)
     }
-    llm_report = _account(llm_dir, files, layout.llm, llm_found, recomputed)
+    return _account(llm_dir, files, expected.llm, found, recomputed)
 
-    expected_trained = dict(layout.checkpoint)
+
+def _checkpoint_report(
+    checkpoint: Path,
+    saved: Mapping[Any, Any],
+    trained: Mapping[str, torch.Tensor],
+    expected: ExpectedTensors,
+) -> SourceReport:
+    """The SkyEyeGPT checkpoint's accounting; without ``ln_vision`` it is reported initialised."""
+    expected_trained = dict(expected.checkpoint)
     initialised: dict[str, str] = {}
-    if any(key in trained for key in layout.ln_vision):
-        expected_trained |= layout.ln_vision
+    if any(key in trained for key in expected.ln_vision):
+        expected_trained |= expected.ln_vision
     else:
         initialised = {
             "ln_vision.weight": "not in the checkpoint: ones (LayerNorm init; frozen in training)",
             "ln_vision.bias": "not in the checkpoint: zeros (LayerNorm init; frozen in training)",
         }
-    errors += _lora_errors(layout, trained, config, checkpoint)
-    checkpoint_report = _account(
+    return _account(
         checkpoint,
         [checkpoint],
         expected_trained,
@@ -550,8 +596,35 @@ def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _
         ignored_entries=sorted(str(k) for k in saved if k != "model"),
     )
 
-    source_grid = EVA_IMAGE_SIZE // config.vision.patch_size
+
+def _lora_report(config: ModelConfig, expected: ExpectedTensors) -> LoraReport | None:
+    """How the LoRA pairs are merged; ``None`` when the arch config has no adapters."""
     lora = config.lora
+    if lora is None:
+        return None
+    return LoraReport(
+        pairs=len(expected.lora_pairs),
+        r=lora.r,
+        alpha=lora.alpha,
+        scale=lora.scale,
+        targets=list(lora.targets),
+    )
+
+
+def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _Opened:
+    """Read the three sources (memory-mapped) and account for every tensor against ``arch``."""
+    eva = _state_dict(_load_pth(vision), vision, "the EVA ViT file")
+    saved = _load_pth(checkpoint)
+    if not isinstance(saved, Mapping) or "model" not in saved:
+        raise CheckpointError(f"{checkpoint}: no 'model' entry (a MiniGPT-v2 checkpoint has one)")
+    trained = _state_dict(saved["model"], checkpoint, "its 'model' entry")
+    llama = _llama_config(llm_dir)
+    config = _with_llm_hyperparameters(arch, llama)
+    expected = expected_tensors(config, llama)
+    vision_report = _vision_report(vision, eva, expected, config.vision.num_layers)
+    llm_report = _llm_report(llm_dir, expected)
+    checkpoint_report = _checkpoint_report(checkpoint, saved, trained, expected)
+    source_grid = _eva_grid(config)
     report = PublishedReport(
         config=config,
         vision=vision_report,
@@ -562,19 +635,13 @@ def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _
             target_grid=config.vision.grid_size,
             interpolated=source_grid != config.vision.grid_size,
         ),
-        lora=None
-        if lora is None
-        else LoraReport(
-            pairs=len(layout.lora_pairs),
-            r=lora.r,
-            alpha=lora.alpha,
-            scale=lora.scale,
-            targets=list(lora.targets),
-        ),
-        parameters=layout.parameters,
-        errors=errors,
+        lora=_lora_report(config, expected),
+        parameters=expected.parameters,
+        errors=llm_config_mismatches(arch, llama, "arch config")
+        + expected.errors
+        + _lora_errors(expected, trained, config, checkpoint),
     )
-    return _Opened(llm_dir, llama, eva, trained, layout.lora_pairs, report)
+    return _Opened(llm_dir, llama, eva, trained, expected.lora_pairs, report)
 
 
 def inspect_published(
@@ -599,9 +666,11 @@ class PublishedModel:
     report: PublishedReport
 
     def encoder(self) -> VisionEncoder:
+        """The assembled vision stage as the serving path's stage 1, sharing its weights."""
         return VisionEncoder(self.config, self.vision)
 
     def decoder(self) -> TextDecoder:
+        """The assembled Llama and tokenizer as the serving path's stage 2, sharing its weights."""
         return TextDecoder(self.config, self.llm, self.tokenizer)
 
 
@@ -663,7 +732,9 @@ def load_published(
     return PublishedModel(
         config=config.model_copy(update={"lora": None}),
         vision=stage.to(device).eval(),
-        llm=llm.to(device),
+        # transformers wraps PreTrainedModel.to with functools.wraps(nn.Module.to), so the stubs
+        # see the unbound signature and take ``device`` for ``self``
+        llm=llm.to(device),  # type: ignore[arg-type]
         tokenizer=tokenizer,
         report=opened.report,
     )

@@ -28,8 +28,10 @@ def clip_tasks(settings: Settings) -> list[Task]:
 
 
 def overview_tasks(settings: Settings) -> list[Task]:
-    """Per scene overview: the caption tiles get, and a detailed description (a few more
-    decoded tokens on an image already encoded)."""
+    """Per scene overview: the caption tiles get, and a detailed description.
+
+    The description costs only a few more decoded tokens on an image already encoded.
+    """
     return [
         Task(kind=TaskKind.CAPTION, text=settings.caption_prompt),
         Task(kind=TaskKind.DESCRIBE, text=prompts.detailed_description()),

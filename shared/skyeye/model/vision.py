@@ -43,6 +43,8 @@ def preprocess(images: Sequence[np.ndarray], image_size: int) -> torch.Tensor:
 
 
 class VisionEncoder:
+    """Stage 1 of the served model: turns tiles and frames into the image embeddings it decodes."""
+
     def __init__(self, config: ModelConfig, stage: VisionStage) -> None:
         self.config = config
         self.stage = stage
@@ -51,6 +53,7 @@ class VisionEncoder:
     def load(
         cls, path: Path, device: str = "cpu", dtype: torch.dtype | None = None
     ) -> VisionEncoder:
+        """The vision stage from a model folder, in ``dtype`` or else the device's default."""
         config, stage = checkpoint.load_vision(
             path, device, dtype or checkpoint.default_dtype(device)
         )

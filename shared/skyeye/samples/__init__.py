@@ -30,8 +30,10 @@ def aerial_photos() -> list[Path]:
 
 
 def world_scene() -> Path:
-    """A held-out scene of the procedural world (448x448 PNG): a lake with buildings, ships and a
-    storage tank, never trained on."""
+    """A held-out scene of the procedural world (448x448 PNG), never trained on.
+
+    It shows a lake with buildings, ships and a storage tank.
+    """
     return _shipped(WORLD_SCENE)
 
 
@@ -81,8 +83,11 @@ def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:
 def clip_frame(
     time_s: float, *, width: int = 160, height: int = 96, cut_at: float | None = None
 ) -> np.ndarray:
-    """The frame :func:`write_clip` shows at ``time_s``: a bright square crossing a patchwork
-    left to right, green fields before ``cut_at`` and grey town blocks from it."""
+    """The frame :func:`write_clip` shows at ``time_s``.
+
+    A bright square crosses a patchwork left to right: green fields before ``cut_at``, grey town
+    blocks from it.
+    """
     yy, xx = np.mgrid[0:height, 0:width]
     cell = max(height // 6, 1)
     checker = ((yy // cell + xx // cell) % 2).astype(np.int16) * 30

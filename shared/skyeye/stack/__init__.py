@@ -1,5 +1,6 @@
-"""The embedded stack behind ``skyeye up``: nanio (S3), tansu (Kafka), PostgreSQL and a Ray head,
-each a real server on 127.0.0.1, supervised from one process and recorded in
+"""The embedded stack behind ``skyeye up``: nanio (S3), tansu (Kafka), PostgreSQL and a Ray head.
+
+Each is a real server on 127.0.0.1, supervised from one process and recorded in
 ``HOME/stack.json`` so that other processes can find them (:func:`resolve`).
 """
 

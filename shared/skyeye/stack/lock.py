@@ -22,9 +22,11 @@ class HomeLock:
 
     @property
     def held(self) -> bool:
+        """Whether this process holds the lock (acquired and not yet released)."""
         return self._fd is not None
 
     def acquire(self) -> None:
+        """Take the lock and record our pid; StackLocked, naming its pid, if another holds it."""
         if self._fd is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +45,7 @@ class HomeLock:
         self._fd = fd
 
     def release(self) -> None:
+        """Give the lock up and clear the pid; nothing happens when it is not held."""
         if self._fd is None:
             return
         # Truncate before unlocking so a waiting reader never names a stale owner.

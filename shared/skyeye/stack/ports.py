@@ -25,6 +25,7 @@ def pick_ports(count: int) -> list[int]:
 
 
 def accepts_connections(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether a TCP connection to the port opens within the timeout: the server is listening."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True

@@ -32,8 +32,10 @@ TREE_MARKER = "SKYEYE_STACK_TREE"
 
 
 def describe_exit(code: int) -> str:
-    """Why a process ended, from its Popen return code: "exited with code 1",
-    "killed by SIGKILL"."""
+    """Why a process ended, in words, from its Popen return code.
+
+    For example "exited with code 1" or "killed by SIGKILL".
+    """
     if code >= 0:
         return f"exited with code {code}"
     try:
@@ -113,8 +115,11 @@ def stop_tree(
 
 
 class ManagedProcess:
-    """One child of the supervisor, in its own session so a terminal's Ctrl-C reaches only the
-    supervisor, which then stops the children in dependency order."""
+    """One child of the supervisor, started in its own session.
+
+    A terminal's Ctrl-C so reaches only the supervisor, which then stops the children in
+    dependency order.
+    """
 
     def __init__(
         self,
@@ -131,9 +136,12 @@ class ManagedProcess:
         endpoint: str | None = None,
         cwd: Path | None = None,
     ) -> None:
-        """``cwd``: the folder to start in, for servers that overwrite the environment of their
-        processes with a process title (PostgreSQL): their leftovers are then recognised as
-        processes of the same executable in that folder."""
+        """``cwd`` is the folder to start in, for servers that overwrite their environment.
+
+        Such a server (PostgreSQL) overwrites the environment of its processes with a process
+        title; its leftovers are then recognised as processes of the same executable in that
+        folder.
+        """
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
@@ -165,9 +173,11 @@ class ManagedProcess:
 
     @property
     def pid(self) -> int | None:
+        """The pid of the current or last run; None before the first start."""
         return self._popen.pid if self._popen is not None else None
 
     def start(self) -> None:
+        """Start a new run in its own session, its output appended to the log after a header."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self._log_offset = out.tell()
@@ -222,9 +232,11 @@ class ManagedProcess:
         self.ready_after_s = None
 
     def kill_leftovers(self) -> None:
-        """SIGKILL whatever any run of this process left behind once its root was gone (a
-        killed PostgreSQL postmaster leaves backends that hold its shared memory and keep a new
-        postmaster from starting; a killed Ray head leaves servers on its ports)."""
+        """SIGKILL whatever any run of this process left behind once its root was gone.
+
+        A killed PostgreSQL postmaster leaves backends that hold its shared memory and keep a new
+        postmaster from starting; a killed Ray head leaves servers on its ports.
+        """
         exe = os.path.realpath(self.argv[0])
         cwd = str(self.cwd.resolve()) if self.cwd is not None else None
         found = []
@@ -246,6 +258,7 @@ class ManagedProcess:
         _wait_gone(found, _ORPHAN_GRACE_S)
 
     def stop(self) -> None:
+        """Stop the current run and its whole tree; of a run already ended, kill the leftovers."""
         if self._popen is None:
             return
         if self._popen.poll() is not None:
@@ -260,6 +273,7 @@ class ManagedProcess:
         stop_tree(proc, self.stop_signal, self.grace_s, self.name, reap=self._popen)
 
     def state(self) -> ComponentState:
+        """The process as ``stack.json`` records it for ``skyeye status`` and clients."""
         return ComponentState(
             name=self.name,
             kind=self.kind,

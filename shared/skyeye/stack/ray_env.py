@@ -24,4 +24,5 @@ def use_loopback_ray() -> None:
     os.environ.update(RAY_LOOPBACK_ENV)
     constants = sys.modules.get("ray._private.ray_constants")
     if constants is not None:
-        constants.ENABLE_RAY_CLUSTER = False
+        # found by name, so its attributes are unknown to the type checker: set it in its namespace
+        vars(constants)["ENABLE_RAY_CLUSTER"] = False

@@ -39,8 +39,10 @@ def _unquoted(etag: str) -> str:
 
 
 class ConditionalWrites:
-    """ASGI middleware: a PUT with ``If-None-Match: *`` or ``If-Match`` is refused with 412
-    when the object exists, or does not exist with that ETag.
+    """ASGI middleware answering S3's write preconditions, which nanio ignores, with 412.
+
+    A PUT with ``If-None-Match: *`` is refused when the object exists, one with ``If-Match`` when
+    it does not exist with that ETag.
 
     Conditional PUTs are serialised by one lock, so two of them on one key cannot both pass
     their check; tansu's writes are few and small, so one lock costs nothing here.
@@ -52,6 +54,7 @@ class ConditionalWrites:
         self._lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass every request to nanio, except a conditional PUT whose precondition fails."""
         if scope["type"] != "http" or scope["method"] != "PUT":
             await self._app(scope, receive, send)
             return
@@ -93,14 +96,17 @@ async def _respond(send: Send, error: S3Error) -> None:
 
 
 def build_app() -> Starlette:
-    """nanio's application (settings from the ``NANIO_*`` environment, as nanio's own factory
-    reads them) with :class:`ConditionalWrites` inside its authentication."""
+    """Nanio's application with :class:`ConditionalWrites` inside its authentication.
+
+    Its settings come from the ``NANIO_*`` environment, as nanio's own factory reads them.
+    """
     app = build_nanio_app()
     app.user_middleware.append(Middleware(ConditionalWrites, storage=app.state.storage))
     return app
 
 
 def main() -> None:
+    """Serve the embedded S3 on one host and port until stopped (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)

@@ -35,6 +35,8 @@ ComponentKind = Literal["infra", "service", "external"]
 
 
 class Endpoints(BaseModel):
+    """Where clients reach the four components, named as the Settings fields they fill."""
+
     s3_endpoint: str
     kafka_bootstrap: str
     database_url: str
@@ -42,6 +44,8 @@ class Endpoints(BaseModel):
 
 
 class ComponentState(BaseModel):
+    """One component or service as recorded: where it listens, its pid, and its restart history."""
+
     name: str
     kind: ComponentKind
     endpoint: str | None = None
@@ -61,6 +65,8 @@ class ComponentState(BaseModel):
 
 
 class StackState(BaseModel):
+    """The whole of ``stack.json``: the supervisor that owns the stack and every component."""
+
     version: int = 1
     home: Path
     supervisor_pid: int
@@ -71,6 +77,7 @@ class StackState(BaseModel):
     supervisor_alive: bool = False
 
     def component(self, name: str) -> ComponentState | None:
+        """The recorded component of that name ("s3", "kafka", a service...), if there is one."""
         return next((c for c in self.components if c.name == name), None)
 
     def endpoints(self) -> Endpoints | None:
@@ -98,6 +105,7 @@ def process_alive(pid: int | None, create_time: float | None) -> bool:
 
 
 def process_create_time(pid: int) -> float:
+    """When the process started, recorded beside its pid so a reused pid is not taken for it."""
     return psutil.Process(pid).create_time()
 
 
@@ -119,6 +127,7 @@ def write_state(layout: StackHome, state: StackState) -> None:
 
 
 def remove_state(layout: StackHome) -> None:
+    """Delete the state file, so no client finds a stopped stack; already gone is fine."""
     layout.state_file.unlink(missing_ok=True)
 
 

@@ -100,9 +100,12 @@ class Stack:
         restart_policy: RestartPolicy | None = None,
         on_restarted: RestartHook | None = None,
     ) -> None:
-        """``on_restarted(name)`` runs (in a supervisor thread) each time infrastructure
-        component ``name`` is ready again after a restart, e.g. to redeploy what lived in it;
-        if it raises, the stack stops. ``start_timeout_s`` bounds each start and restart."""
+        """``start_timeout_s`` bounds each start and restart of a component.
+
+        ``on_restarted(name)`` runs (in a supervisor thread) each time infrastructure component
+        ``name`` is ready again after a restart, e.g. to redeploy what lived in it; if it raises,
+        the stack stops.
+        """
         self.settings = settings
         self.layout = StackHome.of(settings.home)
         self.start_timeout_s = start_timeout_s
@@ -166,12 +169,14 @@ class Stack:
         return self.endpoints()
 
     def endpoints(self) -> Endpoints:
+        """Where clients reach S3, Kafka, PostgreSQL and Ray; StackError until all are ready."""
         endpoints = self.state().endpoints()
         if endpoints is None:
             raise StackError("the stack is not started (or not ready yet)")
         return endpoints
 
     def state(self) -> StackState:
+        """The stack as ``stack.json`` records it: S3, Kafka, PostgreSQL, Ray, then services."""
         with self._lock:
             components = []
             for name in INFRA:
@@ -238,9 +243,11 @@ class Stack:
                 self._tend_service(proc)
 
     def restart_process(self, name: str, reason: str) -> None:
-        """Stop service ``name`` now and start it again, e.g. to reconnect it to an
-        infrastructure component that was restarted. It counts as a restart, with ``reason``
-        as its last exit."""
+        """Stop service ``name`` now and start it again, counted as a restart with ``reason``.
+
+        For example, to reconnect it to an infrastructure component that was restarted;
+        ``reason`` is recorded as its last exit.
+        """
         with self._lock:
             proc = self._services.get(name)
             if proc is None:
@@ -366,7 +373,7 @@ class Stack:
                 done, pending = concurrent.futures.wait(
                     pending, timeout=0.5, return_when=concurrent.futures.FIRST_EXCEPTION
                 )
-                errors = [f.exception() for f in done if f.exception() is not None]
+                errors = [exc for f in done if (exc := f.exception()) is not None]
                 if errors:
                     # The other steps notice the cancel within one poll and give up.
                     self._cancel.set()
@@ -386,7 +393,7 @@ class Stack:
                 "s3",
                 lambda ports: c.s3_process(self.settings, self.layout, ports[0]),
                 1,
-                lambda proc, _deadline: c.s3_client(self.settings, proc.address).list_buckets(),
+                lambda proc, _deadline: c.s3_probe(self.settings, proc.address),
                 deadline,
             )
             s3_endpoint = s3.address
@@ -403,7 +410,7 @@ class Stack:
             "kafka",
             lambda ports: c.kafka_process(self.settings, self.layout, ports[0], s3_endpoint),
             1,
-            lambda proc, _deadline: c.kafka_admin(proc.address).close(),
+            lambda proc, _deadline: c.kafka_probe(proc.address),
             deadline,
         )
         self._step("kafka", lambda: self._ensure_topics(kafka.address))
@@ -521,8 +528,10 @@ class Stack:
             self._cancel.wait(_POLL_S)
 
     def _step(self, name: str, action: Callable[[], T]) -> T:
-        """Run one start-up step of ``name`` (folders, initdb, buckets, hooks); any failure
-        fails ``name``'s start with a StackError naming it."""
+        """Run one start-up step of ``name`` (folders, initdb, buckets, hooks).
+
+        Any failure fails ``name``'s start with a StackError naming it.
+        """
         if self._cancel.is_set():
             raise c.Cancelled()
         try:
@@ -610,8 +619,10 @@ class Stack:
         ).start()
 
     def _note_exit(self, proc: ManagedProcess, code: int) -> int:
-        """Record an unexpected exit in the state file; returns how many times ``proc``
-        exited within the policy's window."""
+        """Record an unexpected exit of ``proc`` in the state file; returns its recent exits.
+
+        Recent exits are those within the restart policy's window, this one included.
+        """
         now = time.monotonic()
         exits = self._exits.setdefault(proc.name, deque())
         exits.append(now)
@@ -629,8 +640,11 @@ class Stack:
         return len(exits)
 
     def _restart_delay(self, proc: ManagedProcess) -> float:
-        """The backoff before the next restart of ``proc``: doubles up to the policy's
-        maximum with each exit, back to the minimum after a healthy run."""
+        """The backoff before the next restart of ``proc``.
+
+        It doubles up to the policy's maximum with each exit, back to the minimum after a healthy
+        run.
+        """
         policy = self.restart_policy
         delay = self._backoff.get(proc.name, policy.backoff_min_s)
         self._backoff[proc.name] = min(delay * 2, policy.backoff_max_s)
@@ -638,8 +652,11 @@ class Stack:
         return delay
 
     def _recover(self, proc: ManagedProcess, delay: float, exited_at: float) -> None:
-        """Restart infrastructure component ``proc`` after ``delay`` seconds (a thread of its
-        own, so that a slow start holds up nothing else); a failure is raised by watch()."""
+        """Restart infrastructure component ``proc`` after ``delay`` seconds.
+
+        It runs in a thread of its own, so that a slow start holds up nothing else; a failure is
+        raised by watch().
+        """
         try:
             if self._cancel.wait(delay):
                 return

@@ -48,7 +48,10 @@ def fit_scenes(n: int) -> Iterator[Scene]:
 
 
 def _number(decoder: TextDecoder, token_id: int) -> int | None:
-    text = decoder.tokenizer.convert_ids_to_tokens(token_id).strip("<>")
+    """The value of a number token ``<0>``..``<100>``, None for any other token."""
+    # convert_ids_to_tokens has no overload: one id gives a str, only a list of ids a list
+    token: str = decoder.tokenizer.convert_ids_to_tokens(token_id)  # type: ignore[assignment]
+    text = token.strip("<>")
     return int(text) if text.isdigit() else None
 
 
@@ -56,8 +59,12 @@ def _number(decoder: TextDecoder, token_id: int) -> int | None:
 def _collect(
     encoder: VisionEncoder, decoder: TextDecoder, scenes: Iterable[Scene]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(hidden (questions, layers + 1, 4, width), truth (questions, 4), decoder's (questions, 4),
-    -1 where its most likely token is not a number, object tokens (questions, width))."""
+    """Each [refer] question's hidden states, true box, the decoder's numbers and object tokens.
+
+    As arrays: hidden (questions, layers + 1, 4, width), truth (questions, 4), the decoder's
+    (questions, 4), -1 where its most likely token is not a number, object tokens (questions,
+    width).
+    """
     tokenizer, embed = decoder.tokenizer, decoder.llm.get_input_embeddings()
     grid, merge = encoder.config.vision.grid_size, encoder.config.merge
     hidden, truth, own, objects = [], [], [], []
@@ -91,6 +98,7 @@ def _collect(
 
 
 def _probe_error(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+    """Mean absolute error on (x, y) of a standardised ridge regression fitted on the train pair."""
     mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
     design = np.c_[(train_x - mean) / std, np.ones(len(train_x))]
     weights = np.linalg.solve(
@@ -101,6 +109,7 @@ def _probe_error(train_x: np.ndarray, train_y: np.ndarray, x: np.ndarray, y: np.
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Print each box number's error: the decoder's, the mean box's, and the linear probes'."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=PACKAGED_MODEL, help="model folder")
     parser.add_argument("--fit-scenes", type=int, default=200, help="scenes fitting the probes")

@@ -99,6 +99,7 @@ def _probe(fit_x: np.ndarray, fit_y: list[str], x: np.ndarray) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Print how often each feature's probe names a held-out object's class and colour."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=PACKAGED_MODEL, help="model folder")
     parser.add_argument("--fit-scenes", type=int, default=200, help="scenes fitting the probes")

@@ -35,6 +35,7 @@ _POSITION_WORDS = ("left", "right", "top", "bottom")
 
 
 def _expression_kind(text: str, kind: str) -> str:
+    """How an expression picks its object: by size, by position, as the only one, or by colour."""
     words = text.split()
     if any(w in words for w in _SIZE_WORDS):
         return "size"
@@ -72,7 +73,30 @@ def _summary(errors: np.ndarray, ious: np.ndarray) -> dict[str, Any]:
     return summary
 
 
+def _print_table(report: dict[str, dict[str, Any]], heading: str) -> None:
+    """The report as a Markdown table under ``heading``, one row a group."""
+    print(heading)
+    print(
+        "| group | questions | parsed | median error x1/y1/x2/y2 | mean error | within 1 (x1/y1) "
+        "| mean IoU | IoU >= 0.3 | IoU > 0.5 |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for group, s in report.items():
+        if "median_error" in s:
+            median = "/".join(f"{v:g}" for v in s["median_error"].values())
+            mean = "/".join(f"{v:g}" for v in s["mean_error"].values())
+            within = f"{s['within_1']['x1']:.2f}/{s['within_1']['y1']:.2f}"
+        else:
+            median = mean = within = "-"
+        print(
+            f"| {group} | {s['questions']} | {s.get('parsed', 0):.2f} | {median} | {mean} "
+            f"| {within} | {s['mean_iou']:.3f} | {s['iou_over_0.3']:.3f} "
+            f"| {s['iou_over_0.5']:.3f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Print the corner errors and IoU of the model's own [refer] boxes, by group."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=PACKAGED_MODEL, help="model folder")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes (default 50)")
@@ -119,24 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{args.model}: [refer] answers on {args.scenes} held-out scenes (seed {args.seed})")
-    print(
-        "| group | questions | parsed | median error x1/y1/x2/y2 | mean error | within 1 (x1/y1) "
-        "| mean IoU | IoU >= 0.3 | IoU > 0.5 |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for group, s in report.items():
-        if "median_error" in s:
-            median = "/".join(f"{v:g}" for v in s["median_error"].values())
-            mean = "/".join(f"{v:g}" for v in s["mean_error"].values())
-            within = f"{s['within_1']['x1']:.2f}/{s['within_1']['y1']:.2f}"
-        else:
-            median = mean = within = "-"
-        print(
-            f"| {group} | {s['questions']} | {s.get('parsed', 0):.2f} | {median} | {mean} "
-            f"| {within} | {s['mean_iou']:.3f} | {s['iou_over_0.3']:.3f} "
-            f"| {s['iou_over_0.5']:.3f} |"
-        )
+    heading = f"{args.model}: [refer] answers on {args.scenes} held-out scenes (seed {args.seed})"
+    _print_table(report, heading)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""One training lever at a fixed step budget: train skyeye-tiny with some :class:`Stages` fields
-overridden, then score it on held-out scenes (evaluation seed 0, as `skyeye model eval`).
+r"""Try one training lever: train with some :class:`Stages` fields overridden, then score it.
+
+The model is skyeye-tiny at a fixed step budget, scored on held-out scenes (evaluation seed 0, as
+`skyeye model eval`).
 
 Fixed step counts (not a time budget) keep lever runs comparable on a CPU shared with other
 work, and repeat exactly from the seed; ``--minutes`` sizes them from a time budget instead (the
 counts are printed, to repeat the run). Overrides are ``field=value`` with JSON values:
 
-    .venv/bin/python -m skyeye.lab.probes.train_levers --out /tmp/lev/base --threads 1 \\
-        pretrain_steps=250 instruct_steps=350 dense_boxes=false number_embeddings=false \\
+    .venv/bin/python -m skyeye.lab.probes.train_levers --out /tmp/lev/base --threads 1 \
+        pretrain_steps=250 instruct_steps=350 dense_boxes=false number_embeddings=false \
         number_sigma=0
 """
 
@@ -22,7 +24,8 @@ from skyeye.lab.training import Stages, train
 from skyeye.model.config import ModelConfig
 
 
-def main() -> None:
+def _parser(tiny: ModelConfig) -> argparse.ArgumentParser:
+    """The command line: where and how to train, the ViT's shape (``tiny``'s by default), levers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="model folder to write")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
@@ -30,7 +33,6 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the model trains, e.g. cuda")
     parser.add_argument("--workers", type=int, default=0, help="scene-assembling processes")
     parser.add_argument("--scenes", type=int, default=50, help="held-out scenes scored (0: none)")
-    tiny = ModelConfig.skyeye_tiny()
     parser.add_argument(
         "--vision-width",
         type=int,
@@ -53,24 +55,35 @@ def main() -> None:
         "--minutes", type=float, help="time budget sizing the steps not fixed by overrides"
     )
     parser.add_argument("overrides", nargs="*", metavar="FIELD=VALUE", help="Stages fields")
-    args = parser.parse_args()
+    return parser
+
+
+def _with_vision(tiny: ModelConfig, width: int, layers: int) -> ModelConfig:
+    """``tiny`` with a ViT of this width and depth: heads of 32, MLP 4x wide."""
+    vision = tiny.vision.model_copy(
+        update={
+            "hidden_size": width,
+            "num_layers": layers,
+            "num_heads": width // 32,
+            "mlp_hidden_size": 4 * width,
+        }
+    )
+    return tiny.model_copy(update={"vision": vision})
+
+
+def main() -> None:
+    """Train one lever's model and print its steps, patch figures and scores as one JSON line."""
+    tiny = ModelConfig.skyeye_tiny()
+    args = _parser(tiny).parse_args()
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.overrides)}
     # The closing 20-scene evaluation of train() would only repeat part of the one below.
     stages = Stages(**{"eval_scenes": 0, "progress_every": 50, **overrides})
     start = time.perf_counter()
     minutes = 10**6 if args.minutes is None else args.minutes
-    vision = tiny.vision.model_copy(
-        update={
-            "hidden_size": args.vision_width,
-            "num_layers": args.vision_layers,
-            "num_heads": args.vision_width // 32,
-            "mlp_hidden_size": 4 * args.vision_width,
-        }
-    )
     report = train(
         args.out,
         seed=args.seed,
-        config=tiny.model_copy(update={"vision": vision}),
+        config=_with_vision(tiny, args.vision_width, args.vision_layers),
         minutes=minutes,
         stages=stages,
         threads=args.threads,
