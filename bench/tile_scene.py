@@ -2,8 +2,8 @@
 
 Writes a deflate-compressed, 512 px block-tiled 3-band uint8 GeoTIFF of N x N pixels with
 overviews (the layout of a COG), then plans the scene into 448 px tiles and reads every one
-through skyeye.geo, reporting tiles/s and the peak resident memory of the planning and reading
-process. The scene is written by a child process, so its buffers do not count in that peak.
+through skyeye.imagery.geo, reporting tiles/s and the peak resident memory of the planning and
+reading process. The scene is written by a child process, so its buffers do not count in that peak.
 
     .venv/bin/python bench/tile_scene.py --size 5000
     .venv/bin/python bench/tile_scene.py --size 20000 --keep /tmp/scene20k.tif --json

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skyeye.contracts import MAX_CLIP_FRAMES
 
-# skyeye-tiny, trained by `skyeye model train` and shipped in the package (see README).
+# skyeye-tiny, trained by `skyeye model train` and shipped in the package (docs/skyeye-tiny.md).
 PACKAGED_MODEL = Path(__file__).parent / "model" / "weights" / "skyeye-tiny"
 
 
@@ -201,7 +201,7 @@ class Settings(BaseSettings):
     # --- model ---
     model_dir: Path | None = Field(
         None,
-        description="a saved SkyEye model folder (see `skyeye model inspect --convert`); unset = "
+        description="a saved SkyEye model folder (see `skyeye model inspect --save`); unset = "
         "skyeye-tiny, the CPU model trained on the procedural world and shipped in the package",
     )
     device: str = "cpu"

@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skyeye",
         description="Watch Earth-observation imagery streams with a vision-language model.",
-        epilog="Settings come from SKYEYE_* environment variables (see README).",
+        epilog="Settings come from SKYEYE_* environment variables (README.md, section Settings).",
     )
     parser.add_argument(
         "--home", type=Path, help="state folder of the embedded stack (default: $SKYEYE_HOME)"
@@ -878,7 +878,7 @@ def _add_model_train(model_commands: argparse._SubParsersAction[argparse.Argumen
         "the step counts; the log (training.json beside the weights) records them, and passing "
         "them back with --pretrain-steps/--instruct-steps repeats the run exactly (same device "
         "and --threads). The commands that made the packaged model, each run from the one "
-        "before: README.md, section 'The model' (its training.json logs them too).",
+        "before: docs/skyeye-tiny.md (its training.json logs them too).",
     )
     p.add_argument("--out", type=Path, required=True, help="model folder to write (replaced)")
     p.add_argument(

@@ -21,7 +21,7 @@ Decisions, documented once here:
   chosen. A hard cut scores about the colour difference of the two shots; camera motion over
   texture stays far lower, because the thumbnail averages it away.
 - **Sidecar** (``<clip key>.geo.json``): per-frame camera footprint corners in lon/lat, or an
-  affine transform in a CRS; a sampled frame takes the entry nearest its time (see the README).
+  affine transform in a CRS; a sampled frame takes the entry nearest its time (docs/imagery.md).
   Corners either side of the antimeridian are read the short way across it (179.9 then -179.9
   is 0.2 degrees wide), and the footprint is split there like any other
   (:mod:`skyeye.imagery.geo`). A transform that gives the frame no area on the ground is refused
