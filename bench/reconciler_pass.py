@@ -32,14 +32,16 @@ from skyeye import catalog
 from skyeye.adapters import kafka, postgres
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import asset_id_for
-from skyeye.services.reconciler import Reconciler, _Downstream
+from skyeye.services.reconciler import PipelineDownstream, Reconciler
 from skyeye.settings import ReconcilerSettings, Settings
 from skyeye.stack import Stack
 
 T = TypeVar("T")
 
 
-class _NoBacklog(_Downstream):
+class _NoBacklog(PipelineDownstream):
+    """The real downstream with the planner's backlog reported as 0: no planner runs here."""
+
     def backlog(self) -> int | None:
         return 0
 
@@ -53,6 +55,7 @@ def _migrate(url: str) -> None:
 
 
 def main() -> None:
+    """Start the embedded stack without Ray, time the passes, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=2000)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -106,7 +109,7 @@ def _run(settings: Settings, count: int) -> dict[str, object]:
         # a margin of 0: the recent pass checks only what was modified after the first began
         first = Reconciler(settings, store, downstream, max_published=count, margin_s=0)
         announced, announce_s = _timed(first.run_pass)
-        backlog, probe_s = _timed(_Downstream(settings, engine, producer).backlog)
+        backlog, probe_s = _timed(PipelineDownstream(settings, engine, producer).backlog)
         put("bench/late.png")
         time.sleep(1.5)
         recent, recent_s = _timed(first.run_pass)

@@ -1,7 +1,6 @@
-"""Process scaffolding shared by the consumer services: logging, settings, signals, and the
-consumer loop that no message can stop.
+"""The consumer services' process scaffolding: logging, settings, signals, a loop no message stops.
 
-The loop is the one place where a consumer's exceptions are caught:
+The consumer loop is the one place where a consumer's exceptions are caught:
 
 - a **transient** failure (the database, the object store, Kafka or the model service
   unavailable or timing out; each adapter's ``transient_reason`` says which) is retried with
@@ -30,14 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError
-from kafka.producer.future import RecordMetadata
-from sqlalchemy.engine import Engine
-
 from skyeye import catalog, telemetry
 from skyeye.adapters import kafka
+from skyeye.adapters.kafka import Record
+from skyeye.adapters.postgres import Engine
 from skyeye.contracts import DeadLetterHeader, dead_letter_id_for
 from skyeye.settings import Settings
 from skyeye.stack import resolve
@@ -49,8 +44,10 @@ TransientReason = Callable[[BaseException], str | None]
 
 @dataclass(frozen=True)
 class Subject:
-    """What a message is about, as far as it can be told without handling it: the error row and
-    the dead letter name it."""
+    """What a message is about, as far as it can be told without handling it.
+
+    The error row and the dead letter name it.
+    """
 
     what: str
     asset_id: uuid.UUID | None = None
@@ -63,10 +60,10 @@ class Handler(Protocol):
     #: the stage its error rows carry ("planner", "worker")
     stage: str
 
-    def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
+    def handle_batch(self, records: Sequence[Record]) -> None:
         """Handle every record; raise to have the loop retry or set messages aside."""
 
-    def subject(self, record: ConsumerRecord) -> Subject:
+    def subject(self, record: Record) -> Subject:
         """What ``record`` is about; must not raise, whatever the message holds."""
 
     def idle(self) -> None:
@@ -78,9 +75,11 @@ class InjectedFault(Exception):
 
 
 def inject_fault(settings: Settings, stage: str, key: str) -> None:
-    """Test hook: raise :class:`InjectedFault` when ``key`` holds one of the substrings listed
-    for ``stage`` in ``settings.fault_file``. Read on every call, so a test can clear it (the
-    bug "fixed") and replay the dead letter."""
+    """Test hook: raise :class:`InjectedFault` when ``key`` holds a marker listed for ``stage``.
+
+    The markers are substrings listed per stage in ``settings.fault_file``. It is read on every
+    call, so a test can clear it (the bug "fixed") and replay the dead letter.
+    """
     if settings.fault_file is None:
         return
     try:
@@ -134,8 +133,8 @@ class ConsumerLoop:
         self,
         handler: Handler,
         settings: Settings,
-        consumer: KafkaConsumer,
-        producer: KafkaProducer,
+        consumer: kafka.Consumer,
+        producer: kafka.Producer,
         engine: Engine,
         reasons: Sequence[TransientReason],
         stop: threading.Event,
@@ -164,7 +163,7 @@ class ConsumerLoop:
 
     # --- polling and committing -----------------------------------------------------------
 
-    def _poll(self, timeout_ms: int) -> list[ConsumerRecord]:
+    def _poll(self, timeout_ms: int) -> list[Record]:
         try:
             polled = self._consumer.poll(timeout_ms=timeout_ms)
         except Exception as exc:
@@ -180,8 +179,8 @@ class ConsumerLoop:
 
     def _commit(self) -> None:
         try:
-            self._consumer.commit()
-        except CommitFailedError as exc:
+            kafka.commit(self._consumer)
+        except kafka.CommitFailed as exc:
             # the group rebalanced meanwhile: the new owner gets these messages again, and
             # handling them again writes nothing twice
             log.warning("offsets not committed (%s); they will be delivered again", exc)
@@ -205,7 +204,7 @@ class ConsumerLoop:
 
     # --- handling -------------------------------------------------------------------------
 
-    def _handle(self, records: list[ConsumerRecord], attempts: int) -> None:
+    def _handle(self, records: list[Record], attempts: int) -> None:
         try:
             self._with_retries(records, attempts)
         except _Stopping:
@@ -225,7 +224,7 @@ class ConsumerLoop:
             for record in records:
                 self._handle([record], each)
 
-    def _with_retries(self, records: list[ConsumerRecord], attempts: int) -> None:
+    def _with_retries(self, records: list[Record], attempts: int) -> None:
         began = time.monotonic()
         for attempt in range(1, attempts + 1):
             try:
@@ -246,7 +245,7 @@ class ConsumerLoop:
                 if self._stop.wait(wait):
                     raise _Stopping() from exc
 
-    def _reopen_replays(self, records: list[ConsumerRecord]) -> None:
+    def _reopen_replays(self, records: list[Record]) -> None:
         """A replayed message reopens what its dead letter ended, in order with its handling."""
         for record in records:
             replay_of = _header(record, DeadLetterHeader.REPLAY_OF)
@@ -257,34 +256,50 @@ class ConsumerLoop:
                 if letter is not None:
                     catalog.reopen(conn, letter.asset_id, letter.work_item_id)
 
-    def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
-        stage = self._handler.stage
+    def _dead_letter(self, record: Record, exc: BaseException) -> None:
+        """Set ``record`` aside: a copy on the dead-letter topic, a dead letter and an error row."""
         letter_id = dead_letter_id_for(record.topic, record.partition, record.offset)
+        subject = self._subject(record)
+        kind, message = self._failure(record, exc, subject)
         short = str(letter_id)[:8]
+        message += f"; kept as dead letter {short}: `skyeye dlq replay {short}` runs it again"
+        headers = self._dead_letter_headers(record, letter_id, kind, message)
+        copy = self._copy_to_dead_letter_topic(record, headers)
+        self._record_dead_letter(record, letter_id, subject, kind, message, copy)
+
+    def _subject(self, record: Record) -> Subject:
+        """What the handler says ``record`` is about; a plain "message" if even that fails."""
         try:
-            subject = self._handler.subject(record)
+            return self._handler.subject(record)
         except Exception:
             log.exception("could not tell what the message is about")
-            subject = Subject("message")
+            return Subject("message")
+
+    def _failure(self, record: Record, exc: BaseException, subject: Subject) -> tuple[str, str]:
+        """The dead letter's kind and the user's message for ``exc``; the details go to the log."""
+        stage = self._handler.stage
         if isinstance(exc, _GaveUp):
-            kind = "retries_exhausted"
             message = (
                 f"the {stage} gave up on this {subject.what} after {exc.tries} tries over "
                 f"{exc.waited_s:.0f} s: {exc.reason}"
             )
             log.error("%s: %s", _source(record), message, exc_info=exc.__cause__)
-        else:
-            kind = "internal_error"
-            message = (
-                f"the {stage} failed on this {subject.what} with an internal error "
-                f"({type(exc).__name__}), a fault of the pipeline, not of the input"
-            )
-            log.error("%s: %s", _source(record), message, exc_info=exc)
-        message += f"; kept as dead letter {short}: `skyeye dlq replay {short}` runs it again"
-        headers = [
+            return "retries_exhausted", message
+        message = (
+            f"the {stage} failed on this {subject.what} with an internal error "
+            f"({type(exc).__name__}), a fault of the pipeline, not of the input"
+        )
+        log.error("%s: %s", _source(record), message, exc_info=exc)
+        return "internal_error", message
+
+    def _dead_letter_headers(
+        self, record: Record, letter_id: uuid.UUID, kind: str, message: str
+    ) -> list[tuple[str, bytes]]:
+        """The copy's headers: the original ones first, then what failed, where and when."""
+        return [
             *(record.headers or []),
             (DeadLetterHeader.ID.value, str(letter_id).encode()),
-            (DeadLetterHeader.STAGE.value, stage.encode()),
+            (DeadLetterHeader.STAGE.value, self._handler.stage.encode()),
             (DeadLetterHeader.KIND.value, kind.encode()),
             (DeadLetterHeader.MESSAGE.value, message.encode()),
             (DeadLetterHeader.TOPIC.value, record.topic.encode()),
@@ -292,7 +307,18 @@ class ConsumerLoop:
             (DeadLetterHeader.OFFSET.value, str(record.offset).encode()),
             (DeadLetterHeader.FAILED_AT.value, datetime.now(UTC).isoformat().encode()),
         ]
-        copy = self._copy_to_dead_letter_topic(record, headers)
+
+    def _record_dead_letter(
+        self,
+        record: Record,
+        letter_id: uuid.UUID,
+        subject: Subject,
+        kind: str,
+        message: str,
+        copy: kafka.Delivery | None,
+    ) -> None:
+        """Index the dead letter in the catalog and tell the user in an error row."""
+        stage = self._handler.stage
         with self._engine.begin() as conn:
             asset_id, work_item_id = catalog.existing(conn, subject.asset_id, subject.work_item_id)
             catalog.record_dead_letter(
@@ -328,18 +354,22 @@ class ConsumerLoop:
             )
 
     def _copy_to_dead_letter_topic(
-        self, record: ConsumerRecord, headers: list[tuple[str, bytes]]
-    ) -> RecordMetadata | None:
-        """Where the copy landed; None when the broker refuses it for good (a message at the
-        size limit plus our headers): the catalog row keeps the payload, so the dead letter
-        can still be listed and replayed, and the consumer is not stopped by its own copy."""
+        self, record: Record, headers: list[tuple[str, bytes]]
+    ) -> kafka.Delivery | None:
+        """Where the copy landed; None when the broker refuses it for good.
+
+        A message at the size limit plus our headers is refused: the catalog row keeps the
+        payload, so the dead letter can still be listed and replayed, and the consumer is not
+        stopped by its own copy.
+        """
         try:
-            return self._producer.send(
+            return kafka.publish(
+                self._producer,
                 self._settings.topic_dead_letter,
                 key=record.key,
                 value=record.value,
                 headers=headers,
-            ).get(timeout=30)
+            )
         except Exception as exc:
             if transient(exc, [kafka.transient_reason]) is not None:
                 raise  # the process restarts and the message is delivered again
@@ -347,11 +377,11 @@ class ConsumerLoop:
             return None
 
 
-def _source(record: ConsumerRecord) -> str:
+def _source(record: Record) -> str:
     return f"kafka:{record.topic}/{record.partition}/{record.offset}"
 
 
-def _header(record: ConsumerRecord, name: str) -> str | None:
+def _header(record: Record, name: str) -> str | None:
     for key, value in record.headers or []:
         if key == name:
             return value.decode(errors="replace")

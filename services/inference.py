@@ -8,7 +8,9 @@ Ray object reference, never through the ingress.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -17,8 +19,9 @@ from ray.serve.handle import DeploymentHandle
 
 from skyeye.adapters import serve as serve_adapter
 from skyeye.model import TextDecoder, VisionEncoder
-from skyeye.services._runtime import service_settings
 from skyeye.settings import DecodingSettings, DeploymentSettings, Settings
+
+from ._runtime import service_settings
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,20 @@ log = logging.getLogger(__name__)
 def _configure_threads(stage: DeploymentSettings) -> None:
     # torch defaults to every core per process; replicas sharing a node must not oversubscribe.
     torch.set_num_threads(max(1, round(stage.num_cpus)))
+
+
+def _batched(method: Callable[..., Coroutine[Any, Any, list[Any]]]) -> Any:
+    """``serve.batch`` on a method, as Ray's type hints cannot describe it.
+
+    Serve batches every argument of the method and its wrapper has batch-size setters; the hints
+    allow one list argument and show a plain callable.
+    """
+    return serve.batch(method)
+
+
+def _deployment(decorated: type) -> serve.Deployment:
+    """A ``@serve.deployment`` class as Serve made it: mypy does not apply class decorators."""
+    return cast(serve.Deployment, decorated)
 
 
 def encode_requests(
@@ -58,8 +75,9 @@ class VisionEncoderDeployment:
         self.encode.set_max_batch_size(stage.max_batch_size)
         self.encode.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
-    @serve.batch
+    @_batched
     async def encode(self, requests: list[list[np.ndarray]]) -> list[torch.Tensor]:
+        """The embeddings of each request's images; Serve gathers the requests into a batch."""
         return encode_requests(self._encoder, requests, self._max_images)
 
 
@@ -76,10 +94,11 @@ class LlmDecoderDeployment:
         self.generate.set_max_batch_size(stage.max_batch_size)
         self.generate.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
-    @serve.batch
+    @_batched
     async def generate(
         self, embeds: list[torch.Tensor], instructions: list[list[str]]
     ) -> list[list[str]]:
+        """One raw answer per instruction of each request; Serve gathers them into a batch."""
         # one tile at a time: each reuses its own image prefix across its tasks
         return [
             self._decoder.generate(e, i, **self._decoding)
@@ -89,6 +108,8 @@ class LlmDecoderDeployment:
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
 class Ingress:
+    """The application's entry: routes the worker's calls through the encoder to the decoder."""
+
     def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle) -> None:
         self._encoder = encoder
         self._decoder = decoder
@@ -102,6 +123,7 @@ class Ingress:
 
 
 def build_app(settings: Settings) -> serve.Application:
+    """The application: the two model stages, sized by ``settings``, behind the ingress."""
     model_dir = str(settings.resolved_model_dir)
 
     def stage(
@@ -114,9 +136,9 @@ def build_app(settings: Settings) -> serve.Application:
             max_ongoing_requests=max(2 * cfg.max_batch_size, 4),
         ).bind(model_dir, settings.device, cfg, *extra)
 
-    return Ingress.bind(
-        stage(VisionEncoderDeployment, "VisionEncoder", settings.encoder),
-        stage(LlmDecoderDeployment, "LlmDecoder", settings.decoder, settings.decoding),
+    return _deployment(Ingress).bind(
+        stage(_deployment(VisionEncoderDeployment), "VisionEncoder", settings.encoder),
+        stage(_deployment(LlmDecoderDeployment), "LlmDecoder", settings.decoder, settings.decoding),
     )
 
 

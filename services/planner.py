@@ -1,6 +1,6 @@
-"""Planner: MinIO object-created events -> registered assets -> work items (one per tile, and
-one for the overview of a scene cut into several tiles).
+"""Planner: MinIO object-created events -> registered assets -> work items.
 
+There is one work item per tile, and one for the overview of a scene cut into several tiles.
 Consumes ``topic_events`` in the planner consumer group. For each object it registers the asset
 (idempotently: the same object version is the same asset), reads the image header (or the
 scene's metadata) through S3 range reads, records the work items, publishes them, and only then
@@ -20,14 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from kafka import KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
-from minio.error import S3Error
 from opentelemetry import trace
-from sqlalchemy.engine import Connection, Engine
 
 from skyeye import catalog, imagery, telemetry
 from skyeye.adapters import kafka, postgres, s3
+from skyeye.adapters.kafka import Record
+from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import (
     ClipFrame,
@@ -45,8 +43,9 @@ from skyeye.contracts import (
 )
 from skyeye.imagery import clips, geo, scenes
 from skyeye.model import tasks
-from skyeye.services._runtime import Subject, inject_fault, run_consumer, service_settings
 from skyeye.settings import Settings
+
+from ._runtime import Subject, inject_fault, run_consumer, service_settings
 
 log = logging.getLogger("skyeye.planner")
 
@@ -71,14 +70,15 @@ class Planner:
     stage = "planner"
 
     def __init__(
-        self, settings: Settings, engine: Engine, store: ObjectStore, producer: KafkaProducer
+        self, settings: Settings, engine: Engine, store: ObjectStore, producer: kafka.Producer
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._store = store
         self._producer = producer
 
-    def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
+    def handle_batch(self, records: Sequence[Record]) -> None:
+        """Plan each event, in a span that continues the trace its headers carry."""
         tracer = telemetry.tracer(__name__)
         for record in records:
             source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
@@ -89,7 +89,7 @@ class Planner:
                 span.set_attribute("skyeye.source", source)
                 self.handle(record.value, source)
 
-    def subject(self, record: ConsumerRecord) -> Subject:
+    def subject(self, record: Record) -> Subject:
         """The object an event is about (its first record's), when the event can be read."""
         try:
             event = ObjectEvent.parse(record.value, max_bytes=self._settings.max_event_bytes)
@@ -107,6 +107,7 @@ class Planner:
         """Nothing periodic: planning happens per event."""
 
     def handle(self, raw: bytes, source: str) -> None:
+        """Plan the objects of one event (``source`` names it in error rows); record bad input."""
         try:
             event = ObjectEvent.parse(raw, max_bytes=self._settings.max_event_bytes)
         except InvalidEvent as exc:
@@ -120,26 +121,50 @@ class Planner:
             self._plan(record, f"{source}#{index}")
 
     def _plan(self, record: EventRecord, source: str) -> None:
+        """Register the object of one event record as an asset, then plan and publish its work."""
         obj = record.s3.object
         bucket, key = record.s3.bucket.name, obj.decoded_key
-        problem = object_key_problem(key)
-        if problem:
-            log.warning("%s: refused object key: %s", source, problem)
-            self._error(source, "hostile_key", problem, detail={"key": ascii(key)[:300]})
-            return
-        if clips.is_sidecar(key):
-            log.info("%s: %s is a sidecar, read when its clip is planned", source, key)
+        if not self._plannable(bucket, key, source):
             return
         version = obj.version_id or obj.e_tag or ""
         asset_id = asset_id_for(bucket, key, version)
         trace.get_current_span().set_attributes({"s3.key": key, "skyeye.asset_id": str(asset_id)})
+        status = self._register(record, asset_id, version)
+        if status != "registered":
+            log.info("%s: asset %s already %s", source, asset_id, status)
+            return
+        inject_fault(self._settings, self.stage, key)
+        asset_plan = self._asset_plan(record, asset_id, source)
+        if asset_plan is None:
+            return
+        items = self._work_items(record, asset_id, asset_plan)
+        self._publish(asset_id, asset_plan, items)
+        log.info(
+            "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
+        )
+
+    def _plannable(self, bucket: str, key: str, source: str) -> bool:
+        """False for a hostile key (recorded as an error) and for a clip's sidecar."""
+        problem = object_key_problem(key)
+        if problem:
+            log.warning("%s: refused object key: %s", source, problem)
+            self._error(source, "hostile_key", problem, detail={"key": ascii(key)[:300]})
+            return False
+        if clips.is_sidecar(key):
+            log.info("%s: %s is a sidecar, read when its clip is planned", source, key)
+            return False
+        return True
+
+    def _register(self, record: EventRecord, asset_id: uuid.UUID, version: str) -> str:
+        """Record the object as an asset; its status ("registered" if this call added it)."""
+        obj = record.s3.object
         with self._engine.begin() as conn:
-            status = catalog.register_asset(
+            return catalog.register_asset(
                 conn,
                 catalog.AssetRecord(
                     asset_id=asset_id,
-                    bucket=bucket,
-                    object_key=key,
+                    bucket=record.s3.bucket.name,
+                    object_key=obj.decoded_key,
                     version=version,
                     size_bytes=obj.size,
                     content_type=obj.content_type,
@@ -148,42 +173,46 @@ class Planner:
                     event_time=_parse_time(record.event_time),
                 ),
             )
-        if status != "registered":
-            log.info("%s: asset %s already %s", source, asset_id, status)
-            return
-        inject_fault(self._settings, self.stage, key)
+
+    def _asset_plan(
+        self, record: EventRecord, asset_id: uuid.UUID, source: str
+    ) -> _AssetPlan | None:
+        """Read the object's header (a clip: sample and store its frames) into its plan.
+
+        None, with the asset's error recorded, when the object cannot be planned.
+        """
+        obj = record.s3.object
+        bucket, key = record.s3.bucket.name, obj.decoded_key
         try:
             if clips.is_clip_candidate(key, obj.content_type):
-                asset_plan = self._clip_plan(asset_id, bucket, key, obj.user_metadata)
-            else:
-                asset_plan = self._image_plan(bucket, key, obj.content_type)
+                return self._clip_plan(asset_id, bucket, key, obj.user_metadata)
+            return self._image_plan(bucket, key, obj.content_type)
         except (imagery.UnreadableImage, ObjectTooLarge) as exc:
             self._error(source, "unreadable_image", str(exc), asset_id=asset_id)
-            return
         except clips.UnreadableClip as exc:
             self._error(source, "unreadable_clip", str(exc), asset_id=asset_id)
-            return
         except clips.InvalidSidecar as exc:
             self._error(source, "invalid_sidecar", str(exc), asset_id=asset_id)
-            return
         except geo.InvalidGeoreference as exc:
             self._error(source, "invalid_georeference", str(exc), asset_id=asset_id)
-            return
         except scenes.NoData as exc:
             self._error(source, "no_data", str(exc), asset_id=asset_id)
-            return
-        except S3Error as exc:
-            if s3.transient_reason(exc):
-                raise
+        except s3.ObjectStoreRefused as exc:
             self._error(source, "object_unavailable", _s3_problem(exc), asset_id)
-            return
-        items = [
+        return None
+
+    def _work_items(
+        self, record: EventRecord, asset_id: uuid.UUID, asset_plan: _AssetPlan
+    ) -> list[WorkItem]:
+        """The asset's work items, as the catalog records and the workers receive them."""
+        obj = record.s3.object
+        return [
             WorkItem(
                 work_item_id=work_item_id_for(asset_id, tile.index, kind),
                 kind=kind,
                 asset_id=asset_id,
-                bucket=bucket,
-                key=key,
+                bucket=record.s3.bucket.name,
+                key=obj.decoded_key,
                 version_id=obj.version_id,
                 etag=obj.e_tag,
                 image_width=asset_plan.width,
@@ -195,6 +224,12 @@ class Planner:
             )
             for kind, tile, frames, item_tasks in self._work(asset_plan)
         ]
+
+    def _publish(self, asset_id: uuid.UUID, asset_plan: _AssetPlan, items: list[WorkItem]) -> None:
+        """Record the plan and its items, publish the items, and only then mark the asset planned.
+
+        A worker never receives an item the catalog does not know.
+        """
         with self._engine.begin() as conn:
             if asset_plan.clip is not None:
                 catalog.record_clip(conn, asset_id, asset_plan.clip, asset_plan.frames)
@@ -209,9 +244,6 @@ class Planner:
             )
         with self._engine.begin() as conn:
             catalog.mark_planned(conn, asset_id)
-        log.info(
-            "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
-        )
 
     @staticmethod
     def _describe(conn: Connection, asset_id: uuid.UUID, asset_plan: _AssetPlan) -> None:
@@ -254,36 +286,13 @@ class Planner:
     ) -> _AssetPlan:
         """Sample the clip and store its frames; one tile per frame."""
         sidecar = self._sidecar(bucket, key)
-        limits, derived = self._settings.clips, self._settings.derived_bucket
-        records = []
+        limits = self._settings.clips
         with self._store.open(bucket, key) as stream, clips.open_clip(stream) as container:
             info = clips.probe(container, limits, key)
-            for index, sampled in enumerate(clips.sample(container, info, limits)):
-                georef = (
-                    clips.georef_at(sidecar, sampled.time_s, info.width, info.height)
-                    if sidecar
-                    else None
-                )
-                frame = ClipFrame(
-                    index=index,
-                    time_s=sampled.time_s,
-                    bucket=derived,
-                    key=f"frames/{asset_id}/{clips.png_name(index, sampled.time_s)}",
-                    georef=georef,
-                )
-                self._store.put_bytes(
-                    imagery.to_png(sampled.image), derived, frame.key, "image/png"
-                )
-                ground = clips.frame_ground(georef, info.width, info.height) if georef else None
-                records.append(
-                    catalog.FrameRecord(
-                        frame,
-                        sampled.sampled_by,
-                        sampled.scene_score,
-                        ground.polygon if ground else None,
-                        ground.bbox if ground else None,
-                    )
-                )
+            records = [
+                self._store_frame(asset_id, index, sampled, info, sidecar)
+                for index, sampled in enumerate(clips.sample(container, info, limits))
+            ]
         if not records:
             raise clips.UnreadableClip("no frame could be sampled from the clip")
         start = clips.start_time(user_metadata, info)
@@ -310,6 +319,39 @@ class Planner:
             frames=tuple(records),
         )
 
+    def _store_frame(
+        self,
+        asset_id: uuid.UUID,
+        index: int,
+        sampled: clips.SampledFrame,
+        info: clips.ClipInfo,
+        sidecar: clips.Sidecar | None,
+    ) -> catalog.FrameRecord:
+        """Write one sampled frame as a PNG to the derived bucket; its catalog record.
+
+        The frame is placed on the ground when the sidecar says where it is.
+        """
+        georef = (
+            clips.georef_at(sidecar, sampled.time_s, info.width, info.height) if sidecar else None
+        )
+        derived = self._settings.derived_bucket
+        frame = ClipFrame(
+            index=index,
+            time_s=sampled.time_s,
+            bucket=derived,
+            key=f"frames/{asset_id}/{clips.png_name(index, sampled.time_s)}",
+            georef=georef,
+        )
+        self._store.put_bytes(imagery.to_png(sampled.image), derived, frame.key, "image/png")
+        ground = clips.frame_ground(georef, info.width, info.height) if georef else None
+        return catalog.FrameRecord(
+            frame,
+            sampled.sampled_by,
+            sampled.scene_score,
+            ground.polygon if ground else None,
+            ground.bbox if ground else None,
+        )
+
     def _sidecar(self, bucket: str, key: str) -> clips.Sidecar | None:
         """The clip's ``.geo.json`` sidecar, uploaded before it; None when there is none."""
         try:
@@ -318,10 +360,8 @@ class Planner:
             )
         except ObjectTooLarge as exc:
             raise clips.InvalidSidecar(str(exc)) from exc
-        except S3Error as exc:
-            if exc.code in {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}:
-                return None
-            raise
+        except s3.ObjectMissing:
+            return None
         return clips.parse_sidecar(raw)
 
     def _work(
@@ -349,9 +389,10 @@ class Planner:
         source: str,
         kind: str,
         message: str,
-        asset_id: object | None = None,
+        asset_id: uuid.UUID | None = None,
         detail: dict[str, object] | None = None,
     ) -> None:
+        """Record that ``source`` (and its asset, when it has one) could not be planned."""
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
         with self._engine.begin() as conn:
             catalog.record_error(
@@ -365,9 +406,9 @@ class Planner:
             )
 
 
-def _s3_problem(exc: S3Error) -> str:
+def _s3_problem(exc: s3.ObjectStoreRefused) -> str:
     """An S3 refusal in a user's words."""
-    if exc.code in {"NoSuchKey", "NoSuchObject", "NoSuchVersion", "ResourceNotFound"}:
+    if isinstance(exc, s3.ObjectMissing):
         return "the object is gone from the bucket (deleted or replaced before it was planned)"
     if exc.code == "AccessDenied":
         return "the pipeline may not read the object (access denied)"
@@ -384,6 +425,7 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 def main() -> None:
+    """Run the planner service until SIGTERM or SIGINT."""
     settings = service_settings("skyeye-planner")
     assert settings.database_url is not None  # resolve() fills every endpoint
     store = ObjectStore(settings)

@@ -71,17 +71,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from kafka import KafkaProducer
-from kafka.producer.future import FutureRecordMetadata
-from sqlalchemy.engine import Engine
-
 from skyeye import catalog, telemetry
 from skyeye.adapters import kafka, postgres, s3
+from skyeye.adapters.postgres import Engine
 from skyeye.adapters.s3 import ListedObject, ObjectStore, StoredObject
 from skyeye.contracts import asset_id_for, minio_created_event, object_key_problem
 from skyeye.imagery import clips
-from skyeye.services._runtime import service_settings, transient
 from skyeye.settings import Settings
+
+from ._runtime import service_settings, transient
 
 log = logging.getLogger("skyeye.reconciler")
 _K = TypeVar("_K")
@@ -103,13 +101,19 @@ TRANSIENT_REASONS = (s3.transient_reason, kafka.transient_reason, postgres.trans
 class Objects(Protocol):
     """The ingest bucket's side: :class:`skyeye.adapters.s3.ObjectStore`."""
 
-    def versioned(self, bucket: str) -> bool: ...
+    def versioned(self, bucket: str) -> bool:
+        """Whether the bucket gives its objects version ids."""
+        ...
 
     def list_objects(
         self, bucket: str, prefix: str = "", *, versions: bool = False
-    ) -> Iterable[ListedObject]: ...
+    ) -> Iterable[ListedObject]:
+        """The objects under ``prefix`` (current versions with their ids, if ``versions``)."""
+        ...
 
-    def stat(self, bucket: str, key: str, version_id: str | None = None) -> StoredObject | None: ...
+    def stat(self, bucket: str, key: str, version_id: str | None = None) -> StoredObject | None:
+        """What the object's notification would carry; None when it no longer exists."""
+        ...
 
 
 class Downstream(Protocol):
@@ -178,8 +182,10 @@ def refusal_source(bucket: str, key: str) -> str:
 
 
 class Reconciler:
-    """Lists the ingest bucket and announces the objects the pipeline has not seen (see the
-    module docstring for the pass logic)."""
+    """Lists the ingest bucket and announces the objects the pipeline has not seen.
+
+    The module docstring tells the pass logic.
+    """
 
     def __init__(
         self,
@@ -259,40 +265,59 @@ class Reconciler:
         young_after = started - self._min_age_s
         self._announced = self._recent(self._announced, started)
         self._refused = self._recent(self._refused, started)
-        batch: list[tuple[uuid.UUID, ListedObject]] = []
-        for prefix in self._prefixes:
-            listing = self._objects.list_objects(self._bucket, prefix, versions=self._versions)
-            for obj in listing:
-                if self._stop.is_set():
-                    return report
-                report.listed += 1
-                modified = obj.last_modified.timestamp()
-                if look_back is not None and modified < look_back:
-                    report.settled += 1
-                    continue
-                if modified > young_after:
-                    report.young += 1
-                    continue
-                if (problem := object_key_problem(obj.key)) is not None:
-                    self._refuse(obj, problem)
-                    report.refused += 1
-                    continue
-                if clips.is_sidecar(obj.key):
-                    continue
-                batch.append((asset_id_for(self._bucket, obj.key, obj.version_id or obj.etag), obj))
-                if len(batch) >= self._batch:
-                    self._announce(batch, report)
-                    batch = []
-                    if self._ends_early(report):
-                        return report
-        self._announce(batch, report)
-        if self._ends_early(report):
+        if not self._check_listings(report, look_back, young_after):
             return report
         report.complete = True
         self._checked_before = young_after
         if full:
             self._last_full_pass = started
         return report
+
+    def _check_listings(
+        self, report: PassReport, look_back: float | None, young_after: float
+    ) -> bool:
+        """Walk each prefix's listing, announcing the unknown objects a batch at a time.
+
+        False when the pass ends early (stopped, or capped).
+        """
+        batch: list[tuple[uuid.UUID, ListedObject]] = []
+        for prefix in self._prefixes:
+            listing = self._objects.list_objects(self._bucket, prefix, versions=self._versions)
+            for obj in listing:
+                if self._stop.is_set():
+                    return False
+                report.listed += 1
+                if not self._to_check(obj, report, look_back, young_after):
+                    continue
+                batch.append((asset_id_for(self._bucket, obj.key, obj.version_id or obj.etag), obj))
+                if len(batch) >= self._batch:
+                    self._announce(batch, report)
+                    batch = []
+                    if self._ends_early(report):
+                        return False
+        self._announce(batch, report)
+        return not self._ends_early(report)
+
+    def _to_check(
+        self, obj: ListedObject, report: PassReport, look_back: float | None, young_after: float
+    ) -> bool:
+        """Whether ``obj`` is checked against the catalog; ``report`` counts why not.
+
+        Not when modified before the look-back (settled), after ``young_after`` (too young),
+        under a hostile key (refused) or when it is a clip's sidecar.
+        """
+        modified = obj.last_modified.timestamp()
+        if look_back is not None and modified < look_back:
+            report.settled += 1
+            return False
+        if modified > young_after:
+            report.young += 1
+            return False
+        if (problem := object_key_problem(obj.key)) is not None:
+            self._refuse(obj, problem)
+            report.refused += 1
+            return False
+        return not clips.is_sidecar(obj.key)
 
     def _recent(self, seen: dict[_K, float], now: float) -> dict[_K, float]:
         return {k: at for k, at in seen.items() if now - at < self._republish_after_s}
@@ -359,33 +384,38 @@ class Reconciler:
             log.info("announced %s (asset %s)", ascii(key)[1:-1], asset_id)
 
 
-class _Downstream:
+class PipelineDownstream:
     """:class:`Downstream` over Kafka and the catalog database."""
 
-    def __init__(self, settings: Settings, engine: Engine, producer: KafkaProducer) -> None:
+    def __init__(self, settings: Settings, engine: Engine, producer: kafka.Producer) -> None:
         self._settings = settings
         self._engine = engine
         self._producer = producer
-        self._in_flight: list[FutureRecordMetadata] = []
+        self._in_flight: list[kafka.Sending] = []
 
     def backlog(self) -> int | None:
+        """The planner group's lag on the events topic (None: unknown)."""
         s = self._settings
         return kafka.lag(s, s.topic_events, s.planner_group)
 
     def known(self, object_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these object ids have an asset or a dead-lettered event in the catalog."""
         with self._engine.connect() as conn:
             return catalog.known_objects(conn, object_ids)
 
     def publish(self, message_key: str, event: dict[str, object]) -> None:
+        """Send the event to the events topic; :meth:`flush` waits for its ack."""
         topic = self._settings.topic_events
         self._in_flight.append(kafka.send_json(self._producer, topic, message_key, event))
 
     def flush(self) -> None:
+        """Wait for the ack of every event sent since the last flush."""
         in_flight, self._in_flight = self._in_flight, []
         for sent in in_flight:
             sent.get(timeout=30)
 
     def refuse(self, source: str, message: str, detail: dict[str, object]) -> None:
+        """Record the refusal as an error row (stage reconciler, kind hostile_key)."""
         with self._engine.begin() as conn:
             catalog.record_error(
                 conn,
@@ -398,6 +428,7 @@ class _Downstream:
 
 
 def main() -> None:
+    """Run the reconciler service, pass after pass, until SIGTERM or SIGINT."""
     settings = service_settings("skyeye-reconciler")
     assert settings.database_url is not None  # resolve() fills every endpoint
     stop = threading.Event()
@@ -406,7 +437,7 @@ def main() -> None:
     engine = postgres.create_engine(settings.database_url)
     producer = kafka.producer(settings)
     try:
-        downstream = _Downstream(settings, engine, producer)
+        downstream = PipelineDownstream(settings, engine, producer)
         Reconciler(settings, ObjectStore(settings), downstream, stop=stop).run()
     finally:
         producer.close()

@@ -20,24 +20,24 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
-from kafka.consumer.fetcher import ConsumerRecord
-from minio.error import S3Error
 from opentelemetry import trace
 from pydantic import ValidationError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
-from sqlalchemy.engine import Connection, Engine
 
 from skyeye import catalog, imagery, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters import serve as serve_adapter
+from skyeye.adapters.kafka import Record
+from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import Tile, WorkItem, first_error, preview_key_for
 from skyeye.imagery import clips, geo, previews, scenes
 from skyeye.model import tasks
-from skyeye.services._runtime import (
+from skyeye.settings import Settings
+
+from ._runtime import (
     Subject,
     TransientReason,
     inject_fault,
@@ -45,7 +45,6 @@ from skyeye.services._runtime import (
     service_settings,
     transient,
 )
-from skyeye.settings import Settings
 
 log = logging.getLogger("skyeye.worker")
 T = TypeVar("T")
@@ -66,7 +65,7 @@ class _Pending:
     item: WorkItem
     images: list[np.ndarray]
     georef: geo.GeoTile | None
-    response: DeploymentResponse
+    response: serve_adapter.Response
     span: trace.Span
 
 
@@ -76,7 +75,7 @@ class Worker:
     stage = "worker"
 
     def __init__(
-        self, settings: Settings, engine: Engine, store: ObjectStore, app: DeploymentHandle
+        self, settings: Settings, engine: Engine, store: ObjectStore, app: serve_adapter.AppHandle
     ) -> None:
         self._settings = settings
         self._engine = engine
@@ -86,7 +85,8 @@ class Worker:
         self._tracer = telemetry.tracer(__name__)
         self._finisher = Finisher(settings, engine, store)
 
-    def handle_batch(self, records: Sequence[ConsumerRecord]) -> None:
+    def handle_batch(self, records: Sequence[Record]) -> None:
+        """Submit every item of the poll to the model first, then store each item's answers."""
         pending, spans = [], []
         try:
             for record in records:
@@ -107,7 +107,7 @@ class Worker:
             for span in spans:
                 span.end()
 
-    def subject(self, record: ConsumerRecord) -> Subject:
+    def subject(self, record: Record) -> Subject:
         """The work item a message is, when it can be read as one."""
         try:
             item = WorkItem.model_validate_json(record.value)
@@ -125,7 +125,7 @@ class Worker:
             if not self._finisher.finish():
                 return
 
-    def _submit_record(self, record: ConsumerRecord, span: trace.Span) -> _Pending | None:
+    def _submit_record(self, record: Record, span: trace.Span) -> _Pending | None:
         source = f"kafka:{record.topic}/{record.partition}/{record.offset}"
         span.set_attribute("skyeye.source", source)
         try:
@@ -159,9 +159,7 @@ class Worker:
         except (imagery.UnreadableImage, ObjectTooLarge) as exc:
             self._error(f"work_item:{item.work_item_id}", "unreadable_image", str(exc), item)
             return None
-        except S3Error as exc:
-            if s3.transient_reason(exc):
-                raise
+        except s3.ObjectStoreRefused as exc:
             message = f"the object store refused to read the image ({exc.code})"
             self._error(f"work_item:{item.work_item_id}", "object_unavailable", message, item)
             return None
@@ -185,8 +183,9 @@ class Worker:
     def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:
         return read_image(self._store, self._settings, bucket, key, tile)
 
-    def _call(self, images: list[np.ndarray], instructions: list[str]) -> DeploymentResponse:
-        return self._app.infer.remote(images, instructions)
+    def _call(self, images: list[np.ndarray], instructions: list[str]) -> serve_adapter.Response:
+        # the handle was not asked to stream, so the call gives one response, never a generator
+        return cast(serve_adapter.Response, self._app.infer.remote(images, instructions))
 
     def _finish(self, job: _Pending) -> None:
         # A transient failure (Serve restarting, a timeout) propagates: the loop retries the
@@ -237,8 +236,10 @@ class Worker:
 
 
 class Finisher:
-    """An asset's last step, at least once: flag duplicate scene detections, write the preview,
-    then done (or error when an item failed)."""
+    """An asset's last step, at least once: flag duplicate scene detections, write the preview.
+
+    The asset is then done, or error when an item failed.
+    """
 
     def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
         self._settings = settings
@@ -246,8 +247,9 @@ class Finisher:
         self._store = store
 
     def finish(self, asset_id: uuid.UUID | None = None, image: np.ndarray | None = None) -> bool:
-        """Finish ``asset_id`` (or, sweeping, the finishing asset waiting longest, once it has
-        waited a sweep's interval); False when there is none to take. ``image``: a plain
+        """Finish ``asset_id``, or sweeping, the finishing asset waiting longest; False if none.
+
+        A swept asset is taken once it has waited a sweep's interval. ``image``: a plain
         image's pixels, when the caller has them.
 
         Everything happens in one transaction holding the asset's row lock: a finisher that
@@ -288,9 +290,11 @@ class Finisher:
         what: str,
         step: Callable[[], T],
     ) -> T | None:
-        """Run one finishing step; a failure that is not transient is recorded against the asset
-        as ``<step_name>_failed`` (its results are stored and stay), a transient one ends the
-        transaction for a retry."""
+        """Run one finishing step; its value, or None when it failed for good.
+
+        A failure that is not transient is recorded against the asset as ``<step_name>_failed``
+        (its results are stored and stay), a transient one ends the transaction for a retry.
+        """
         try:
             with conn.begin_nested():
                 return step()
@@ -299,7 +303,7 @@ class Finisher:
                 raise
             if isinstance(exc, imagery.UnreadableImage | ObjectTooLarge | OSError):
                 message = f"{what}: {exc}"
-            elif isinstance(exc, S3Error):
+            elif isinstance(exc, s3.ObjectStoreRefused):
                 message = f"{what}: the object store refused ({exc.code})"
             else:
                 log.exception("asset %s: %s failed", target.asset_id, what)
@@ -355,6 +359,7 @@ def read_image(
 
 
 def main() -> None:
+    """Run the worker service until SIGTERM or SIGINT."""
     settings = service_settings("skyeye-worker")
     assert settings.database_url is not None  # resolve() fills every endpoint
     engine = postgres.create_engine(settings.database_url)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from minio.error import S3Error
 from PIL import Image
 
 from skyeye import catalog, samples
-from skyeye.adapters.s3 import ObjectStore
+from skyeye.adapters.s3 import ObjectMissing, ObjectStore
 from skyeye.cli.ingest import wait_for
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, asset_id_for, work_item_id_for
 
@@ -85,7 +84,7 @@ def test_a_refused_ingest_uploads_nothing(pipeline: Pipeline, tmp_path: Path) ->
         f"[skyeye] error: {tmp_path / 'gone.png'}: no such file",
         "[skyeye] nothing was uploaded",
     ]
-    with pytest.raises(S3Error, match=r"NoSuchKey|does not exist"):
+    with pytest.raises(ObjectMissing, match=r"NoSuchKey|does not exist"):
         ObjectStore(pipeline.settings).size(pipeline.settings.bucket, "it/no/good.png")
 
 

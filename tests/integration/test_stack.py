@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
+from minio import Minio
 
 from skyeye.settings import Settings
 from skyeye.stack import (
@@ -30,7 +31,6 @@ from skyeye.stack import (
     resolve,
     use_loopback_ray,
 )
-from skyeye.stack import components as c
 from skyeye.stack.home import StackHome, short_dir
 
 pytestmark = pytest.mark.integration
@@ -65,6 +65,17 @@ def _assert_loopback_only(tree: set[psutil.Process]) -> None:
             continue
         for conn in listening:
             assert conn.laddr.ip in ("127.0.0.1", "::ffff:127.0.0.1"), (proc.name(), conn)
+
+
+def _s3_client(settings: Settings, endpoint: str) -> Minio:
+    """A plain MinIO client of the stack's S3 server."""
+    return Minio(
+        endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )
 
 
 def _kafka_messages(bootstrap: str, topic: str) -> list[bytes]:
@@ -131,7 +142,7 @@ def test_stack_serves_and_survives_a_restart(
         seen |= tree
         _assert_loopback_only(tree)
 
-        s3 = c.s3_client(settings, endpoints.s3_endpoint)
+        s3 = _s3_client(settings, endpoints.s3_endpoint)
         assert s3.bucket_exists(settings.bucket)
         s3.put_object(settings.bucket, "probe/object.bin", io.BytesIO(payload), len(payload))
         assert s3.get_object(settings.bucket, "probe/object.bin").read() == payload
@@ -170,7 +181,7 @@ def test_stack_serves_and_survives_a_restart(
     try:
         warm = _timings(stack)
         seen |= _process_tree(stack)
-        s3 = c.s3_client(settings, endpoints.s3_endpoint)
+        s3 = _s3_client(settings, endpoints.s3_endpoint)
         assert s3.get_object(settings.bucket, "probe/object.bin").read() == payload
         assert _kafka_messages(endpoints.kafka_bootstrap, settings.topic_events) == [payload]
         assert _committed(endpoints.kafka_bootstrap, settings.topic_events) == 1
@@ -269,7 +280,7 @@ def test_killed_servers_come_back_with_their_data(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        s3 = c.s3_client(settings, endpoints.s3_endpoint)
+        s3 = _s3_client(settings, endpoints.s3_endpoint)
         s3.put_object(settings.bucket, "probe/object.bin", io.BytesIO(payload), len(payload))
         producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all")
         producer.send(settings.topic_events, payload, partition=0).get(timeout=30)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import urllib3.exceptions
 from kafka.errors import KafkaTimeoutError
 
 from skyeye import catalog
+from skyeye.adapters import s3
 from skyeye.cli import ingest as ingest_module
 from skyeye.cli.ingest import (
     CatalogUnavailable,
@@ -150,7 +150,7 @@ def _stub_services(
 ) -> None:
     def put_file(self: object, path: Path, bucket: str, key: str, metadata: Any = None) -> Any:
         if path.name == put_fails_on:
-            raise urllib3.exceptions.MaxRetryError(None, "/", "connection refused")  # type: ignore[arg-type]
+            raise s3.ObjectStoreUnavailable("the object store did not answer")
         return SimpleNamespace(
             bucket=bucket,
             key=key,
@@ -168,8 +168,8 @@ def _stub_services(
 def test_an_object_store_that_does_not_answer_is_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stubs the broker and the object store's upload (the second file fails as a refused
-    connection does); the rest is the real ingest."""
+    """Stubs the broker and the object store's upload (the second file fails as the adapter
+    reports a refused connection); the rest is the real ingest."""
     producer = _Producer()
     _stub_services(monkeypatch, producer, put_fails_on="b.png")
     paths = [_file(tmp_path, n) for n in ("a.png", "b.png", "c.png")]

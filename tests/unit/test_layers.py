@@ -1,5 +1,6 @@
 """The tree's rules, checked: the runtime never loads the demo model's lab, consumers never load
-torch, and a service never imports another service."""
+torch, a service never imports another service, and each external system's client library is
+imported only by its adapter."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-SERVICES = Path(__file__).resolve().parents[2] / "services"
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ROOT / "services"
+PACKAGE = ROOT / "shared" / "skyeye"
 
 
 def _imported(module: str) -> set[str]:
@@ -57,6 +60,20 @@ def test_consumers_never_load_torch(module: str) -> None:
     assert "torch" not in loaded
 
 
+def _imports(tree: ast.AST) -> list[tuple[int, str]]:
+    """Each import statement's line and the modules it names (``from a import b``: ``a`` and
+    ``a.b``; a relative import keeps its dots: ``from .planner import x`` is ``.planner``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = "." * node.level + (node.module or "")
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base.rstrip('.')}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+    return found
+
+
 def test_a_service_never_imports_another_service() -> None:
     """Services talk through Kafka, S3, PostgreSQL or Serve handles; the only shared module is
     the private process scaffolding ``_runtime``."""
@@ -64,14 +81,76 @@ def test_a_service_never_imports_another_service() -> None:
     assert {"planner", "worker", "reconciler", "inference"} <= names
     crossings = []
     for path in SERVICES.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            for target in targets:
-                parts = target.split(".")
-                if parts[:2] == ["skyeye", "services"] and len(parts) > 2 and parts[2] in names:
-                    crossings.append(f"{path.name} imports {target}")
+        for _, target in _imports(ast.parse(path.read_text())):
+            parts = target.lstrip(".").split(".")
+            if target.startswith("."):  # relative: a sibling in services/
+                parts = ["skyeye", "services", *parts]
+            if parts[:2] == ["skyeye", "services"] and len(parts) > 2 and parts[2] in names:
+                crossings.append(f"{path.name} imports {target}")
     assert crossings == []
+
+
+# The client libraries of the external systems (S3, Kafka, PostgreSQL, Ray) and their HTTP
+# library: each system is reached through its adapter in skyeye/adapters.
+VENDOR_CLIENTS = {"minio", "kafka", "psycopg2", "sqlalchemy", "ray", "urllib3"}
+# Beyond the adapters, who may import which of them, and why.
+VENDOR_EXCEPTIONS = {
+    # the Serve application itself: Serve runs it, its deployments are written with ray.serve
+    "services/inference.py": {"ray"},
+    # every SQL statement of the product, written with SQLAlchemy
+    "shared/skyeye/catalog/queries.py": {"sqlalchemy"},
+}
+
+
+def _vendor_imports(relative: str, source: str) -> list[str]:
+    """Where the module at ``relative`` (from the repository root) imports a vendor client it
+    may not, one ``path:line: package`` each."""
+    if relative.startswith("shared/skyeye/adapters/"):
+        return []
+    forbidden = VENDOR_CLIENTS - VENDOR_EXCEPTIONS.get(relative, set())
+    found = {
+        (line, module.split(".")[0])
+        for line, module in _imports(ast.parse(source, relative))
+        if module.split(".")[0] in forbidden
+    }
+    return [f"{relative}:{line}: {package}" for line, package in sorted(found)]
+
+
+def test_only_the_adapters_import_the_external_systems_clients() -> None:
+    """A module outside skyeye/adapters names the project's types (``s3.ObjectStoreRefused``,
+    ``kafka.Record``, ``postgres.Engine``, ...), never the client's."""
+    modules = {
+        path.relative_to(ROOT).as_posix(): path
+        for path in [*PACKAGE.rglob("*.py"), *SERVICES.rglob("*.py")]
+    }
+    # the walk sees the tree: the adapters, the exceptions and the modules that use them
+    assert set(VENDOR_EXCEPTIONS) | {"services/worker.py", "shared/skyeye/adapters/s3.py"} <= set(
+        modules
+    )
+    found = [v for name, path in modules.items() for v in _vendor_imports(name, path.read_text())]
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("relative", "source", "found"),
+    [
+        ("services/worker.py", "from minio.error import S3Error", ["minio"]),
+        ("shared/skyeye/cli/main.py", "import sqlalchemy as sa", ["sqlalchemy"]),
+        ("services/_runtime.py", "from kafka import KafkaProducer", ["kafka"]),
+        ("shared/skyeye/stack/x.py", "def f():\n    import urllib3.exceptions", ["urllib3"]),
+        ("services/planner.py", "import psycopg2", ["psycopg2"]),
+        # an exception covers its own library only
+        ("services/inference.py", "from ray import serve", []),
+        ("services/inference.py", "from kafka import KafkaProducer", ["kafka"]),
+        ("shared/skyeye/catalog/queries.py", "from minio import Minio", ["minio"]),
+        ("shared/skyeye/adapters/s3.py", "from minio import Minio", []),
+        # our own modules of the same names are no vendor imports
+        ("services/worker.py", "from skyeye.adapters import kafka, s3", []),
+        ("services/worker.py", "from .kafka import x", []),
+    ],
+)
+def test_the_vendor_import_check_finds_what_it_should(
+    relative: str, source: str, found: list[str]
+) -> None:
+    """The check above on a line of source written here, as if it were in ``relative``."""
+    assert [v.split(": ", 1)[1] for v in _vendor_imports(relative, source + "\n")] == found

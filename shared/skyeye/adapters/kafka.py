@@ -1,4 +1,8 @@
-"""Kafka: producer and consumer construction with the delivery guarantees the pipeline relies on."""
+"""Kafka: producer and consumer construction with the delivery guarantees the pipeline relies on.
+
+Callers name the client's types by this module's names (:data:`Record`, :data:`Producer`,
+:data:`Consumer`, :data:`Sending`, :data:`Delivery`) and never import the client themselves.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,34 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable
+from typing import TypeAlias
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.producer.future import FutureRecordMetadata
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata, RecordMetadata
 
 from skyeye import telemetry
 from skyeye.settings import Settings
+
+#: A message as a consumer's poll hands it over: topic, partition, offset, key, value, headers.
+Record: TypeAlias = ConsumerRecord
+#: A producer made by :func:`producer`.
+Producer: TypeAlias = KafkaProducer
+#: A consumer made by :func:`consumer`; its offsets are committed by hand (:func:`commit`).
+Consumer: TypeAlias = KafkaConsumer
+#: A message sent and not yet acknowledged: ``.get(timeout=...)`` waits for its :data:`Delivery`.
+Sending: TypeAlias = FutureRecordMetadata
+#: Where the broker stored a message: ``topic``, ``partition`` and ``offset``.
+Delivery: TypeAlias = RecordMetadata
+
+
+class CommitFailed(Exception):
+    """The consumer group rebalanced before the offsets were committed.
+
+    The partitions' new owner gets the uncommitted messages again.
+    """
 
 
 def transient_reason(exc: BaseException) -> str | None:
@@ -29,7 +53,8 @@ def _bootstrap(settings: Settings) -> list[str]:
     return settings.kafka_bootstrap.split(",")
 
 
-def producer(settings: Settings) -> KafkaProducer:
+def producer(settings: Settings) -> Producer:
+    """A producer whose publish, once acknowledged, is durable (acks from every replica)."""
     # acks=all: a publish that returns is durable. Without idempotence a retry may duplicate a
     # message; every consumer is idempotent, so a duplicate costs work, never a wrong row.
     return KafkaProducer(
@@ -41,22 +66,36 @@ def producer(settings: Settings) -> KafkaProducer:
     )
 
 
-def publish_json(producer_: KafkaProducer, topic: str, key: str, payload: object) -> None:
+def publish_json(producer_: Producer, topic: str, key: str, payload: object) -> None:
     """Publish with the current trace context in the headers; wait for the broker's ack."""
     send_json(producer_, topic, key, payload).get(timeout=30)
 
 
-def send_json(
-    producer_: KafkaProducer, topic: str, key: str, payload: object
-) -> FutureRecordMetadata:
-    """:func:`publish_json` without the wait: many messages sent before their acks are awaited
-    (``.get()`` on each future) cost one round trip, not one each."""
+def send_json(producer_: Producer, topic: str, key: str, payload: object) -> Sending:
+    """:func:`publish_json` without the wait for the ack.
+
+    Many messages sent before their acks are awaited (``.get()`` on each) cost one round trip,
+    not one each.
+    """
     return producer_.send(
         topic, key=key.encode(), value=json.dumps(payload).encode(), headers=telemetry.inject()
     )
 
 
-def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) -> KafkaConsumer:
+def publish(
+    producer_: Producer,
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes,
+    headers: list[tuple[str, bytes]],
+) -> Delivery:
+    """Publish a message exactly as given (a dead letter's copy or replay); wait for the ack."""
+    return producer_.send(topic, key=key, value=value, headers=headers).get(timeout=30)
+
+
+def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) -> Consumer:
+    """A member of ``group`` reading ``topic`` from its committed offsets (the earliest first)."""
     # Offsets are committed by hand, only after the results they cover are stored.
     return KafkaConsumer(
         topic,
@@ -70,6 +109,24 @@ def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) 
         # inference of a batch may take a while on CPU
         max_poll_interval_ms=max(300_000, int(settings.inference_timeout_s * 2000)),
     )
+
+
+def commit(consumer_: Consumer) -> None:
+    """Commit the offsets of every message polled so far.
+
+    Raises :class:`CommitFailed` when the group rebalanced meanwhile.
+    """
+    try:
+        consumer_.commit()
+    except CommitFailedError as exc:
+        raise CommitFailed(str(exc)) from exc
+
+
+def probe(bootstrap: str) -> None:
+    """Raise unless the broker at ``bootstrap`` answers an admin client's first requests."""
+    KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="skyeye-stack", request_timeout_ms=10_000
+    ).close()
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:

@@ -1,22 +1,33 @@
-"""Ray Serve: connecting to the cluster, deploying an application, getting its handle, asking
-for its health."""
+"""Ray Serve: joining the cluster, deploying an application, calling it, asking for its health.
+
+Callers name Serve's handle types by this module's names (:data:`AppHandle`,
+:data:`Response`) and never import Ray themselves; only the Serve application
+(``skyeye.services.inference``), which Serve itself runs, uses Ray directly.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import ray
 import ray.exceptions
 import ray.serve.exceptions
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from ray.serve.schema import ServeStatus
 
 from skyeye.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The deployed application's ingress, as :func:`handle` gives it: ``app.<method>.remote(...)``
+#: calls one of its methods.
+AppHandle: TypeAlias = DeploymentHandle
+#: A call in flight: ``.result(timeout_s=...)`` waits for its answer.
+Response: TypeAlias = DeploymentResponse
 
 
 # Failures of the cluster, not of the request: a replica died, is restarting or is overloaded.
@@ -69,13 +80,16 @@ def deploy(app: serve.Application, settings: Settings) -> None:
     log.info("serve application %r is running", settings.serve_app)
 
 
-def handle(settings: Settings) -> DeploymentHandle:
+def handle(settings: Settings) -> AppHandle:
+    """The handle of the application named ``settings.serve_app``, joining the cluster first."""
     connect(settings)
     return serve.get_app_handle(settings.serve_app)
 
 
 @dataclass(frozen=True)
 class DeploymentHealth:
+    """One deployment of the application as Serve sees it, with its replicas by state."""
+
     name: str
     status: str
     replicas: dict[str, int]  # replica state (RUNNING, STARTING, ...) -> count
@@ -84,9 +98,12 @@ class DeploymentHealth:
 
 @dataclass(frozen=True)
 class AppHealth:
-    """Serve's view of the application: its status (RUNNING, DEPLOYING, UNHEALTHY, ...,
-    NOT_DEPLOYED when Serve has no such application, ``unknown`` when Serve could not be
-    asked) and a message that says why, when there is something to say."""
+    """Serve's view of the application: its status and a message that says why.
+
+    The status is Serve's (RUNNING, DEPLOYING, UNHEALTHY, ...), NOT_DEPLOYED when Serve has no
+    such application, ``unknown`` when Serve could not be asked; the message is empty when
+    there is nothing to say.
+    """
 
     status: str
     message: str
@@ -94,8 +111,10 @@ class AppHealth:
 
 
 def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
-    """The application's and each deployment's status and replica counts, or status
-    ``unknown`` with the reason when the cluster does not answer within ``timeout_s``.
+    """The application's and each deployment's status and replica counts.
+
+    The status is ``unknown``, with the reason, when the cluster does not answer within
+    ``timeout_s``.
 
     Joining the cluster as a driver takes a second or two and may hang on a cluster that is
     half down, so it runs in a daemon thread that is given up on, not waited for.
@@ -123,8 +142,10 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
 
 
 class _NoSigtermNotice(logging.Filter):
-    """Drops Ray's warning that a driver started off the main thread sets no SIGTERM handler:
-    the asking thread needs none, and the warning would land in the user's terminal."""
+    """Drops Ray's warning that a driver started off the main thread sets no SIGTERM handler.
+
+    The asking thread needs none, and the warning would land in the user's terminal.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("SIGTERM handler is not set")

@@ -14,10 +14,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kafka import KafkaProducer
-from sqlalchemy.engine import Engine
-
 from skyeye import catalog
+from skyeye.adapters import kafka
+from skyeye.adapters.postgres import Engine
 from skyeye.contracts import DeadLetterHeader
 
 __all__ = ["DeadLetterNotFound", "Replayed", "find", "pending", "replay"]
@@ -32,6 +31,8 @@ class DeadLetterNotFound(LookupError):
 
 @dataclass(frozen=True)
 class Replayed:
+    """A dead letter's message published again, and where the broker stored it."""
+
     dead_letter_id: uuid.UUID
     topic: str
     partition: int
@@ -64,10 +65,12 @@ def pending(engine: Engine) -> list[uuid.UUID]:
 
 
 def replay(
-    engine: Engine, producer: KafkaProducer, dead_letter_ids: Sequence[uuid.UUID]
+    engine: Engine, producer: kafka.Producer, dead_letter_ids: Sequence[uuid.UUID]
 ) -> list[Replayed]:
-    """Publish each dead letter's message again to its original topic; returns where each
-    landed. A replay is recorded once the broker has it."""
+    """Publish each dead letter's message again to its original topic; returns where each landed.
+
+    A replay is recorded once the broker has it.
+    """
     done = []
     for dead_letter_id in dead_letter_ids:
         with engine.connect() as conn:
@@ -80,9 +83,9 @@ def replay(
             if name != DeadLetterHeader.REPLAY_OF.value
         ]
         headers.append((DeadLetterHeader.REPLAY_OF.value, str(dead_letter_id).encode()))
-        sent = producer.send(
-            letter.topic, key=letter.key, value=letter.payload, headers=headers
-        ).get(timeout=30)
+        sent = kafka.publish(
+            producer, letter.topic, key=letter.key, value=letter.payload, headers=headers
+        )
         with engine.begin() as conn:
             catalog.mark_replayed(conn, dead_letter_id)
         done.append(Replayed(dead_letter_id, letter.topic, sent.partition, sent.offset))

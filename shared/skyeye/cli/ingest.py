@@ -16,12 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import sqlalchemy as sa
-from kafka import KafkaProducer
-from minio.error import S3Error
-
 from skyeye import catalog, telemetry
 from skyeye.adapters import kafka, postgres, s3
+from skyeye.adapters.postgres import Engine
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import asset_id_for, minio_created_event, object_key_problem
 from skyeye.imagery import clips
@@ -32,6 +29,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Ingested:
+    """A file uploaded and announced: its object key and the asset id the planner gives it."""
+
     path: Path
     key: str
     asset_id: uuid.UUID
@@ -69,8 +68,10 @@ class InputRefused(ValueError):
 
 
 class IngestFailed(RuntimeError):
-    """A service did not take an upload or an announcement. ``done`` lists the files ingested
-    before it, in input order; none after them was."""
+    """A service did not take an upload or an announcement.
+
+    ``done`` lists the files ingested before it, in input order; none after them was.
+    """
 
     def __init__(self, message: str, done: list[Ingested]) -> None:
         super().__init__(message)
@@ -94,8 +95,10 @@ class CatalogUnavailable(RuntimeError):
 
 
 def printable(text: str) -> str:
-    """``text`` (a path or key) as one printable line: bytes that are not UTF-8 (a file name's
-    surrogate escapes) as ``\\xNN``, control characters escaped."""
+    r"""``text`` (a path or key) as one printable line, control characters escaped.
+
+    Bytes that are not UTF-8 (a file name's surrogate escapes) are shown as ``\xNN``.
+    """
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return "".join(
         c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
@@ -111,6 +114,7 @@ def _quoted(text: str, width: int = 80) -> str:
 
 
 def object_key(path: Path, prefix: str) -> str:
+    """The key ``path`` is uploaded under: its file name below ``prefix`` (slashes dropped)."""
     prefix = prefix.strip("/")
     return f"{prefix}/{path.name}" if prefix else path.name
 
@@ -124,8 +128,10 @@ def _not_utf8(text: str) -> bool:
 
 
 def prefix_problem(prefix: str) -> str | None:
-    """Why no object key can start with ``prefix``, or None (the slashes around it are
-    dropped, so ``/uploads/`` is ``uploads``)."""
+    """Why no object key can start with ``prefix``, or None.
+
+    The slashes around it are dropped, so ``/uploads/`` is ``uploads``.
+    """
     if _not_utf8(prefix):
         return "the prefix is not valid UTF-8"
     stripped = prefix.strip("/")
@@ -157,8 +163,10 @@ def _key_problem(path: Path, key: str) -> str | None:
 
 
 def check_inputs(paths: Sequence[Path], prefix: str) -> None:
-    """Raise InputRefused unless every path is a readable file whose object key (and its clip
-    sidecar's, when one lies beside it) the object store can hold and the planner accepts.
+    """Raise InputRefused unless every path is a readable file whose key the pipeline accepts.
+
+    The object key (and its clip sidecar's, when one lies beside it) must be one the object
+    store can hold and the planner accepts.
 
     Checks only the local files, so a mistake is reported before anything is uploaded, and
     also without a running stack. Two different files that would get one key are refused too:
@@ -228,7 +236,7 @@ def ingest(
 
 def _ingest_one(
     store: ObjectStore,
-    producer: KafkaProducer,
+    producer: kafka.Producer,
     settings: Settings,
     path: Path,
     key: str,
@@ -263,13 +271,16 @@ def _ingest_one(
 def _raise_failure(
     exc: Exception, settings: Settings, doing: str, done: list[Ingested]
 ) -> NoReturn:
-    """Raise ``exc`` as an IngestFailed with one line for people when a service or the file
-    caused it (details to the log); any other exception, a bug, as it is."""
+    """Raise ``exc`` as an IngestFailed with one line for people, or as it is when a bug.
+
+    The line says what failed when a service or the file caused it (details go to the log); any
+    other exception is a bug.
+    """
     if (reason := s3.transient_reason(exc)) is not None:
         where = f" at {settings.s3_endpoint}"
     elif (reason := kafka.transient_reason(exc)) is not None:
         where = f" at {settings.kafka_bootstrap}"
-    elif isinstance(exc, S3Error):
+    elif isinstance(exc, s3.ObjectStoreRefused):
         reason, where = f"the object store refused it ({exc.code}: {exc.message})", ""
     elif isinstance(exc, OSError):
         reason, where = f"the file could not be read ({exc.strerror or exc})", ""
@@ -280,7 +291,7 @@ def _raise_failure(
 
 
 def wait_for(
-    engine: sa.Engine,
+    engine: Engine,
     asset_ids: Sequence[uuid.UUID],
     *,
     timeout_s: float,
@@ -300,10 +311,10 @@ def wait_for(
     down_since: float | None = None
     while True:
         try:
-            with engine.connect() as conn:
+            with postgres.connection(engine) as conn:
                 states = catalog.asset_states(conn, asset_ids)
-        except sa.exc.SQLAlchemyError as exc:
-            reason = postgres.transient_reason(exc)
+        except postgres.DatabaseError as exc:
+            reason = exc.reason
             if reason is None:
                 raise
             now = time.monotonic()
@@ -339,7 +350,7 @@ def wait_for(
         time.sleep(poll_s)
 
 
-def _where(engine: sa.Engine) -> str:
+def _where(engine: Engine) -> str:
     url = engine.url
     if url.host:
         return f"PostgreSQL at {url.host}:{url.port or 5432}"

