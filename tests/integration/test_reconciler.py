@@ -22,7 +22,7 @@ from skyeye.adapters import kafka
 from skyeye.cli.ingest import ingest, wait_for
 from skyeye.contracts import asset_id_for
 from skyeye.services.reconciler import refusal_source
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 
 from .conftest import Pipeline
 
@@ -67,7 +67,7 @@ def _asset_ids(pipeline: Pipeline, key: str) -> list[uuid.UUID]:
 
 
 def _completed_passes(pipeline: Pipeline) -> int:
-    log = StackHome.of(pipeline.home).log("reconciler")
+    log = StackPaths.of(pipeline.home).log("reconciler")
     text = log.read_text(errors="replace") if log.exists() else ""
     return sum(1 for line in text.splitlines() if _PASS_LINE.search(line))
 
@@ -118,7 +118,7 @@ def test_a_hostile_key_is_one_error_row_and_no_event(pipeline: Pipeline) -> None
     is written straight into nanio's data folder, which nanio lists as it finds it."""
     s = pipeline.settings
     key = "it/reconciler/bell\x07and\x1b[31mescape.png"
-    path = StackHome.of(pipeline.home).s3_dir / s.bucket / key
+    path = StackPaths.of(pipeline.home).s3_dir / s.bucket / key
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(_png(3))
     source = refusal_source(s.bucket, key)

@@ -31,7 +31,7 @@ from skyeye.stack import (
     resolve,
     use_loopback_ray,
 )
-from skyeye.stack.home import StackHome, short_dir
+from skyeye.stack.paths import StackPaths, short_dir
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     yield Settings(
         home=home, s3_endpoint=None, kafka_bootstrap=None, database_url=None, ray_address=None
     )
-    shutil.rmtree(short_dir(StackHome.of(home).home), ignore_errors=True)
+    shutil.rmtree(short_dir(StackPaths.of(home).home), ignore_errors=True)
 
 
 def _process_tree(stack: Stack) -> set[psutil.Process]:
@@ -204,8 +204,8 @@ def test_stack_serves_and_survives_a_restart(
 def _assert_gone(processes: set[psutil.Process], settings: Settings) -> None:
     alive = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not alive, alive
-    layout = StackHome.of(settings.home)
-    markers = (str(layout.home), str(layout.ray_temp_dir))
+    paths = StackPaths.of(settings.home)
+    markers = (str(paths.home), str(paths.ray_temp_dir))
     strays = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])

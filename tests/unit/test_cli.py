@@ -13,7 +13,7 @@ import pytest
 
 from skyeye.cli.main import build_parser, main
 from skyeye.stack import ComponentState, StackState
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 from skyeye.stack.state import process_create_time, write_state
 
 
@@ -155,7 +155,7 @@ def test_status_reports_components_down_and_goes_on(
         started_at=when,
         components=components,
     )
-    write_state(StackHome.of(tmp_path), state)
+    write_state(StackPaths.of(tmp_path), state)
 
     assert main(["--home", str(tmp_path), "status"]) == 0
     out = capsys.readouterr().out

@@ -376,26 +376,26 @@ def test_pytorch_bin_shards_with_rotary_tables(
 
 def test_published_config_is_checked_on_meta_without_memory() -> None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    layout = expected_tensors(ModelConfig.published())
+    expected = expected_tensors(ModelConfig.published())
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 200  # the real model is ~7.7e9 parameters
-    assert layout.errors == []
-    assert layout.checkpoint["llama_proj.weight"] == [4096, 5632]
-    assert layout.checkpoint["llama_proj.bias"] == [4096]
-    assert layout.vision["pos_embed"] == [1, 257, 1408]
-    assert layout.vision["blocks.38.attn.qkv.weight"] == [4224, 1408]
-    assert layout.vision["blocks.38.mlp.fc1.weight"] == [6144, 1408]
-    assert not any(k.startswith("blocks.39.") for k in layout.vision)
-    assert set(eva_key_map(39)) < set(layout.vision)
-    assert len(layout.lora_pairs) == 64 and len(layout.checkpoint) == 2 + 128
-    a_key, b_key = layout.lora_pairs["model.layers.31.self_attn.v_proj.weight"]
+    assert expected.errors == []
+    assert expected.checkpoint["llama_proj.weight"] == [4096, 5632]
+    assert expected.checkpoint["llama_proj.bias"] == [4096]
+    assert expected.vision["pos_embed"] == [1, 257, 1408]
+    assert expected.vision["blocks.38.attn.qkv.weight"] == [4224, 1408]
+    assert expected.vision["blocks.38.mlp.fc1.weight"] == [6144, 1408]
+    assert not any(k.startswith("blocks.39.") for k in expected.vision)
+    assert set(eva_key_map(39)) < set(expected.vision)
+    assert len(expected.lora_pairs) == 64 and len(expected.checkpoint) == 2 + 128
+    a_key, b_key = expected.lora_pairs["model.layers.31.self_attn.v_proj.weight"]
     assert a_key == f"{LORA_PREFIX}model.layers.31.self_attn.v_proj.lora_A.weight"
-    assert (layout.checkpoint[a_key], layout.checkpoint[b_key]) == ([64, 4096], [4096, 64])
-    assert layout.llm["model.embed_tokens.weight"] == [32000, 4096]
-    assert layout.llm == llm_tensor_shapes(
+    assert (expected.checkpoint[a_key], expected.checkpoint[b_key]) == ([64, 4096], [4096, 64])
+    assert expected.llm["model.embed_tokens.weight"] == [32000, 4096]
+    assert expected.llm == llm_tensor_shapes(
         llama_config(ModelConfig.published(), bos_id=1, eos_id=2, pad_id=0)
     )
-    counts = layout.parameters
+    counts = expected.parameters
     assert counts.projector == 5632 * 4096 + 4096
     assert 0.98e9 < counts.vision < 0.99e9 and 6.7e9 < counts.llm < 6.8e9
 

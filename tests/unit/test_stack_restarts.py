@@ -21,7 +21,7 @@ import pytest
 from skyeye.settings import Settings
 from skyeye.stack import RestartPolicy, Stack, StackError, read_state
 from skyeye.stack import components as c
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 from skyeye.stack.ports import pick_ports
 from skyeye.stack.process import ManagedProcess, describe_exit
 from skyeye.stack.state import ComponentState
@@ -51,19 +51,19 @@ def _fake_postgres(
     """Run ``code`` as the embedded PostgreSQL server (in its data folder, like the real one),
     probed by ``probe``."""
 
-    def build(layout: StackHome, user: str | None) -> ManagedProcess:
-        layout.pg_dir.mkdir(parents=True, exist_ok=True)
+    def build(paths: StackPaths, user: str | None) -> ManagedProcess:
+        paths.pg_dir.mkdir(parents=True, exist_ok=True)
         return ManagedProcess(
             "postgres",
             [sys.executable, "-c", code],
-            log_path=layout.log("postgres"),
+            log_path=paths.log("postgres"),
             kind="infra",
             grace_s=2.0,
             port=port,
-            cwd=layout.pg_dir,
+            cwd=paths.pg_dir,
         )
 
-    monkeypatch.setattr(c, "prepare_postgres", lambda layout: None)
+    monkeypatch.setattr(c, "prepare_postgres", lambda paths: None)
     monkeypatch.setattr(c, "postgres_process", build)
     monkeypatch.setattr(c, "postgres_probe", probe)
 
@@ -341,9 +341,9 @@ def test_port_taken_meanwhile_is_a_clear_failure(
 
 
 def _fake_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    def build(settings: Settings, layout: StackHome, ports: list[int]) -> ManagedProcess:
+    def build(settings: Settings, paths: StackPaths, ports: list[int]) -> ManagedProcess:
         return ManagedProcess(
-            "ray", SLEEP, log_path=layout.log("ray"), kind="infra", grace_s=2.0, port=ports[0]
+            "ray", SLEEP, log_path=paths.log("ray"), kind="infra", grace_s=2.0, port=ports[0]
         )
 
     monkeypatch.setattr(c, "ray_process", build)

