@@ -115,6 +115,51 @@ class ReconcilerSettings(BaseModel):
     )
 
 
+class ApiSettings(BaseModel):
+    """The results API: where it listens, who may read, and the limits on every request."""
+
+    host: str = Field("127.0.0.1", description="address the API binds")
+    port: int = Field(
+        0, ge=0, le=65535, description="TCP port; 0 = a free port (the embedded stack records it)"
+    )
+    public_url: str | None = Field(
+        None,
+        description="base URL clients reach the API at, for links; unset = the request's own",
+    )
+    anonymous_read: bool = Field(
+        False, description="allow reads without a token (scope read); asks always need one"
+    )
+    default_limit: int = Field(10, ge=1, description="page size when a request names none")
+    max_limit: int = Field(1000, ge=1, description="largest page size a request may ask for")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest request body")
+    requests_per_minute: int = Field(
+        600, ge=1, description="requests one token (or one anonymous client address) may make"
+    )
+    ask_timeout_s: float = Field(120.0, gt=0, description="longest an ask may wait on the model")
+    preview_url_expiry_s: int = Field(
+        300, ge=1, le=7 * 24 * 3600, description="lifetime of a presigned preview URL"
+    )
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> ApiSettings:
+        if self.default_limit > self.max_limit:
+            raise ValueError(f"default_limit ({self.default_limit}) > max_limit ({self.max_limit})")
+        return self
+
+
+class EmbeddingCacheSettings(BaseModel):
+    """Each tile's image embeddings kept in the object store, so a later ask skips the encoder."""
+
+    enabled: bool = True
+    prefix: str = Field("embeddings/", description="key prefix in the derived bucket")
+    max_bytes: int = Field(
+        2 * 1024**3, ge=1024**2, description="the cache is trimmed, oldest first, above this"
+    )
+    ttl_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="entries older than this are deleted and not used"
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of the product, from ``SKYEYE_*`` variables; unset endpoints: embedded."""
 
@@ -181,6 +226,10 @@ class Settings(BaseSettings):
     serve_app: str = "skyeye"
     encoder: DeploymentSettings = DeploymentSettings()
     decoder: DeploymentSettings = DeploymentSettings(max_batch_size=8)
+    embedder: DeploymentSettings = Field(
+        DeploymentSettings(num_cpus=0.25, max_batch_size=32),
+        description="TextEmbedder: sentence embeddings of answers and search queries",
+    )
     inference_timeout_s: float = Field(300.0, gt=0)
 
     # --- reliability ---
@@ -234,6 +283,10 @@ class Settings(BaseSettings):
         64_000_000, gt=0, description="larger images are refused before decoding"
     )
     clips: ClipSettings = ClipSettings()
+
+    # --- results API and semantic search ---
+    api: ApiSettings = ApiSettings()
+    embedding_cache: EmbeddingCacheSettings = EmbeddingCacheSettings()
 
     @field_validator("grounding_phrases", "vqa_questions")
     @classmethod
