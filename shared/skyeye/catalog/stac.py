@@ -42,6 +42,7 @@ __all__ = [
     "LABEL_EXTENSION",
     "PROJECTION_EXTENSION",
     "STAC_VERSION",
+    "bbox_geometry",
     "detections_collection",
     "item",
     "labels_href",
@@ -108,7 +109,7 @@ def item(
             *([EO_EXTENSION] if any("eo:common_name" in b for b in bands) else []),
         ],
         "id": str(asset["asset_id"]),
-        "geometry": None if bounds is None else _bbox_polygon(bounds),
+        "geometry": None if bounds is None else bbox_geometry(bounds),
     }
     if bounds is not None:
         body["bbox"] = [float(v) for v in bounds]
@@ -244,7 +245,7 @@ def _s3_href(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{quote(key)}"
 
 
-def _bbox_polygon(bounds: Sequence[float]) -> dict[str, Any]:
+def bbox_geometry(bounds: Sequence[float]) -> dict[str, Any]:
     """The bounding box as a GeoJSON Polygon, exterior ring counter-clockwise (RFC 7946).
 
     One across the antimeridian (west > east) becomes a MultiPolygon of its two halves.

@@ -21,7 +21,8 @@ from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.adapters.postgres import Engine
 from skyeye.catalog import stac
-from skyeye.cli import dlq, model_inspect
+from skyeye.cli import dlq, model_inspect, tokens
+from skyeye.cli import search as search_cli
 from skyeye.cli.arguments import bounded, count, non_negative_int
 from skyeye.cli.ingest import (
     CatalogUnavailable,
@@ -88,6 +89,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     stack = launch(settings, progress=_say)
     _say(f"stack up in {time.monotonic() - started:.1f} s; state in {settings.home}")
+    api = next((c.endpoint for c in stack.state().components if c.name == "api"), None)
+    _say(f"results API at {api} (a token for it: `skyeye token create --scope read`)")
     _say("ingest with `skyeye ingest FILE...` in another shell; Ctrl-C stops everything")
     stack.run_forever()
     return 0
@@ -718,6 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
     _add_ingest(sub)
     _add_read_commands(sub)
+    search_cli.add_parsers(sub)
+    tokens.add_parser(sub)
     _add_dlq(sub)
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
     p.add_argument(

@@ -10,17 +10,21 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 
 from skyeye.adapters import postgres
 from skyeye.settings import Settings
 from skyeye.stack import RAY_LOOPBACK_ENV, Endpoints, Stack, StackError
+from skyeye.stack.ports import accepts_connections, pick_ports
 
 log = logging.getLogger("skyeye.pipeline")
 
 SERVICES = ("planner", "worker", "reconciler")
 # The services that hold a Ray connection (a Serve handle).
-RAY_CLIENTS = ("worker",)
+RAY_CLIENTS = ("worker", "api")
+# Seconds the API process may take to import and bind its port.
+_API_START_S = 60.0
 
 
 def service_env(settings: Settings, endpoints: Endpoints) -> dict[str, str]:
@@ -80,6 +84,33 @@ def _follow_restart(stack: Stack, settings: Settings, name: str) -> None:
         stack.restart_process(service, "stopped to reconnect to the restarted Ray head")
 
 
+def _start_api(
+    stack: Stack, settings: Settings, env: dict[str, str], progress: Callable[[str], None]
+) -> None:
+    """The results API on its configured port, or on a free loopback port kept across restarts.
+
+    Its base URL is the component's endpoint in ``stack.json``, so ``skyeye status`` and
+    clients find it.
+    """
+    port = settings.api.port or pick_ports(1)[0]
+    endpoint = f"http://{settings.api.host}:{port}"
+    progress(f"starting api on {endpoint}")
+    stack.add_process(
+        "api",
+        [sys.executable, "-m", "skyeye.services.api"],
+        {**env, "SKYEYE_API__PORT": str(port)},
+        endpoint=endpoint,
+    )
+    # clients are told the endpoint once it answers, not while the process is still importing
+    deadline = time.monotonic() + _API_START_S
+    while not accepts_connections(settings.api.host, port):
+        if time.monotonic() > deadline:
+            log_path = settings.home / "logs" / "api.log"
+            raise StackError(f"the API did not listen within {_API_START_S:g} s; log: {log_path}")
+        time.sleep(0.2)
+    progress(f"api ready at {endpoint}")
+
+
 def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None) -> Stack:
     """Start everything and return the running stack; on any failure, nothing is left running."""
     stack = Stack(settings, on_restarted=lambda name: _follow_restart(stack, settings, name))
@@ -91,6 +122,7 @@ def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None)
         for name in SERVICES:
             progress(f"starting {name}")
             stack.add_process(name, [sys.executable, "-m", f"skyeye.services.{name}"], env)
+        _start_api(stack, settings, env, progress)
     except BaseException:
         stack.stop()
         raise

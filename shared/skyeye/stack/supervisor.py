@@ -194,14 +194,19 @@ class Stack:
             )
 
     def add_process(
-        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        endpoint: str | None = None,
     ) -> int:
         """Start a service process (planner, worker consumer, ...) under supervision.
 
-        It logs to ``HOME/logs/<name>.log``, appears in ``stack.json``, is restarted with
-        backoff by :meth:`watch` when it dies, and is stopped before the infrastructure.
-        Its environment is this process's, plus ``SKYEYE_HOME`` and the loopback-Ray switch,
-        plus ``env``. Returns its pid.
+        It logs to ``HOME/logs/<name>.log``, appears in ``stack.json`` (with ``endpoint``, for
+        a service that serves one, such as the API's base URL), is restarted with backoff by
+        :meth:`watch` when it dies, and is stopped before the infrastructure. Its environment
+        is this process's, plus ``SKYEYE_HOME`` and the loopback-Ray switch, plus ``env``.
+        Returns its pid.
         """
         if not _SERVICE_NAME.fullmatch(name) or name in INFRA:
             raise ValueError(f"invalid service name {name!r}")
@@ -210,7 +215,12 @@ class Stack:
             full_env.update(RAY_LOOPBACK_ENV)
         full_env.update(env or {})
         proc = ManagedProcess(
-            name, argv, env=full_env, log_path=self.paths.log(name), kind="service"
+            name,
+            argv,
+            env=full_env,
+            log_path=self.paths.log(name),
+            kind="service",
+            endpoint=endpoint,
         )
         with self._lock:
             if not self._home_lock.held or self._cancel.is_set():

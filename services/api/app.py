@@ -1,0 +1,56 @@
+"""The FastAPI application: routes, error bodies, limits, and the clients it holds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from skyeye.settings import Settings
+
+from . import ask, assets, features, landing, results
+from .errors import BodyLimit, install_error_handlers
+from .state import ApiState
+
+DESCRIPTION = """\
+Results of the SkyEye pipeline: assets (images, georeferenced scenes, UAV clips), the model's
+captions, answers and detections. Search them by text, meaning, place, time and class; read
+them as OGC API Features and STAC API; ask a new question about a stored asset.
+
+Send an API token as `Authorization: Bearer <token>` (`skyeye token create --scope read`).
+"""
+
+
+def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
+    """The API over the catalog of ``settings`` (endpoints resolved), or over ``state``.
+
+    The OpenAPI 3.1 document is served at ``/api``, its browsable form at ``/api.html``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        opened = state or ApiState.open(settings)
+        app.state.api = opened
+        try:
+            yield
+        finally:
+            if state is None:
+                opened.close()
+
+    app = FastAPI(
+        title="SkyEye Stream results API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        openapi_url="/api",
+        docs_url="/api.html",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    if state is not None:
+        app.state.api = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    for module in (landing, features, results, assets, ask):
+        app.include_router(module.router)
+    return app
