@@ -1,12 +1,19 @@
-"""The inference application on Ray Serve: VisionEncoder and LlmDecoder, composed by handle.
+"""The inference application on Ray Serve: VisionEncoder, LlmDecoder and TextEmbedder.
 
-``Ingress`` is the ingress the worker calls; it only routes, so the two model stages scale
-(and, in production, sit on GPUs) independently. The encoder's output goes to the decoder as a
-Ray object reference, never through the ingress.
+``Ingress`` is the ingress the worker and the API call; it only routes, so the model stages
+scale (and, in production, sit on GPUs) independently. The encoder's output goes to the decoder
+as a Ray object reference, never through the ingress. Every answer comes back with its sentence
+embedding (``TextEmbedder``, all-MiniLM-L6-v2) for semantic search.
+
+With a cache key (a work item id) the encoder also keeps its output in the embedding cache
+(:mod:`skyeye.model.embedding_cache`), written by a background thread so the answer never
+waits on the object store; a later question about the same tile (:meth:`Ingress.cached`) is
+decoded from the cached embeddings and never reaches the encoder.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -18,7 +25,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from skyeye.adapters import serve as serve_adapter
+from skyeye.adapters.serve import Answers
 from skyeye.model import TextDecoder, VisionEncoder
+from skyeye.model.embedding_cache import EmbeddingCache
+from skyeye.model.sentences import SentenceEncoder
 from skyeye.settings import DecodingSettings, DeploymentSettings, Settings
 
 from ._runtime import service_settings
@@ -65,20 +75,32 @@ def encode_requests(
 class VisionEncoderDeployment:
     """Pixels -> LLM-ready image embeddings (256 x LLM width per image), batched across tiles.
 
-    A request is the images of one prompt: one tile, or a clip's frames in time order.
+    A request is the images of one prompt: one tile, or a clip's frames in time order, and the
+    key to keep its embeddings under in the cache (None: not kept).
     """
 
-    def __init__(self, model_dir: str, device: str, stage: DeploymentSettings) -> None:
+    def __init__(
+        self, model_dir: str, device: str, stage: DeploymentSettings, settings: Settings
+    ) -> None:
         _configure_threads(stage)
         self._encoder = VisionEncoder.load(Path(model_dir), device=device)
         self._max_images = stage.max_batch_size
+        self._cache = _cache(settings, model_dir)
         self.encode.set_max_batch_size(stage.max_batch_size)
         self.encode.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
     @_batched
-    async def encode(self, requests: list[list[np.ndarray]]) -> list[torch.Tensor]:
+    async def encode(
+        self, requests: list[list[np.ndarray]], cache_keys: list[str | None]
+    ) -> list[torch.Tensor]:
         """The embeddings of each request's images; Serve gathers the requests into a batch."""
-        return encode_requests(self._encoder, requests, self._max_images)
+        embeds = encode_requests(self._encoder, requests, self._max_images)
+        if self._cache is not None:
+            for key, tensor in zip(cache_keys, embeds, strict=True):
+                if key is not None:
+                    # a copy and a queue slot: the store is written by the cache's own thread
+                    self._cache.put_in_background(key, tensor)
+        return embeds
 
 
 @serve.deployment
@@ -106,39 +128,120 @@ class LlmDecoderDeployment:
         ]
 
 
+@serve.deployment
+class TextEmbedderDeployment:
+    """Texts -> unit-length sentence embeddings (all-MiniLM-L6-v2), batched across requests."""
+
+    def __init__(self, stage: DeploymentSettings) -> None:
+        _configure_threads(stage)
+        self._encoder = SentenceEncoder()
+        self.embed.set_max_batch_size(stage.max_batch_size)
+        self.embed.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
+
+    @_batched
+    async def embed(self, requests: list[list[str]]) -> list[list[list[float]]]:
+        """One 384-value vector per text of each request, in order."""
+        texts = [text for request in requests for text in request]
+        vectors = self._encoder.encode(texts).tolist()
+        out, start = [], 0
+        for request in requests:
+            out.append(vectors[start : start + len(request)])
+            start += len(request)
+        return out
+
+
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
 class Ingress:
-    """The application's entry: routes the worker's calls through the encoder to the decoder."""
+    """The application's entry: encoder (or cache) -> decoder -> text embedder."""
 
-    def __init__(self, encoder: DeploymentHandle, decoder: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        decoder: DeploymentHandle,
+        embedder: DeploymentHandle,
+        settings: Settings,
+    ) -> None:
         self._encoder = encoder
         self._decoder = decoder
+        self._embedder = embedder
+        self._cache = _cache(settings, str(settings.resolved_model_dir))
 
-    async def infer(self, images: list[np.ndarray], instructions: list[str]) -> list[str]:
-        """Answers about one image, or about several (a clip's frames, one ``<Img>`` slot each)."""
+    async def infer(
+        self, images: list[np.ndarray], instructions: list[str], cache_key: str | None = None
+    ) -> Answers:
+        """Answers about one image, or about several (a clip's frames, one ``<Img>`` slot each).
+
+        With ``cache_key`` the encoder's output is also kept in the embedding cache under it.
+        """
         if not images:
             raise ValueError("no images to answer about")
-        embeds = self._encoder.encode.remote(images)
-        return await self._decoder.generate.remote(embeds, instructions)
+        embeds = self._encoder.encode.remote(images, cache_key)
+        texts = await self._decoder.generate.remote(embeds, instructions)
+        return await self._answers(texts)
+
+    async def cached(self, cache_key: str, instructions: list[str]) -> Answers | None:
+        """Answers from the embeddings cached under ``cache_key``, never calling the encoder.
+
+        None when nothing usable is cached (or the cache is off or unreachable): the caller
+        then reads the pixels and calls :meth:`infer`.
+        """
+        if self._cache is None:
+            return None
+        embeds = await asyncio.to_thread(self._cache.get, cache_key)
+        if embeds is None:
+            return None
+        texts = await self._decoder.generate.remote(embeds, instructions)
+        return await self._answers(texts)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """One unit-length 384-value sentence embedding per text (search queries)."""
+        if not texts:
+            return []
+        vectors: list[list[float]] = await self._embedder.embed.remote(texts)
+        return vectors
+
+    async def _answers(self, texts: list[str]) -> Answers:
+        """The raw answers with the sentence embedding of each one that holds any text."""
+        worded = [i for i, text in enumerate(texts) if text.strip()]
+        vectors: list[list[float] | None] = [None] * len(texts)
+        if worded:
+            found = await self._embedder.embed.remote([texts[i] for i in worded])
+            for i, vector in zip(worded, found, strict=True):
+                vectors[i] = vector
+        return Answers(texts=texts, vectors=vectors)
+
+
+def _cache(settings: Settings, model_dir: str) -> EmbeddingCache | None:
+    """The embedding cache of ``settings`` for the model in ``model_dir``; None when it is off.
+
+    Entries are tagged with the model's folder name: another model's embeddings are misses.
+    """
+    if settings.s3_endpoint is None:
+        log.warning("no object store configured: the embedding cache is off")
+        return None
+    return EmbeddingCache.from_settings(settings, model=Path(model_dir).name)
 
 
 def build_app(settings: Settings) -> serve.Application:
-    """The application: the two model stages, sized by ``settings``, behind the ingress."""
+    """The application: the model stages, each sized by ``settings``, behind the ingress."""
     model_dir = str(settings.resolved_model_dir)
 
-    def stage(
-        deployment: serve.Deployment, name: str, cfg: DeploymentSettings, *extra: object
-    ) -> serve.Application:
+    def stage(deployment: serve.Deployment, name: str, cfg: DeploymentSettings) -> serve.Deployment:
         return deployment.options(
             name=name,
             autoscaling_config=cfg.autoscaling_config(),
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
             max_ongoing_requests=max(2 * cfg.max_batch_size, 4),
-        ).bind(model_dir, settings.device, cfg, *extra)
+        )
 
+    encoder = stage(_deployment(VisionEncoderDeployment), "VisionEncoder", settings.encoder)
+    decoder = stage(_deployment(LlmDecoderDeployment), "LlmDecoder", settings.decoder)
+    embedder = stage(_deployment(TextEmbedderDeployment), "TextEmbedder", settings.embedder)
     return _deployment(Ingress).bind(
-        stage(_deployment(VisionEncoderDeployment), "VisionEncoder", settings.encoder),
-        stage(_deployment(LlmDecoderDeployment), "LlmDecoder", settings.decoder, settings.decoding),
+        encoder.bind(model_dir, settings.device, settings.encoder, settings),
+        decoder.bind(model_dir, settings.device, settings.decoder, settings.decoding),
+        embedder.bind(settings.embedder),
+        settings,
     )
 
 

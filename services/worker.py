@@ -16,6 +16,7 @@ whose last item ended in a dead letter) is finished by another within seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,7 +34,7 @@ from skyeye.adapters.kafka import Record
 from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.contracts import Tile, WorkItem, first_error, preview_key_for
-from skyeye.imagery import clips, geo, previews, scenes
+from skyeye.imagery import geo, previews, scenes, work_items
 from skyeye.model import tasks
 from skyeye.settings import Settings
 
@@ -168,37 +169,34 @@ class Worker:
         except ValueError as exc:
             self._error(f"work_item:{item.work_item_id}", "malformed_task", str(exc), item)
             return None
-        response = self._call(images, instructions)
+        response = self._call(item, images, instructions)
         return _Pending(item, images, georef, response, span)
 
     def _read(self, item: WorkItem) -> tuple[list[np.ndarray], geo.GeoTile | None]:
-        if item.frames:
-            return [self._read_image(f.bucket, f.key, item.tile) for f in item.frames], None
-        if item.scene is not None:
-            with scenes.open_scene(self._store, self._settings, item.bucket, item.key) as dataset:
-                image, georef = scenes.read(dataset, item)
-                return [image], georef
-        return [self._read_image(item.bucket, item.key, item.tile)], None
+        return work_items.read_work_item(self._store, self._settings, item)
 
-    def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:
-        return read_image(self._store, self._settings, bucket, key, tile)
-
-    def _call(self, images: list[np.ndarray], instructions: list[str]) -> serve_adapter.Response:
+    def _call(
+        self, item: WorkItem, images: list[np.ndarray], instructions: list[str]
+    ) -> serve_adapter.Response:
+        # the encoder keeps the tile's embeddings under its work item id, for later questions
+        key = str(item.work_item_id) if self._settings.embedding_cache.enabled else None
         # the handle was not asked to stream, so the call gives one response, never a generator
-        return cast(serve_adapter.Response, self._app.infer.remote(images, instructions))
+        return cast(
+            serve_adapter.Response, self._app.infer.remote(images, instructions, cache_key=key)
+        )
 
     def _finish(self, job: _Pending) -> None:
         # A transient failure (Serve restarting, a timeout) propagates: the loop retries the
         # batch, and items already stored are skipped as redeliveries.
-        answers = job.response.result(timeout_s=self._settings.inference_timeout_s)
+        answers: serve_adapter.Answers = job.response.result(
+            timeout_s=self._settings.inference_timeout_s
+        )
+        vectors = answers.vectors or [None] * len(answers.texts)
         outcomes = [
-            tasks.interpret(task, raw, job.item.tile)
-            for task, raw in zip(job.item.tasks, answers, strict=True)
+            dataclasses.replace(tasks.interpret(task, raw, job.item.tile), embedding=vector)
+            for task, raw, vector in zip(job.item.tasks, answers.texts, vectors, strict=True)
         ]
-        if job.georef is not None and job.item.scene is not None:
-            outcomes = [scenes.locate(o, job.georef, job.item.scene.crs) for o in outcomes]
-        if len(job.item.frames) == 1 and (frame_georef := job.item.frames[0].georef):
-            outcomes = [clips.locate(o, frame_georef) for o in outcomes]
+        outcomes = work_items.locate(outcomes, job.item, job.georef)
         with self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
             status = catalog.asset_status(conn, job.item.asset_id)
@@ -347,15 +345,7 @@ class Finisher:
         return key
 
     def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:
-        return read_image(self._store, self._settings, bucket, key, tile)
-
-
-def read_image(
-    store: ObjectStore, settings: Settings, bucket: str, key: str, tile: Tile
-) -> np.ndarray:
-    """An image object's ``tile``, within the object and pixel limits of ``settings``."""
-    data = store.read(bucket, key, max_bytes=settings.max_object_bytes)
-    return imagery.read_tile(data, tile, max_pixels=settings.max_image_pixels)
+        return work_items.read_image(self._store, self._settings, bucket, key, tile)
 
 
 def main() -> None:

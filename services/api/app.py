@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from skyeye.settings import Settings
 
 from . import ask, assets, features, landing, results
-from .errors import BodyLimit, install_error_handlers
+from .errors import BodyLimit, install_error_handlers, responses, without_validation_schemas
+from .params import known_parameters
 from .state import ApiState
 
 DESCRIPTION = """\
@@ -46,6 +48,9 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
         docs_url="/api.html",
         redoc_url=None,
         lifespan=lifespan,
+        # any operation may meet a malformed request or fail; the routers add their own
+        responses=responses(400, 500),
+        dependencies=[Depends(known_parameters)],
     )
     if state is not None:
         app.state.api = state
@@ -53,4 +58,11 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     for module in (landing, features, results, assets, ask):
         app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_validation_schemas(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

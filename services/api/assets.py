@@ -13,18 +13,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from geojson_pydantic import FeatureCollection
 
 from skyeye import catalog
 from skyeye.adapters.postgres import Connection
 from skyeye.adapters.s3 import ObjectMissing
 from skyeye.catalog import search, stac
 
-from .errors import problem
+from .errors import problem, responses
 from .features import Reader, State, asset_items
-from .links import GEOJSON, JSON, href, link
+from .links import GEOJSON, JSON, GeoJSONResponse, href, link
 from .state import ApiState
 
-router = APIRouter(tags=["Assets"])
+router = APIRouter(tags=["Assets"], responses=responses(401, 403, 404, 429, 503))
 
 # a preview is at most preview_max_side square, 4 bytes a pixel, PNG-compressed: far below this
 _MAX_PREVIEW_BYTES = 64 * 1024**2
@@ -92,16 +93,16 @@ def _detail(
 @router.get(
     "/assets/{asset_id}/detections",
     summary="The asset's detections as GeoJSON (the STAC Item's labels)",
-    response_class=JSONResponse,
-    responses={200: {"content": {GEOJSON: {}}, "description": "a GeoJSON FeatureCollection"}},
+    response_class=GeoJSONResponse,
+    responses={200: {"model": FeatureCollection, "description": "a GeoJSON FeatureCollection"}},
 )
-def detections(asset_id: str, _: Reader, state: State) -> JSONResponse:
+def detections(asset_id: str, _: Reader, state: State) -> GeoJSONResponse:
     """Every detection of the asset, duplicates flagged, as ``skyeye detections --geojson``."""
     found = _asset_id(asset_id)
     with state.engine.connect() as conn:
         _asset(conn, found)
         rows = catalog.asset_detections(conn, found)
-    return JSONResponse(stac.detections_collection(rows), media_type=GEOJSON)
+    return GeoJSONResponse(stac.detections_collection(rows))
 
 
 @router.get(

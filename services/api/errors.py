@@ -19,12 +19,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skyeye.adapters import postgres
 
-__all__ = ["ApiError", "BodyLimit", "error_body", "install_error_handlers", "problem"]
+__all__ = [
+    "ApiError",
+    "BodyLimit",
+    "ErrorBody",
+    "error_body",
+    "install_error_handlers",
+    "problem",
+    "responses",
+    "without_validation_schemas",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,53 @@ def problem(
         headers: Extra response headers (``Retry-After``, ``WWW-Authenticate``).
     """
     return ApiError(status, code, description, headers)
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response (OGC API - Features' exception shape)."""
+
+    code: str = Field(description="what went wrong, for programs: invalid_parameter, not_found…")
+    description: str = Field(description="what went wrong, for people, naming the parameter")
+
+
+# what each status means on this API, as the OpenAPI document says it
+_MEANINGS = {
+    400: "a parameter or the body is malformed; the description names it",
+    401: "no API token, or not a valid one",
+    403: "the token lacks the scope this operation needs",
+    404: "no such collection, item or asset",
+    409: "the asset cannot be read or is gone from the store",
+    413: "the request body is over settings.api.max_body_bytes",
+    422: "the body is well formed but cannot be done (its text, box or tile)",
+    429: "the token's requests per minute are spent; Retry-After says when to come back",
+    500: "the server failed; the failure is logged",
+    503: "the catalog, object store or model is unavailable; Retry-After says when to retry",
+    504: "the model did not answer within settings.api.ask_timeout_s",
+}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, each an :class:`ErrorBody`."""
+    return {status: {"model": ErrorBody, "description": _MEANINGS[status]} for status in statuses}
+
+
+def without_validation_schemas(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document without FastAPI's default 422 ``HTTPValidationError`` answers.
+
+    This API answers a malformed request with 400 and an :class:`ErrorBody`
+    (:func:`install_error_handlers`), so the document must not promise FastAPI's 422 shape.
+    """
+    default_422 = "#/components/schemas/HTTPValidationError"
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            answers = operation.get("responses", {})
+            schema = answers.get("422", {}).get("content", {}).get("application/json", {})
+            if schema.get("schema", {}).get("$ref") == default_422:
+                del answers["422"]
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document
 
 
 def error_body(code: str, description: str) -> dict[str, str]:

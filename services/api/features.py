@@ -19,10 +19,11 @@ from typing import Annotated, Any
 
 import shapely.geometry
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, Field, ValidationError
+from geojson_pydantic import Feature, FeatureCollection
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from stac_pydantic.api.collection import Collection
 from stac_pydantic.api.collections import Collections
+from stac_pydantic.api.item_collection import ItemCollection
 from stac_pydantic.api.search import Search
 
 from skyeye.adapters.postgres import Connection
@@ -31,11 +32,11 @@ from skyeye.catalog.search import AssetKind, AssetStatus
 
 from . import params
 from .auth import Principal, require
-from .errors import problem
-from .links import GEOJSON, JSON, href, link, next_link
+from .errors import problem, responses
+from .links import GEOJSON, JSON, GeoJSONResponse, href, link, next_link
 from .state import ApiState, api_state
 
-router = APIRouter()
+router = APIRouter(responses=responses(401, 403, 429, 503))
 
 ASSETS = "assets"
 DETECTIONS = "detections"
@@ -113,6 +114,7 @@ def collections(request: Request, _: Reader) -> dict[str, Any]:
     response_model_exclude_none=True,
     tags=["OGC API Features"],
     summary="One collection",
+    responses=responses(404),
 )
 def collection(request: Request, collection_id: str, _: Reader) -> dict[str, Any]:
     """The collection ``assets`` or ``detections``."""
@@ -133,8 +135,11 @@ def _known(collection_id: str) -> None:
     "/collections/{collection_id}/items",
     tags=["OGC API Features"],
     summary="Items of a collection, filtered, in keyset pages",
-    response_class=JSONResponse,
-    responses={200: {"content": {GEOJSON: {}}, "description": "a GeoJSON FeatureCollection"}},
+    response_class=GeoJSONResponse,
+    responses={
+        200: {"model": FeatureCollection, "description": "STAC Items or detection features"},
+        **responses(404),
+    },
 )
 def items(
     request: Request,
@@ -149,7 +154,7 @@ def items(
     label: Annotated[str | None, Query(description="detection phrase or class")] = None,
     asset_kind: AssetKind | None = None,
     status: AssetStatus | None = None,
-) -> JSONResponse:
+) -> GeoJSONResponse:
     """Assets as STAC Items, or detections as GeoJSON features, newest first."""
     _known(collection_id)
     f = params.filters(
@@ -193,12 +198,15 @@ def _run(query: Any, conn: Connection, f: search.Filters) -> search.Page:
     "/collections/{collection_id}/items/{item_id}",
     tags=["OGC API Features"],
     summary="One item: an asset's STAC Item or one detection",
-    response_class=JSONResponse,
-    responses={200: {"content": {GEOJSON: {}}, "description": "a GeoJSON Feature"}},
+    response_class=GeoJSONResponse,
+    responses={
+        200: {"model": Feature, "description": "a STAC Item or a detection feature"},
+        **responses(404),
+    },
 )
 def item(
     request: Request, collection_id: str, item_id: str, _: Reader, state: State
-) -> JSONResponse:
+) -> GeoJSONResponse:
     """The asset's STAC Item (``assets``) or the detection's feature (``detections``)."""
     _known(collection_id)
     with state.engine.connect() as conn:
@@ -206,7 +214,7 @@ def item(
             found = _asset_item(request, state, conn, item_id)
         else:
             found = _detection(request, conn, item_id)
-    return JSONResponse(found, media_type=GEOJSON)
+    return GeoJSONResponse(found)
 
 
 def _asset_item(request: Request, state: ApiState, conn: Connection, item_id: str) -> dict:
@@ -274,7 +282,7 @@ def detection_feature(request: Request, row: dict[str, Any]) -> dict[str, Any]:
     return feature
 
 
-def _feature_collection(features: list[dict], links: list[dict]) -> JSONResponse:
+def _feature_collection(features: list[dict], links: list[dict]) -> GeoJSONResponse:
     body = {
         "type": "FeatureCollection",
         "features": features,
@@ -282,7 +290,7 @@ def _feature_collection(features: list[dict], links: list[dict]) -> JSONResponse
         "numberReturned": len(features),
         "timeStamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }
-    return JSONResponse(body, media_type=GEOJSON)
+    return GeoJSONResponse(body)
 
 
 class SearchBody(Search):
@@ -293,13 +301,21 @@ class SearchBody(Search):
     cursor: str | None = Field(None, max_length=512, description="from the next link's body")
     q: str | None = Field(None, max_length=512, description="full text over results")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        # stac-pydantic's own validators call value.get(): anything but an object would be a 500
+        if not isinstance(value, dict):
+            raise ValueError(f"the body must be a JSON object, got {type(value).__name__}")
+        return value
+
 
 @router.get(
     "/search",
     tags=["STAC API"],
     summary="STAC Item Search (GET)",
-    response_class=JSONResponse,
-    responses={200: {"content": {GEOJSON: {}}, "description": "a STAC ItemCollection"}},
+    response_class=GeoJSONResponse,
+    responses={200: {"model": ItemCollection, "description": "a STAC ItemCollection"}},
 )
 def search_get(
     request: Request,
@@ -313,7 +329,7 @@ def search_get(
     limit: Limit = None,
     cursor: Cursor = None,
     q: Annotated[str | None, Query(description="full text over results")] = None,
-) -> JSONResponse:
+) -> GeoJSONResponse:
     """Items of ``assets`` matching every parameter given."""
     fields: dict[str, Any] = {"datetime": datetime_, "limit": limit, "cursor": cursor, "q": q}
     if bbox is not None:
@@ -338,15 +354,18 @@ def search_get(
     "/search",
     tags=["STAC API"],
     summary="STAC Item Search (POST)",
-    response_class=JSONResponse,
-    responses={200: {"content": {GEOJSON: {}}, "description": "a STAC ItemCollection"}},
+    response_class=GeoJSONResponse,
+    responses={
+        200: {"model": ItemCollection, "description": "a STAC ItemCollection"},
+        **responses(413),
+    },
 )
-def search_post(request: Request, body: SearchBody, _: Reader, state: State) -> JSONResponse:
+def search_post(request: Request, body: SearchBody, _: Reader, state: State) -> GeoJSONResponse:
     """Items of ``assets`` matching every field of the body."""
     return _search(request, state, body, post=True)
 
 
-def _search(request: Request, state: ApiState, body: SearchBody, post: bool) -> JSONResponse:
+def _search(request: Request, state: ApiState, body: SearchBody, post: bool) -> GeoJSONResponse:
     f, shape = _search_filters(state, body)
     links = [link("root", href(request, "/"))]
     if body.collections is not None and ASSETS not in body.collections:
@@ -380,7 +399,10 @@ def _search_filters(
         shape = shapely.geometry.shape(body.intersects.model_dump(mode="json"))
         if shape.is_empty:
             raise params.bad_parameter("intersects", "the geometry is empty")
-        box = params.bbox(",".join(str(v) for v in shape.bounds))
+        try:
+            box = search.parse_bbox(shape.bounds)
+        except ValueError as exc:
+            raise params.bad_parameter("intersects", f"off the globe: {exc}") from None
     ids = None
     if body.ids is not None:
         # an id that is no UUID names no asset: it matches nothing (the nil UUID never does)

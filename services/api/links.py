@@ -6,12 +6,19 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from .state import api_state
 
 JSON = "application/json"
 GEOJSON = "application/geo+json"
 OPENAPI = "application/vnd.oai.openapi+json;version=3.1"
+
+
+class GeoJSONResponse(JSONResponse):
+    """A JSON response served as GeoJSON (the media type OGC API Features and STAC API use)."""
+
+    media_type = GEOJSON
 
 
 def base_url(request: Request) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
 from pydantic import ValidationError
 
 from skyeye.catalog import search
@@ -22,13 +24,41 @@ def bad_parameter(name: str, reason: str) -> Exception:
     return problem(400, "invalid_parameter", f"parameter '{name}': {reason}")
 
 
+def known_parameters(request: Request) -> None:
+    """Refuse a query parameter the operation does not define (400 naming it).
+
+    OGC API - Features (/req/core/query-param-unknown) asks for it, and it saves a user from a
+    typo silently ignored: ``?lable=ship`` would otherwise list everything.
+    """
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    unknown = sorted(set(request.query_params) - _query_names(dependant))
+    if unknown:
+        known = ", ".join(sorted(_query_names(dependant))) or "none"
+        raise bad_parameter(unknown[0], f"this operation has no such parameter (it takes: {known})")
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters an operation takes, its dependencies' included."""
+    names = {field.alias for field in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_names(dependency)
+    return names
+
+
 def page_limit(limit: int | None, api: ApiSettings) -> int:
-    """The page size: the request's, within ``max_limit``; the default when it names none."""
+    """The page size: the request's, cut to ``max_limit``; the default when it names none.
+
+    A limit over the maximum is served at the maximum, not refused: OGC API - Features asks
+    for that (/req/core/fc-limit-response-1), and a client learns the size from the page.
+    """
     if limit is None:
         return api.default_limit
-    if not 1 <= limit <= api.max_limit:
-        raise bad_parameter("limit", f"must be between 1 and {api.max_limit}, got {limit}")
-    return limit
+    if limit < 1:
+        raise bad_parameter("limit", f"must be at least 1, got {limit}")
+    return min(limit, api.max_limit)
 
 
 def bbox(text: str | None) -> search.LonLatBox | None:

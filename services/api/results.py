@@ -19,12 +19,12 @@ from skyeye.catalog.search import AssetKind, AssetStatus, SearchMode
 from skyeye.contracts import TaskKind
 
 from . import params
-from .errors import problem
+from .errors import problem, responses
 from .features import Bbox, Cursor, Datetime, Limit, Reader, State
 from .links import JSON, href, link, next_link
 from .state import ApiState
 
-router = APIRouter(tags=["Search"])
+router = APIRouter(tags=["Search"], responses=responses(401, 403, 429, 503))
 
 
 def embed_query(state: ApiState, text: str) -> list[float]:

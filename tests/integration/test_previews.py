@@ -13,6 +13,7 @@ from PIL import Image
 
 from skyeye import catalog
 from skyeye.adapters.s3 import ObjectStore
+from skyeye.adapters.serve import Answers
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, asset_id_for, work_item_id_for
 from skyeye.imagery import previews
 from skyeye.services.worker import Worker
@@ -31,15 +32,17 @@ class _Response:
     def __init__(self, answers: list[str]) -> None:
         self._answers = answers
 
-    def result(self, timeout_s: float) -> list[str]:
-        return self._answers
+    def result(self, timeout_s: float) -> Answers:
+        return Answers(self._answers, [None] * len(self._answers))
 
 
 class _Model:
-    """Stands in for the Serve app handle: ``infer.remote(image, instructions)``."""
+    """Stands in for the Serve app handle: ``infer.remote(images, instructions, cache_key=)``."""
 
     def __init__(self, answers: list[str]) -> None:
-        self.infer = SimpleNamespace(remote=lambda image, instructions: _Response(answers))
+        self.infer = SimpleNamespace(
+            remote=lambda images, instructions, cache_key=None: _Response(answers)
+        )
 
 
 class _UnwritableStore(ObjectStore):

@@ -318,6 +318,11 @@ class ObjectStore:
             metadata=metadata,
         )
 
+    def remove(self, bucket: str, key: str) -> None:
+        """Delete the object ``key`` (a derived file the product wrote); no error if it is gone."""
+        with _requests():
+            self._client.remove_object(bucket, key)
+
 
 _USER_META = "x-amz-meta-"
 

@@ -63,6 +63,10 @@ def connect(settings: Settings) -> None:
     if settings.ray_address is None:
         raise ValueError("ray_address is unset; resolve the settings against a running stack")
     if not ray.is_initialized():
+        # the status asker and the API's request threads join off the main thread
+        worker_log = logging.getLogger("ray._private.worker")
+        if not any(isinstance(f, _NoSigtermNotice) for f in worker_log.filters):
+            worker_log.addFilter(_NoSigtermNotice())
         ray.init(
             address=settings.ray_address,
             _node_ip_address="127.0.0.1",
@@ -120,9 +124,6 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
     half down, so it runs in a daemon thread that is given up on, not waited for.
     """
     answer: list[AppHealth] = []
-    worker_log = logging.getLogger("ray._private.worker")
-    if not any(isinstance(f, _NoSigtermNotice) for f in worker_log.filters):
-        worker_log.addFilter(_NoSigtermNotice())
 
     def ask() -> None:
         try:
@@ -144,7 +145,8 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
 class _NoSigtermNotice(logging.Filter):
     """Drops Ray's warning that a driver started off the main thread sets no SIGTERM handler.
 
-    The asking thread needs none, and the warning would land in the user's terminal.
+    Such a thread needs none (the process's own handler stays), and the warning would land in
+    the user's terminal or the API's log.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -173,3 +175,16 @@ def _health(status: ServeStatus, app: str) -> AppHealth:
 def _name(status: object) -> str:
     # Serve gives enum members in some fields and their plain string values in others
     return str(getattr(status, "value", status))
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What the inference application answers about one image (or a clip's frames).
+
+    ``texts``: one raw answer per instruction, in order. ``vectors``: each answer's sentence
+    embedding (unit length, 384 values, for semantic search), None for an answer with no text;
+    the whole list is None when the application computed none.
+    """
+
+    texts: list[str]
+    vectors: list[list[float] | None] | None = None

@@ -86,6 +86,8 @@ class TaskOutcome:
     parsed: bool
     answer: dict[str, Any] | None
     detections: list[Detection] = field(default_factory=list)
+    # the raw text's sentence embedding (unit length, 384 values), for semantic search
+    embedding: Sequence[float] | None = None
 
 
 def register_asset(conn: Connection, asset: AssetRecord) -> str:
@@ -301,8 +303,9 @@ def store_results(
         result_id = conn.execute(
             sa.text(
                 "INSERT INTO results (work_item_id, asset_id, task_key, task_kind, task_text,"
-                " prompt, raw_text, parsed, answer, model) VALUES (:wid, :aid, :key, :kind,"
-                " :text, :prompt, :raw, :parsed, CAST(:answer AS jsonb), :model)"
+                " prompt, raw_text, parsed, answer, model, embedding) VALUES (:wid, :aid, :key,"
+                " :kind, :text, :prompt, :raw, :parsed, CAST(:answer AS jsonb), :model,"
+                " CAST(:embedding AS vector))"
                 " ON CONFLICT (work_item_id, task_key) DO NOTHING RETURNING result_id"
             ),
             {
@@ -316,6 +319,7 @@ def store_results(
                 "parsed": outcome.parsed,
                 "answer": None if outcome.answer is None else json.dumps(outcome.answer),
                 "model": model,
+                "embedding": vector_literal(outcome.embedding),
             },
         ).scalar_one_or_none()
         if result_id is None:
@@ -331,6 +335,11 @@ def store_results(
     )
     _settle_asset(conn, item.asset_id)
     return written
+
+
+def vector_literal(values: Sequence[float] | None) -> str | None:
+    """A pgvector value as its text form, ``[v1,v2,...]``; None stays NULL."""
+    return None if values is None else "[" + ",".join(f"{float(v):.7g}" for v in values) + "]"
 
 
 def _store_detections(
@@ -623,7 +632,7 @@ def stac_asset(conn: Connection, asset_id: uuid.UUID) -> dict[str, Any] | None:
     """
     row = conn.execute(
         sa.text(
-            f"SELECT a.*, {_bounds('a')} AS lon_lat_bounds FROM assets a WHERE a.asset_id = :id"
+            f"SELECT a.*, {bounds_sql('a')} AS lon_lat_bounds FROM assets a WHERE a.asset_id = :id"
         ),
         {"id": asset_id},
     ).one_or_none()
@@ -639,7 +648,7 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
         sa.text(
             "SELECT d.detection_id, d.label, d.x1, d.y1, d.x2, d.y2, d.footprint, d.duplicate,"
             " d.centrality, r.task_kind, r.model, w.tile_index,"
-            f" {_bounds('d')} AS lon_lat_bounds"
+            f" {bounds_sql('d')} AS lon_lat_bounds"
             " FROM detections d JOIN results r USING (result_id)"
             " JOIN work_items w ON w.work_item_id = r.work_item_id"
             " WHERE d.asset_id = :id ORDER BY w.tile_index, r.result_id, d.ordinal"
@@ -649,7 +658,7 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
     return [dict(row._mapping) for row in rows]
 
 
-def _bounds(table: str) -> str:
+def bounds_sql(table: str) -> str:
     """SQL for a row's lon/lat bounds as [west, south, east, north], NULL when it has none.
 
     West > east across the antimeridian.
@@ -836,3 +845,61 @@ def known_objects(conn: Connection, object_ids: Sequence[uuid.UUID]) -> set[uuid
         {"ids": list(object_ids)},
     )
     return {row.asset_id for row in rows}
+
+
+def work_items_of(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The asset's work items: kind, pixel window, clip frame and status of each.
+
+    Whole-asset items (a scene's overview, a clip's caption) come first, then the tiles and
+    frames by index: the order :func:`results` lists their results in.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT work_item_id, kind, tile_index, px_x, px_y, px_width, px_height, frame_index,"
+            " status, created_at, completed_at FROM work_items WHERE asset_id = :id"
+            " ORDER BY kind IN ('tile', 'frame'), tile_index, kind"
+        ),
+        {"id": asset_id},
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def store_ask_results(
+    conn: Connection,
+    work_item_id: uuid.UUID,
+    asset_id: uuid.UUID,
+    ask_id: uuid.UUID,
+    outcomes: Sequence[TaskOutcome],
+    model: str,
+) -> list[int]:
+    """Write the answers to a question asked later about one work item; their result ids.
+
+    They are results of origin ``ask``, keyed ``ask:<ask id>:<n>`` so that each ask adds its
+    own rows beside the pipeline's; the work item and the asset keep their status.
+    """
+    ids = []
+    for n, outcome in enumerate(outcomes):
+        result_id = conn.execute(
+            sa.text(
+                "INSERT INTO results (work_item_id, asset_id, task_key, task_kind, task_text,"
+                " prompt, raw_text, parsed, answer, model, embedding, origin) VALUES (:wid, :aid,"
+                " :key, :kind, :text, :prompt, :raw, :parsed, CAST(:answer AS jsonb), :model,"
+                " CAST(:embedding AS vector), 'ask') RETURNING result_id"
+            ),
+            {
+                "wid": work_item_id,
+                "aid": asset_id,
+                "key": f"ask:{ask_id}:{n}",
+                "kind": outcome.task.kind.value,
+                "text": outcome.task.text,
+                "prompt": outcome.prompt,
+                "raw": outcome.raw_text,
+                "parsed": outcome.parsed,
+                "answer": None if outcome.answer is None else json.dumps(outcome.answer),
+                "model": model,
+                "embedding": vector_literal(outcome.embedding),
+            },
+        ).scalar_one()
+        _store_detections(conn, result_id, asset_id, outcome.detections)
+        ids.append(result_id)
+    return ids

@@ -224,14 +224,27 @@ class _Where:
         return " AND ".join(self.clauses) if self.clauses else "TRUE"
 
 
-def _bbox_clause(column: str, bbox: LonLatBox) -> str:
-    """Intersects, on the GiST-indexed box; a query box across the antimeridian is two boxes."""
+def _bbox_clause(table: str, bbox: LonLatBox) -> str:
+    """Intersects: the GiST-indexed box first, then the exact bounds where the box is not exact.
+
+    A query box across the antimeridian is two boxes. A stored box across it is kept as the band
+    of every longitude between its latitudes (``catalog.queries``), which the index over-selects;
+    its exact ``bbox`` bounds then decide: a row crossing the antimeridian meets a query box that
+    does not when the query reaches east of the row's west or west of its east.
+    """
     west, _, east, _ = bbox
-    if west <= east:
-        return f"{column} && box(point(:w, :s), point(:e, :n))"
+    box = f"{table}.lon_lat_bbox"
+    if west > east:
+        # both cross, or the query's two boxes meet a plain row exactly: the box test is exact
+        return (
+            f"({box} && box(point(:w, :s), point(180, :n))"
+            f" OR {box} && box(point(-180, :s), point(:e, :n)))"
+        )
+    exact = f"{table}.bbox"
     return (
-        f"({column} && box(point(:w, :s), point(180, :n))"
-        f" OR {column} && box(point(-180, :s), point(:e, :n)))"
+        f"{box} && box(point(:w, :s), point(:e, :n))"
+        f" AND ({exact} IS NULL OR {exact}[1] <= {exact}[3]"
+        f" OR :e >= {exact}[1] OR :w <= {exact}[3])"
     )
 
 
@@ -239,7 +252,7 @@ def _asset_filters(where: _Where, f: Filters) -> None:
     """The filters on the asset: place, time, kind, status, ids."""
     if f.bbox is not None:
         where.add(
-            _bbox_clause("a.lon_lat_bbox", f.bbox),
+            _bbox_clause("a", f.bbox),
             w=f.bbox[0],
             s=f.bbox[1],
             e=f.bbox[2],
@@ -404,10 +417,7 @@ def _results_by_meaning(conn: Connection, f: Filters, where: _Where, vector: str
             c_dist=_cursor_float(dist),
             c_id=_cursor_int(result_id),
         )
-    # Filters are applied to the HNSW scan's candidates as it goes; the iterative scan keeps
-    # reading the graph until the page is full (or the budget is spent), in distance order.
-    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = strict_order"))
-    conn.execute(sa.text(f"SET LOCAL hnsw.max_scan_tuples = {_HNSW_MAX_TUPLES}"))
+    _nearest_first(conn)
     rows = _fetch(
         conn,
         f"SELECT {_RESULT_COLUMNS}, {distance} AS distance, 1 - {distance} AS score"
@@ -422,6 +432,20 @@ def _results_by_meaning(conn: Connection, f: Filters, where: _Where, vector: str
     )
 
 
+def _nearest_first(conn: Connection) -> None:
+    """Settings, for this transaction, under which a nearest-neighbour query uses HNSW well.
+
+    Filters are applied to the HNSW scan's candidates as it goes; the iterative scan keeps
+    reading the graph until the page is full (or the budget is spent), in distance order. With
+    the default random_page_cost (4, for spinning disks) the planner prices the graph's random
+    reads above a sequential scan and sort of every embedding; 1.1 is the usual figure for SSDs
+    and memory-resident indexes.
+    """
+    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = strict_order"))
+    conn.execute(sa.text(f"SET LOCAL hnsw.max_scan_tuples = {_HNSW_MAX_TUPLES}"))
+    conn.execute(sa.text("SET LOCAL random_page_cost = 1.1"))
+
+
 def _results_hybrid(conn: Connection, f: Filters, where: _Where, vector: str | None) -> Page:
     """Reciprocal-rank fusion of the best full-text and the nearest semantic candidates."""
     where.params.update(q=f.q, qv=vector, pool=_HYBRID_POOL, k=_RRF_K)
@@ -430,8 +454,7 @@ def _results_hybrid(conn: Connection, f: Filters, where: _Where, vector: str | N
         score, result_id = _decode_cursor(f.cursor, "results-hybrid", 2)
         cursor_clause = "(fused.score < :c_score OR (fused.score = :c_score AND fused.id > :c_id))"
         where.params.update(c_score=_cursor_float(score), c_id=_cursor_int(result_id))
-    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = strict_order"))
-    conn.execute(sa.text(f"SET LOCAL hnsw.max_scan_tuples = {_HNSW_MAX_TUPLES}"))
+    _nearest_first(conn)
     filtered = where.sql()
     sql = (
         "WITH by_text AS ("
@@ -479,7 +502,7 @@ def search_detections(conn: Connection, f: Filters) -> Page:
     bbox, f_rest = f.bbox, f.model_copy(update={"bbox": None})
     _asset_filters(where, f_rest)
     if bbox is not None:
-        where.add(_bbox_clause("d.lon_lat_bbox", bbox), w=bbox[0], s=bbox[1], e=bbox[2], n=bbox[3])
+        where.add(_bbox_clause("d", bbox), w=bbox[0], s=bbox[1], e=bbox[2], n=bbox[3])
     if f.label is not None:
         where.add("lower(d.label) = lower(:label)", label=f.label)
     if f.q is not None:

@@ -50,7 +50,7 @@ def add_parsers(commands: Any) -> None:
         "--mode semantic; skyeye search --label vehicle --bbox 8.5,47.3,8.6,47.4 "
         "--datetime 2026-01-01T00:00:00Z/..",
     )
-    p.add_argument("q", nargs="?", help="words (web search syntax: \"quoted\", -not, or)")
+    p.add_argument("q", nargs="?", help='words (web search syntax: "quoted", -not, or)')
     p.add_argument(
         "--mode",
         choices=[m.value for m in SearchMode],

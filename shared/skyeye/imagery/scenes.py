@@ -186,6 +186,13 @@ def read(dataset: DatasetReader, item: WorkItem) -> tuple[np.ndarray, geo.GeoTil
     The pixels are resampled to the planned output size; the georeference is for :func:`locate`.
     """
     assert item.scene is not None
+    tile = planned_tile(dataset, item)
+    return _read(dataset, tile, item.scene), tile
+
+
+def planned_tile(dataset: DatasetReader, item: WorkItem) -> geo.GeoTile:
+    """The work item's tile (or overview) of the scene, from its header: no pixels are read."""
+    assert item.scene is not None
     meta = geo.SceneMeta.of(dataset)
     if item.kind is WorkItemKind.OVERVIEW:
         tile = geo.overview_tile(meta, item.scene.tile_size)
@@ -199,7 +206,7 @@ def read(dataset: DatasetReader, item: WorkItem) -> tuple[np.ndarray, geo.GeoTil
         )
     if tile.as_tile() != item.tile:
         raise UnreadableImage(f"the scene no longer matches its plan at {item.kind} {tile.index}")
-    return _read(dataset, tile, item.scene), tile
+    return tile
 
 
 def read_preview(dataset: DatasetReader, scene: ScenePlan, max_side: int) -> np.ndarray:

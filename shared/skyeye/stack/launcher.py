@@ -117,7 +117,7 @@ def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None)
     stack.start(on_database_ready=_migrate, progress=progress)
     try:
         env = service_env(settings, stack.endpoints())
-        progress("deploying the Serve application (VisionEncoder, LlmDecoder)")
+        progress("deploying the Serve application (VisionEncoder, LlmDecoder, TextEmbedder)")
         _deploy(settings, env)
         for name in SERVICES:
             progress(f"starting {name}")

