@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from skyeye.settings import Settings
 
 from . import ask, assets, features, landing, results
-from .errors import BodyLimit, install_error_handlers, responses, without_validation_schemas
+from .errors import BodyLimit, finish_document, install_error_handlers, responses
 from .params import known_parameters
 from .state import ApiState
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = without_validation_schemas(FastAPI.openapi(app))
+            app.openapi_schema = finish_document(FastAPI.openapi(app))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -30,10 +30,10 @@ __all__ = [
     "BodyLimit",
     "ErrorBody",
     "error_body",
+    "finish_document",
     "install_error_handlers",
     "problem",
     "responses",
-    "without_validation_schemas",
 ]
 
 log = logging.getLogger(__name__)
@@ -99,19 +99,26 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": _MEANINGS[status]} for status in statuses}
 
 
-def without_validation_schemas(document: dict[str, Any]) -> dict[str, Any]:
-    """The OpenAPI document without FastAPI's default 422 ``HTTPValidationError`` answers.
+def finish_document(document: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI document as the API answers: every error a JSON :class:`ErrorBody`.
 
-    This API answers a malformed request with 400 and an :class:`ErrorBody`
-    (:func:`install_error_handlers`), so the document must not promise FastAPI's 422 shape.
+    FastAPI declares an operation's error answers in the operation's own media type (GeoJSON
+    for the features), and a FastAPI 422 ``HTTPValidationError`` for every operation with
+    parameters; this API answers every error with an :class:`ErrorBody` in ``application/json``
+    and a malformed request with 400 (:func:`install_error_handlers`).
     """
     default_422 = "#/components/schemas/HTTPValidationError"
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             answers = operation.get("responses", {})
-            schema = answers.get("422", {}).get("content", {}).get("application/json", {})
-            if schema.get("schema", {}).get("$ref") == default_422:
-                del answers["422"]
+            for status, answer in list(answers.items()):
+                if not status.isdigit() or int(status) < 400 or "content" not in answer:
+                    continue
+                [media] = answer["content"].values()
+                if media.get("schema", {}).get("$ref") == default_422:
+                    del answers[status]
+                else:
+                    answer["content"] = {"application/json": media}
     schemas = document.get("components", {}).get("schemas", {})
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)

@@ -396,7 +396,7 @@ def _search_filters(
     if body.bbox is not None:
         box = params.bbox(",".join(str(v) for v in body.bbox))
     if body.intersects is not None:
-        shape = shapely.geometry.shape(body.intersects.model_dump(mode="json"))
+        shape = shapely.geometry.shape(body.intersects.model_dump())
         if shape.is_empty:
             raise params.bad_parameter("intersects", "the geometry is empty")
         try:

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 import sqlalchemy as sa
@@ -40,6 +41,21 @@ class Pipeline:
         """The consumers' fault-injection file (``settings.fault_file``)."""
         assert self.settings.fault_file is not None
         return self.settings.fault_file
+
+    def api_url(self, timeout_s: float = 60) -> str:
+        """The API component's base URL, once it answers (it may be starting or restarting)."""
+        component = self.stack.state().component("api")
+        assert component is not None and component.endpoint, self.stack.state()
+        url = component.endpoint.rstrip("/")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/conformance", timeout=5).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the API at {url} does not answer"
+            time.sleep(0.5)
 
     def supervise(self) -> None:
         """Watch the stack in a thread, restarting what dies, as `skyeye up` does."""

@@ -14,7 +14,6 @@ that serves it and the tests call the running process (``base_url``).
 """
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -60,18 +59,7 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def api_url(pipeline: Pipeline) -> str:
-    component = pipeline.stack.state().component("api")
-    assert component is not None and component.endpoint, pipeline.stack.state()
-    url = component.endpoint.rstrip("/")
-    deadline = time.monotonic() + 60
-    while True:  # the process may still be starting (or restarting after another test)
-        try:
-            if httpx.get(f"{url}/conformance", timeout=5).status_code == 200:
-                return url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the API at {url} does not answer"
-        time.sleep(0.5)
+    return pipeline.api_url()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ What validates what, all offline:
 """
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -153,18 +152,7 @@ def corpus(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> Corp
 
 @pytest.fixture(scope="module")
 def base_url(pipeline: Pipeline) -> str:
-    component = pipeline.stack.state().component("api")
-    assert component is not None and component.endpoint, pipeline.stack.state()
-    url = component.endpoint.rstrip("/")
-    deadline = time.monotonic() + 60
-    while True:  # the process may still be starting (or restarting after another test)
-        try:
-            if httpx.get(f"{url}/conformance", timeout=5).status_code == 200:
-                return url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the API at {url} does not answer"
-        time.sleep(0.5)
+    return pipeline.api_url()
 
 
 @pytest.fixture(scope="module")

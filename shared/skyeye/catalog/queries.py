@@ -294,6 +294,25 @@ def work_item_status(conn: Connection, work_item_id: uuid.UUID) -> str | None:
     ).scalar_one_or_none()
 
 
+def _result_row(
+    work_item_id: uuid.UUID, asset_id: uuid.UUID, key: str, outcome: TaskOutcome, model: str
+) -> dict[str, Any]:
+    """The bound parameters of one results row."""
+    return {
+        "wid": work_item_id,
+        "aid": asset_id,
+        "key": key,
+        "kind": outcome.task.kind.value,
+        "text": outcome.task.text,
+        "prompt": outcome.prompt,
+        "raw": outcome.raw_text,
+        "parsed": outcome.parsed,
+        "answer": None if outcome.answer is None else json.dumps(outcome.answer),
+        "model": model,
+        "embedding": vector_literal(outcome.embedding),
+    }
+
+
 def store_results(
     conn: Connection, item: WorkItem, outcomes: Iterable[TaskOutcome], model: str
 ) -> int:
@@ -308,19 +327,7 @@ def store_results(
                 " CAST(:embedding AS vector))"
                 " ON CONFLICT (work_item_id, task_key) DO NOTHING RETURNING result_id"
             ),
-            {
-                "wid": item.work_item_id,
-                "aid": item.asset_id,
-                "key": outcome.task.key,
-                "kind": outcome.task.kind.value,
-                "text": outcome.task.text,
-                "prompt": outcome.prompt,
-                "raw": outcome.raw_text,
-                "parsed": outcome.parsed,
-                "answer": None if outcome.answer is None else json.dumps(outcome.answer),
-                "model": model,
-                "embedding": vector_literal(outcome.embedding),
-            },
+            _result_row(item.work_item_id, item.asset_id, outcome.task.key, outcome, model),
         ).scalar_one_or_none()
         if result_id is None:
             continue
@@ -886,19 +893,7 @@ def store_ask_results(
                 " :key, :kind, :text, :prompt, :raw, :parsed, CAST(:answer AS jsonb), :model,"
                 " CAST(:embedding AS vector), 'ask') RETURNING result_id"
             ),
-            {
-                "wid": work_item_id,
-                "aid": asset_id,
-                "key": f"ask:{ask_id}:{n}",
-                "kind": outcome.task.kind.value,
-                "text": outcome.task.text,
-                "prompt": outcome.prompt,
-                "raw": outcome.raw_text,
-                "parsed": outcome.parsed,
-                "answer": None if outcome.answer is None else json.dumps(outcome.answer),
-                "model": model,
-                "embedding": vector_literal(outcome.embedding),
-            },
+            _result_row(work_item_id, asset_id, f"ask:{ask_id}:{n}", outcome, model),
         ).scalar_one()
         _store_detections(conn, result_id, asset_id, outcome.detections)
         ids.append(result_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ def parse_bbox(text: str | Sequence[float]) -> LonLatBox:
     if len(values) != 4:
         raise ValueError(f"expected 4 numbers W,S,E,N (or 6 for a 3-D box), got {len(values)}")
     west, south, east, north = values
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("coordinates must be finite numbers (no NaN or infinity)")
     if not all(-180 <= v <= 180 for v in (west, east)):
         raise ValueError("longitudes must be within [-180, 180]")
     if not all(-90 <= v <= 90 for v in (south, north)):
