@@ -84,7 +84,7 @@ _MEANINGS = {
     401: "no API token, or not a valid one",
     403: "the token lacks the scope this operation needs",
     404: "no such collection, item or asset",
-    409: "the asset cannot be read or is gone from the store",
+    409: "the asset is not done yet, cannot be read, or is gone from the store",
     413: "the request body is over settings.api.max_body_bytes",
     422: "the body is well formed but cannot be done (its text, box or tile)",
     429: "the token's requests per minute are spent; Retry-After says when to come back",

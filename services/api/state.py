@@ -43,8 +43,12 @@ class ApiState:
             return self._app
 
     def close(self) -> None:
-        """Release the catalog's connections."""
+        """Release the catalog's connections, and leave the Ray cluster if a request joined it."""
         self.engine.dispose()
+        with self._app_lock:
+            if self._app is not None:
+                self._app = None
+                serve_adapter.disconnect()
 
 
 def api_state(request: Request) -> ApiState:

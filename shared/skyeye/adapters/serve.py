@@ -75,6 +75,12 @@ def connect(settings: Settings) -> None:
         )
 
 
+def disconnect() -> None:
+    """Leave the cluster, if this process joined it (idempotent)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def deploy(app: serve.Application, settings: Settings) -> None:
     """Deploy (or update in place) the application and wait until it is running."""
     connect(settings)

@@ -37,10 +37,17 @@ def world_scene() -> Path:
     return _shipped(WORLD_SCENE)
 
 
-def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:
+def write_geotiff(
+    path: Path,
+    *,
+    size: int = 512,
+    seed: int = 0,
+    origin: tuple[float, float] = (500_000.0, 5_300_000.0),
+) -> Path:
     """A 3-band 8-bit GeoTIFF in UTM 33N (10 m pixels) with fields, a river, a road and roofs.
 
-    Deterministic for a seed, so tests can rely on what is where.
+    Deterministic for a seed, so tests can rely on what is where. ``origin`` is the upper-left
+    corner's easting and northing (the default lies in Austria, near 15 E 47.8 N).
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -70,7 +77,7 @@ def write_geotiff(path: Path, *, size: int = 512, seed: int = 0) -> Path:
         "count": 3,
         "dtype": "uint8",
         "crs": "EPSG:32633",
-        "transform": Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_300_000.0),  # 10 m, north-up
+        "transform": Affine(10.0, 0.0, origin[0], 0.0, -10.0, origin[1]),  # 10 m, north-up
         "photometric": "RGB",
         "compress": "deflate",
     }
