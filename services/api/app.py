@@ -7,6 +7,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from skyeye.settings import Settings
 
@@ -45,7 +49,8 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         openapi_url="/api",
-        docs_url="/api.html",
+        # FastAPI's own page loads Swagger UI from a CDN; ours serves it from a wheel
+        docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
         # any operation may meet a malformed request or fail; the routers add their own
@@ -65,4 +70,24 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    _browsable_document(app)
     return app
+
+
+def _browsable_document(app: FastAPI) -> None:
+    """``/api.html``: Swagger UI over ``/api``, its scripts from the swagger-ui-bundle wheel.
+
+    Nothing is fetched from the internet, so the page works where the API has no way out.
+    URLs are relative, so the page works behind a proxy that serves the API under a prefix.
+    """
+    app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/api.html", include_in_schema=False)
+    def api_html() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="api",
+            title=f"{app.title}: OpenAPI",
+            swagger_js_url="static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="static/swagger-ui/favicon-32x32.png",
+        )

@@ -7,7 +7,6 @@ would leak the store's address.
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -55,7 +54,7 @@ def asset(request: Request, asset_id: str, _: Reader, state: State) -> JSONRespo
         item = asset_items(request, state, conn, page.rows)[0]
         body = _detail(request, state, conn, row)
     body["item"] = item
-    return JSONResponse(json.loads(json.dumps(body, default=str)))
+    return JSONResponse(catalog.jsonable(body))
 
 
 def _detail(

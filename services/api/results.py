@@ -7,14 +7,13 @@ the stored answers.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from skyeye.adapters import serve as serve_adapter
-from skyeye.catalog import search
+from skyeye.catalog import jsonable, search
 from skyeye.catalog.search import AssetKind, AssetStatus, SearchMode
 from skyeye.contracts import TaskKind
 
@@ -86,7 +85,7 @@ def results(
         "numberReturned": len(page.rows),
         "links": [link("self", str(request.url)), *next_link(request, page.next_cursor, JSON)],
     }
-    return JSONResponse(json.loads(json.dumps(body, default=str)))
+    return JSONResponse(jsonable(body))
 
 
 def result_json(request: Request, row: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ puts one, and assertions about "only these" are scoped to its place or to the fo
 import functools
 import itertools
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -145,6 +146,8 @@ def test_full_text_search_finds_the_words_and_ranks(
     found = _results(api, q="ships pier")
     assert found and found[0]["raw_text"] == HARBOUR
     assert found[0]["asset_id"] == str(catalog_["scene"])
+    for moment in (found[0]["created_at"], found[0]["datetime"]):  # RFC 3339, in UTC
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", moment), moment
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(found))
     assert _results(api, q='"fruit trees" -harbour')[0]["raw_text"] == ORCHARD
     assert _results(api, q="zeppelin") == []

@@ -93,6 +93,8 @@ def deploy(app: serve.Application, settings: Settings) -> None:
 def handle(settings: Settings) -> AppHandle:
     """The handle of the application named ``settings.serve_app``, joining the cluster first."""
     connect(settings)
+    # a handle's router announces itself at INFO on first use: noise in a CLI's output
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return serve.get_app_handle(settings.serve_app)
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import to_jsonable_python
 from sqlalchemy.engine import Connection
 
 from skyeye.contracts import ClipFrame, ScenePlan, Task, WorkItem, WorkItemKind
@@ -663,6 +664,15 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
         {"id": asset_id},
     )
     return [dict(row._mapping) for row in rows]
+
+
+def jsonable(value: Any) -> Any:
+    """A catalog row (or a value in one) as JSON values: RFC 3339 times, UUIDs as strings.
+
+    For ``json.dumps(..., default=jsonable)`` and JSON responses, so that the CLI's ``--json``
+    and the API write times the same, standard, way (``2026-12-05T21:15:29.624110Z``).
+    """
+    return to_jsonable_python(value, fallback=str)
 
 
 def bounds_sql(table: str) -> str:

@@ -67,7 +67,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _dump(value: Any) -> str:
-    return json.dumps(value, indent=2, default=str)
+    return json.dumps(value, indent=2, default=catalog.jsonable)
 
 
 def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from skyeye.adapters import postgres
 from skyeye.adapters import serve as serve_adapter
-from skyeye.catalog import search
+from skyeye.catalog import jsonable, search
 from skyeye.catalog.search import AssetKind, AssetStatus, SearchMode
 from skyeye.cli.arguments import bounded
 from skyeye.contracts import TaskKind
@@ -155,7 +155,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     if args.json:
-        print(json.dumps({args.what: page.rows, "next_cursor": page.next_cursor}, default=str))
+        body = {args.what: page.rows, "next_cursor": page.next_cursor}
+        print(json.dumps(body, default=jsonable))
         return 0
     _print(args.what, page.rows)
     if page.next_cursor:
