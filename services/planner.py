@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from opentelemetry import trace
 
@@ -27,6 +27,8 @@ from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.kafka import Record
 from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
+from skyeye.alerts import AskCondition, RuleKind, RuleSpec
+from skyeye.catalog import alerts as alert_store
 from skyeye.contracts import (
     ClipFrame,
     EventRecord,
@@ -137,7 +139,8 @@ class Planner:
         asset_plan = self._asset_plan(record, asset_id, source)
         if asset_plan is None:
             return
-        items = self._work_items(record, asset_id, asset_plan)
+        standing = self._standing_questions(asset_plan, _parse_time(record.event_time))
+        items = self._work_items(record, asset_id, asset_plan, standing)
         self._publish(asset_id, asset_plan, items)
         log.info(
             "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
@@ -201,8 +204,30 @@ class Planner:
             self._error(source, "object_unavailable", _s3_problem(exc), asset_id)
         return None
 
+    def _standing_questions(
+        self, asset_plan: _AssetPlan, event_time: datetime | None
+    ) -> list[RuleSpec]:
+        """The standing-question rules whose kind and time filters the asset passes.
+
+        Their areas are matched per work item (:meth:`_work`). A rule created later applies to
+        assets planned after it.
+        """
+        with self._engine.connect() as conn:
+            standing = alert_store.rules(conn, RuleKind.ASK)
+        if asset_plan.clip is not None:
+            kind, seen_at = "clip", asset_plan.clip.start_time or event_time
+        else:
+            placed = asset_plan.scene is not None or asset_plan.media_format == "geotiff"
+            kind, seen_at = ("scene" if placed else "image"), event_time
+        when = seen_at or datetime.now(UTC)
+        return [r.spec for r in standing if r.spec.admits(kind, when)]
+
     def _work_items(
-        self, record: EventRecord, asset_id: uuid.UUID, asset_plan: _AssetPlan
+        self,
+        record: EventRecord,
+        asset_id: uuid.UUID,
+        asset_plan: _AssetPlan,
+        standing: Sequence[RuleSpec] = (),
     ) -> list[WorkItem]:
         """The asset's work items, as the catalog records and the workers receive them."""
         obj = record.s3.object
@@ -222,7 +247,7 @@ class Planner:
                 frames=frames,
                 tasks=item_tasks,
             )
-            for kind, tile, frames, item_tasks in self._work(asset_plan)
+            for kind, tile, frames, item_tasks in self._work(asset_plan, standing)
         ]
 
     def _publish(self, asset_id: uuid.UUID, asset_plan: _AssetPlan, items: list[WorkItem]) -> None:
@@ -365,22 +390,41 @@ class Planner:
         return clips.parse_sidecar(raw)
 
     def _work(
-        self, asset_plan: _AssetPlan
+        self, asset_plan: _AssetPlan, standing: Sequence[RuleSpec] = ()
     ) -> list[tuple[WorkItemKind, Tile, list[ClipFrame], list[Task]]]:
-        """Each work item's kind, tile, the clip frames it shows the model, and its tasks."""
+        """Each work item's kind, tile, the clip frames it shows the model, and its tasks.
+
+        A tile, frame or overview is also asked the standing questions whose area it meets:
+        a frame by its own footprint where the clip is placed, a tile by its asset's.
+        """
         per_tile = tasks.default_tasks(self._settings)
-        if asset_plan.clip is not None:
-            frames = [r.frame for r in asset_plan.frames]
-            work = [
-                (WorkItemKind.FRAME, tile, [frame], per_tile)
-                for tile, frame in zip(asset_plan.tiles, frames, strict=True)
+
+        def asked(bounds: Sequence[float] | None, base: list[Task]) -> list[Task]:
+            extra = [
+                r.condition.task
+                for r in standing
+                if isinstance(r.condition, AskCondition) and r.meets(bounds)
             ]
+            # rules asking the same question share one task (and one answer)
+            return list(dict.fromkeys([*base, *extra]))
+
+        georef = asset_plan.georef
+        asset_bounds = None if georef is None else georef.lon_lat_bbox
+        if asset_plan.clip is not None:
+            work = [
+                (WorkItemKind.FRAME, tile, [record.frame], asked(record.lon_lat_bbox, per_tile))
+                for tile, record in zip(asset_plan.tiles, asset_plan.frames, strict=True)
+            ]
+            frames = [r.frame for r in asset_plan.frames]
             whole = Tile(index=0, x=0, y=0, width=asset_plan.width, height=asset_plan.height)
             work.append((WorkItemKind.CLIP, whole, frames, tasks.clip_tasks(self._settings)))
             return work
-        work = [(WorkItemKind.TILE, tile, [], per_tile) for tile in asset_plan.tiles]
+        work = [
+            (WorkItemKind.TILE, tile, [], asked(asset_bounds, per_tile))
+            for tile in asset_plan.tiles
+        ]
         if asset_plan.overview is not None:
-            overview_tasks = tasks.overview_tasks(self._settings)
+            overview_tasks = asked(asset_bounds, tasks.overview_tasks(self._settings))
             work.append((WorkItemKind.OVERVIEW, asset_plan.overview, [], overview_tasks))
         return work
 

@@ -33,6 +33,7 @@ from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.kafka import Record
 from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
+from skyeye.catalog import alerts as alert_store
 from skyeye.contracts import Tile, WorkItem, first_error, preview_key_for
 from skyeye.imagery import geo, previews, scenes, work_items
 from skyeye.model import tasks
@@ -234,7 +235,7 @@ class Worker:
 
 
 class Finisher:
-    """An asset's last step, at least once: flag duplicate scene detections, write the preview.
+    """An asset's last step, at least once: duplicates flagged, preview drawn, rules fired.
 
     The asset is then done, or error when an item failed.
     """
@@ -276,8 +277,36 @@ class Finisher:
                     "drawing the preview",
                     lambda: self._write_preview(conn, target, image),
                 )
+            fired = None
+            if target.any_done:
+                fired = self._attempt(
+                    conn,
+                    target,
+                    "alerts",
+                    "firing the alert rules",
+                    lambda: alert_store.fire_rules(
+                        conn, target.asset_id, self._settings.topic_alerts
+                    ),
+                )
             status = catalog.complete_finish(conn, target.asset_id, preview_key)
-        log.info("asset %s finished: %s, preview %s", target.asset_id, status, preview_key)
+            catalog.record_event(
+                conn,
+                "asset.finished",
+                target.asset_id,
+                {
+                    "asset_id": target.asset_id,
+                    "object_key": target.object_key,
+                    "status": status,
+                    "alerts": [m.data.alert_id for m in fired or []],
+                },
+            )
+        log.info(
+            "asset %s finished: %s, preview %s, %d alert(s)",
+            target.asset_id,
+            status,
+            preview_key,
+            len(fired or []),
+        )
         return True
 
     def _attempt(

@@ -16,6 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 from urllib.parse import quote, unquote_plus
 
 from pydantic import (
@@ -29,6 +30,9 @@ from pydantic import (
 
 __all__ = [
     "MAX_CLIP_FRAMES",
+    "AlertData",
+    "AlertEvidence",
+    "AlertMessage",
     "ClipFrame",
     "DeadLetterHeader",
     "EventRecord",
@@ -394,3 +398,43 @@ def minio_created_event(
         "source": {"host": "", "port": "", "userAgent": "skyeye-stream"},
     }
     return {"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/{key}", "Records": [record]}
+
+
+class AlertEvidence(BaseModel):
+    """What made a rule fire on one tile or frame: a detection, a matching text, an answer."""
+
+    tile_index: int = Field(description="the tile's (a clip: the frame's) index; -1: the whole")
+    item_kind: str = Field(description="tile, overview, frame or clip")
+    result_id: int
+    task_kind: str
+    text: str = Field(description="the detection's label, the matching text or the answer")
+    pixel_box: list[float] | None = Field(None, description="x1, y1, x2, y2 in image pixels")
+    lon_lat_bbox: list[float] | None = Field(
+        None, description="W, S, E, N on the ground (W > E across 180 degrees), where placed"
+    )
+
+
+class AlertData(BaseModel):
+    """An alert's content: the rule, the asset and the evidence."""
+
+    alert_id: uuid.UUID
+    rule_id: uuid.UUID
+    rule_name: str
+    asset_id: uuid.UUID
+    bucket: str
+    object_key: str
+    asset_bbox: list[float] | None = Field(None, description="the asset's lon/lat bounds")
+    evidence: list[AlertEvidence]
+
+
+class AlertMessage(BaseModel):
+    """An alert as topic ``skyeye.alerts`` carries it and webhooks receive it.
+
+    The envelope Standard Webhooks recommends: ``type``, ``timestamp``, ``data``. The Kafka
+    message's key is the rule id and its ``message-id`` header the alert id; a webhook delivery's
+    ``webhook-id`` is the alert id too, so a receiver can drop a repeat.
+    """
+
+    type: Literal["alert.fired"] = "alert.fired"
+    timestamp: datetime
+    data: AlertData

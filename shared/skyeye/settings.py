@@ -160,6 +160,30 @@ class EmbeddingCacheSettings(BaseModel):
     )
 
 
+class AlertSettings(BaseModel):
+    """How alerts reach people: the outbox relay to Kafka and the webhook deliveries."""
+
+    allow_private_webhooks: bool = Field(
+        False,
+        description="accept webhook URLs on loopback, private or link-local addresses (tests, "
+        "a receiver inside the cluster); off, they are refused: a rule must not probe the "
+        "network the pipeline runs in",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="one delivery attempt's limit")
+    retry_for_s: float = Field(
+        24 * 3600.0, gt=0, description="how long a failing delivery is retried before it fails"
+    )
+    initial_backoff_s: float = Field(1.0, gt=0)
+    max_backoff_s: float = Field(600.0, gt=0)
+    disable_after: int = Field(
+        50, ge=1, description="an endpoint failing this many deliveries in a row is disabled"
+    )
+    poll_s: float = Field(
+        0.2, gt=0, le=10, description="how often the relay and the deliverer look for work"
+    )
+    max_webhooks_per_rule: int = Field(10, ge=0)
+
+
 class Settings(BaseSettings):
     """Every setting of the product, from ``SKYEYE_*`` variables; unset endpoints: embedded."""
 
@@ -198,6 +222,9 @@ class Settings(BaseSettings):
     topic_dead_letter: str = Field(
         "skyeye.dead-letter",
         description="copies of the messages a consumer gave up on, with the error in headers",
+    )
+    topic_alerts: str = Field(
+        "skyeye.alerts", description="alerts, from the outbox (key: rule id, id header: alert id)"
     )
     topic_partitions: int = Field(2, ge=1)
     planner_group: str = "skyeye-planner"
@@ -287,6 +314,7 @@ class Settings(BaseSettings):
     # --- results API and semantic search ---
     api: ApiSettings = ApiSettings()
     embedding_cache: EmbeddingCacheSettings = EmbeddingCacheSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("grounding_phrases", "vqa_questions")
     @classmethod

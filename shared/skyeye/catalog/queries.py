@@ -92,17 +92,24 @@ class TaskOutcome:
 
 
 def register_asset(conn: Connection, asset: AssetRecord) -> str:
-    """Insert the asset if new; returns its current status either way."""
-    conn.execute(
+    """Insert the asset if new (and tell the live feed); returns its current status either way."""
+    inserted = conn.execute(
         sa.text(
             "INSERT INTO assets (asset_id, bucket, object_key, version, size_bytes, content_type,"
             " user_metadata, event_name, event_time)"
             " VALUES (:asset_id, :bucket, :object_key, :version, :size_bytes, :content_type,"
             " CAST(:user_metadata AS jsonb), :event_name, :event_time)"
-            " ON CONFLICT DO NOTHING"
+            " ON CONFLICT DO NOTHING RETURNING asset_id"
         ),
         {**asset.__dict__, "user_metadata": json.dumps(asset.user_metadata)},
-    )
+    ).scalar_one_or_none()
+    if inserted is not None:
+        record_event(
+            conn,
+            "asset.registered",
+            asset.asset_id,
+            {"asset_id": asset.asset_id, "bucket": asset.bucket, "object_key": asset.object_key},
+        )
     return conn.execute(
         sa.text("SELECT status FROM assets WHERE asset_id = :id"), {"id": asset.asset_id}
     ).scalar_one()
@@ -664,6 +671,22 @@ def asset_detections(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, An
         {"id": asset_id},
     )
     return [dict(row._mapping) for row in rows]
+
+
+def record_event(
+    conn: Connection, kind: str, asset_id: uuid.UUID | None, payload: dict[str, Any]
+) -> None:
+    """Add an event to the live feed (``/api/events``), in the caller's transaction.
+
+    ``kind``: ``asset.registered``, ``asset.finished`` or ``alert``.
+    """
+    conn.execute(
+        sa.text(
+            "INSERT INTO events (kind, asset_id, payload)"
+            " VALUES (:kind, :asset, CAST(:payload AS jsonb))"
+        ),
+        {"kind": kind, "asset": asset_id, "payload": json.dumps(jsonable(payload))},
+    )
 
 
 def jsonable(value: Any) -> Any:

@@ -1,0 +1,168 @@
+"""Rules fire when assets finish, on the real stack: standing questions, detections, text.
+
+The tiny model's answers are not predictable, so each expectation is read from what the stack
+stored (the standing question's answers, the detections) and the rules' alerts must agree with
+it exactly; a pair of rules asking one question, one firing on "yes" and one on "no", makes sure
+something fires whenever the model answers.
+"""
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from skyeye import samples
+from skyeye.alerts import AskCondition, RuleSpec
+from skyeye.catalog import alerts as alert_store
+from skyeye.cli.ingest import Ingested, ingest, wait_for
+
+from .conftest import Pipeline
+
+WAIT_S = 300
+QUESTION = "Is there any water in the image?"
+# UTM 33N near 18.2 E 54.1 N: no other test's scene lies there
+ORIGIN = (700_000.0, 6_000_000.0)
+HERE = (18.0, 53.9, 18.5, 54.3)
+ELSEWHERE = (-10.0, -10.0, -9.0, -9.0)
+
+
+def _spec(name: str, condition: dict[str, Any], bbox: tuple | None = None) -> RuleSpec:
+    return RuleSpec.model_validate({"name": name, "bbox": bbox, "condition": condition})
+
+
+@pytest.fixture(scope="module")
+def rules_(pipeline: Pipeline) -> Iterator[dict[str, alert_store.StoredRule]]:
+    """Rules made before the assets are ingested (a standing question applies from then on)."""
+    tag = uuid.uuid4().hex[:6]
+    specs = [
+        _spec(f"yes-here-{tag}", {"kind": "ask", "question": QUESTION, "fires_on": "yes"}, HERE),
+        _spec(f"no-here-{tag}", {"kind": "ask", "question": QUESTION, "fires_on": "no"}, HERE),
+        _spec(
+            f"yes-elsewhere-{tag}",
+            {"kind": "ask", "question": QUESTION, "fires_on": "yes"},
+            ELSEWHERE,
+        ),
+        _spec(f"buildings-{tag}", {"kind": "detection", "phrase": "BUILDING", "min_count": 1}),
+        _spec(f"zeppelins-{tag}", {"kind": "text", "query": "zeppelin"}),
+    ]
+    with pipeline.engine.begin() as conn:
+        made = {s.name.rsplit("-", 1)[0]: alert_store.create_rule(conn, s, []) for s in specs}
+    yield made
+    # later modules' assets must not be asked this module's questions
+    with pipeline.engine.begin() as conn:
+        for stored in made.values():
+            alert_store.delete_rule(conn, str(stored.rule_id))
+
+
+@pytest.fixture(scope="module")
+def assets_(
+    pipeline: Pipeline,
+    rules_: dict[str, alert_store.StoredRule],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> list[Ingested]:
+    folder = tmp_path_factory.mktemp("alerts")
+    scene = samples.write_geotiff(folder / "lake.tif", size=300, seed=5, origin=ORIGIN)
+    done = ingest(pipeline.settings, [scene, samples.aerial_photos()[1]], prefix="it/alerts")
+    states = wait_for(pipeline.engine, [d.asset_id for d in done], timeout_s=WAIT_S)
+    assert set(states.values()) == {"done"}, states
+    return done
+
+
+def _alerts(pipeline: Pipeline, asset_id: uuid.UUID) -> dict[str, dict[str, Any]]:
+    with pipeline.engine.connect() as conn:
+        rows = alert_store.alerts(conn, asset_id=asset_id)
+    return {r["rule_name"].rsplit("-", 1)[0]: r for r in rows}
+
+
+def _answers(pipeline: Pipeline, asset_id: uuid.UUID) -> list[dict[str, Any]]:
+    key = AskCondition(question=QUESTION, fires_on="yes").task.key
+    with pipeline.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT w.kind, w.tile_index, r.answer FROM results r"
+                " JOIN work_items w USING (work_item_id) WHERE r.asset_id = :id AND r.task_key = :k"
+            ),
+            {"id": asset_id, "k": key},
+        ).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def test_a_standing_question_is_asked_of_every_tile_in_its_area_only(
+    pipeline: Pipeline, assets_: list[Ingested]
+) -> None:
+    scene, photo = assets_
+    with pipeline.engine.connect() as conn:
+        items = conn.execute(
+            sa.text("SELECT count(*) FROM work_items WHERE asset_id = :id AND kind = 'tile'"),
+            {"id": scene.asset_id},
+        ).scalar_one()
+    answered = _answers(pipeline, scene.asset_id)
+    assert len([a for a in answered if a["kind"] == "tile"]) == items > 0
+    # the rules asking it have areas, and the photo lies nowhere: it is not asked
+    assert _answers(pipeline, photo.asset_id) == []
+
+
+def test_rules_fire_once_each_exactly_as_the_stored_answers_say(
+    pipeline: Pipeline, rules_: dict[str, alert_store.StoredRule], assets_: list[Ingested]
+) -> None:
+    scene, photo = assets_
+    said = {a["answer"]["answer"] for a in _answers(pipeline, scene.asset_id) if a["answer"]}
+    fired = _alerts(pipeline, scene.asset_id)
+    assert said, "the model answered no tile in a way that reads as yes or no"
+    assert ("yes-here" in fired) == ("yes" in said)
+    assert ("no-here" in fired) == ("no" in said)
+    assert "yes-elsewhere" not in fired
+    assert "zeppelins" not in fired
+    with pipeline.engine.connect() as conn:
+        for asset in (scene, photo):
+            buildings = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM detections WHERE asset_id = :id AND NOT duplicate"
+                    " AND lower(label) = 'building'"
+                ),
+                {"id": asset.asset_id},
+            ).scalar_one()
+            assert ("buildings" in _alerts(pipeline, asset.asset_id)) == (buildings >= 1)
+    for name, alert in fired.items():
+        evidence = alert["evidence"]
+        assert evidence and alert["rule_id"] == rules_[name].rule_id
+        if name == "yes-here":
+            assert {e["task_kind"] for e in evidence} == {"yes_no"}
+            assert all(e["lon_lat_bbox"] is None for e in evidence)  # answers have no box
+
+
+def test_an_alert_is_written_with_its_outbox_row_and_feed_event_and_never_twice(
+    pipeline: Pipeline, assets_: list[Ingested]
+) -> None:
+    scene = assets_[0]
+    before = _alerts(pipeline, scene.asset_id)
+    assert before
+    with pipeline.engine.begin() as conn:
+        # the finisher running again (a redelivery, a sweep after a crash) fires nothing new
+        assert alert_store.fire_rules(conn, scene.asset_id, pipeline.settings.topic_alerts) == []
+        outbox = conn.execute(
+            sa.text(
+                "SELECT message_id, topic, message_key, payload FROM outbox"
+                " WHERE message_id = ANY(:ids)"
+            ),
+            {"ids": [a["alert_id"] for a in before.values()]},
+        ).all()
+        kinds = (
+            conn.execute(
+                sa.text("SELECT kind FROM events WHERE asset_id = :id ORDER BY event_id"),
+                {"id": scene.asset_id},
+            )
+            .scalars()
+            .all()
+        )
+    assert _alerts(pipeline, scene.asset_id).keys() == before.keys()
+    assert len(outbox) == len(before)
+    for row in outbox:
+        assert row.topic == pipeline.settings.topic_alerts
+        assert row.payload["type"] == "alert.fired"
+        assert row.payload["data"]["alert_id"] == str(row.message_id)
+        assert row.message_key == row.payload["data"]["rule_id"]
+    assert kinds[0] == "asset.registered" and kinds[-1] == "asset.finished"
+    assert kinds.count("alert") == len(before)
