@@ -6,6 +6,7 @@ it exactly; a pair of rules asking one question, one firing on "yes" and one on 
 something fires whenever the model answers.
 """
 
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ from skyeye import samples
 from skyeye.alerts import AskCondition, RuleSpec
 from skyeye.catalog import alerts as alert_store
 from skyeye.cli.ingest import Ingested, ingest, wait_for
+from skyeye.cli.main import main as skyeye_main
 
 from .conftest import Pipeline
 
@@ -166,3 +168,78 @@ def test_an_alert_is_written_with_its_outbox_row_and_feed_event_and_never_twice(
         assert row.message_key == row.payload["data"]["rule_id"]
     assert kinds[0] == "asset.registered" and kinds[-1] == "asset.finished"
     assert kinds.count("alert") == len(before)
+
+
+def _cli(pipeline: Pipeline, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = skyeye_main(["--home", str(pipeline.home), *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_the_cli_makes_shows_tests_and_deletes_rules(
+    pipeline: Pipeline,
+    assets_: list[Ingested],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the webhook below is on loopback, refused unless allowed (as the stack's settings do)
+    monkeypatch.setenv("SKYEYE_ALERTS__ALLOW_PRIVATE_WEBHOOKS", "true")
+    name = f"cli-buildings-{uuid.uuid4().hex[:6]}"
+    code, out = _cli(
+        pipeline,
+        capsys,
+        "rules",
+        "create",
+        name,
+        "--detect",
+        "building",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--json",
+    )
+    assert code == 0, out
+    made = json.loads(out)
+    assert made["name"] == name and made["kind"] == "detection"
+    [hook] = made["webhooks"]
+    assert hook["url"] == "http://127.0.0.1:9/hook" and hook["secret"].startswith("whsec_")
+    code, out = _cli(pipeline, capsys, "rules", "show", name, "--json")
+    assert code == 0 and "secret" not in json.loads(out)["webhooks"][0]
+    code, out = _cli(pipeline, capsys, "rules", "list")
+    assert code == 0 and name in out and "whsec_" not in out
+    # test: the assets it would fire on are those with a kept building detection
+    ids = [str(a.asset_id) for a in assets_]
+    code, out = _cli(
+        pipeline, capsys, "rules", "test", name, "--json", *[x for i in ids for x in ("--asset", i)]
+    )
+    assert code == 0, out
+    would = {f["asset_id"] for f in json.loads(out)["fires_on"]}
+    expected = {i for i in ids if "buildings" in _alerts(pipeline, uuid.UUID(i))}
+    assert would == expected
+    with pipeline.engine.connect() as conn:
+        assert alert_store.alerts(conn, rule_name=name) == []  # testing fires nothing
+    code, out = _cli(pipeline, capsys, "alerts", "list", "--json")
+    assert code == 0 and {a["asset_id"] for a in json.loads(out)} >= set(expected)
+    code, out = _cli(pipeline, capsys, "rules", "delete", name)
+    assert code == 0
+    code, out = _cli(pipeline, capsys, "rules", "show", name)
+    assert code == 2 and "no rule" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--ask", "Is there a ship?"], "--fires-on"),
+        (["--ask", "Is there a ship?", "--fires-on", ">= lots"], "comparison"),
+        (["--ask", "   ", "--fires-on", "yes"], "question"),
+        (["--detect", "ship", "--bbox", "1,2,3"], "W,S,E,N"),
+        (["--text", "ships", "--webhook", "ftp://example.com/x"], "http"),
+        (["--text", "ships", "--min-count", "3"], "--min-count"),
+        (["--text", "ships", "--webhook", "http://127.0.0.1:9/x"], "loopback"),
+    ],
+)
+def test_a_bad_rule_on_the_command_line_is_one_line_and_exit_2(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    code, out = _cli(pipeline, capsys, "rules", "create", f"bad-{uuid.uuid4().hex[:6]}", *args)
+    assert code == 2 and says in out, out

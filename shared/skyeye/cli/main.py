@@ -21,7 +21,7 @@ from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.adapters.postgres import Engine
 from skyeye.catalog import stac
-from skyeye.cli import dlq, model_inspect, tokens
+from skyeye.cli import dlq, model_inspect, rules, tokens
 from skyeye.cli import search as search_cli
 from skyeye.cli.arguments import bounded, count, non_negative_int
 from skyeye.cli.ingest import (
@@ -36,6 +36,7 @@ from skyeye.cli.ingest import (
     printable,
     wait_for,
 )
+from skyeye.cli.output import table
 from skyeye.imagery import clips
 from skyeye.settings import Settings
 from skyeye.stack import (
@@ -68,14 +69,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _dump(value: Any) -> str:
     return json.dumps(value, indent=2, default=catalog.jsonable)
-
-
-def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
-    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -292,7 +285,7 @@ def _print_asset(
         print(f"  preview: s3://{settings.derived_bucket}/{asset['preview_key']}")
     rows = [_result_row(r) for r in results if r["asset_id"] == asset["asset_id"]]
     if rows:
-        print(_table(rows, ("tile/frame", "task", "asked", "answer")))
+        print(table(rows, ("tile/frame", "task", "asked", "answer")))
     for e in (e for e in errors if e["asset_id"] == asset["asset_id"]):
         print(f"  error ({e['stage']}/{e['kind']}): {e['message']}")
 
@@ -369,7 +362,7 @@ def cmd_detections(args: argparse.Namespace) -> int:
         for d in detections
     ]
     header = ("id", "tile", "task", "label", "pixel box", "lon, lat (centre)", "duplicate")
-    print(_table(rows, header) if rows else "no detections")
+    print(table(rows, header) if rows else "no detections")
     return 0
 
 
@@ -410,7 +403,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         for c in state.components
     ]
-    print(_table(rows, ("component", "pid", "endpoint", "state", "restarts", "last exit")))
+    print(table(rows, ("component", "pid", "endpoint", "state", "restarts", "last exit")))
     health = report["serve"]
     print(f"\nserve app {settings.serve_app}: {health['status']}", end="")
     print(f" ({health['message']})" if health["message"] else "")
@@ -424,11 +417,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             for d in health["deployments"]
         ]
-        print(_table(deployments, ("deployment", "status", "replicas", "message")))
+        print(table(deployments, ("deployment", "status", "replicas", "message")))
     if report["counts"] is not None:
-        print("\n" + _table(sorted(report["counts"].items()), ("count", "value")))
+        print("\n" + table(sorted(report["counts"].items()), ("count", "value")))
     lag = [(name, "unknown" if n is None else n) for name, n in report["lag"].items()]
-    print("\n" + _table(sorted(lag), ("consumer", "lag")))
+    print("\n" + table(sorted(lag), ("consumer", "lag")))
     if report["problems"]:
         print("\n" + "\n".join(f"problem: {problem}" for problem in report["problems"]))
     return 0
@@ -530,7 +523,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         for d in letters
     ]
     header = ("id", "when (UTC)", "stage", "kind", "from", "asset", "replays", "why")
-    print(_table(rows, header))
+    print(table(rows, header))
     return 0
 
 
@@ -723,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_commands(sub)
     search_cli.add_parsers(sub)
     tokens.add_parser(sub)
+    rules.add_parsers(sub)
     _add_dlq(sub)
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
     p.add_argument(

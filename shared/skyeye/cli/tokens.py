@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from skyeye.adapters import postgres
 from skyeye.adapters.postgres import Engine
 from skyeye.catalog import tokens
+from skyeye.cli.output import table
 from skyeye.settings import Settings
 from skyeye.stack import resolve
 
@@ -119,7 +119,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in records
     ]
     header = ("id", "name", "prefix", "scopes", "created (UTC)", "last used", "revoked")
-    print(_table(rows, header))
+    print(table(rows, header))
     return 0
 
 
@@ -144,11 +144,3 @@ def _short_id(record: tokens.TokenRecord) -> str:
 
 def _when(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    cells = [list(header), *[list(row) for row in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
