@@ -21,7 +21,7 @@ from skyeye import catalog, telemetry
 from skyeye.adapters import postgres
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.contracts import WorkItem
-from skyeye.settings import DecodingSettings, ReconcilerSettings, Settings
+from skyeye.settings import AlertSettings, DecodingSettings, ReconcilerSettings, Settings
 from skyeye.stack import Stack, resolve
 from skyeye.stack.launcher import launch
 
@@ -101,6 +101,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
         max_event_bytes=256 * 1024,
         finish_sweep_s=1.0,
         reconciler=ReconcilerSettings(interval_s=2, min_age_s=1),
+        # the tests' webhook receivers listen on 127.0.0.1, and retry within seconds
+        alerts=AlertSettings(allow_private_webhooks=True, initial_backoff_s=0.2, max_backoff_s=1),
     )
     telemetry.setup("skyeye-tests", home)
     stack = launch(settings, progress=lambda msg: print(f"[pipeline] {msg}"))

@@ -38,6 +38,9 @@ def _imported(module: str) -> set[str]:
         "skyeye.services.worker",
         "skyeye.services.planner",
         "skyeye.services.reconciler",
+        "skyeye.services.relay",
+        "skyeye.services.webhooks",
+        "skyeye.services.api",
         "skyeye.services.inference",
         "skyeye.stack.launcher",
         "skyeye.cli.main",
@@ -50,7 +53,14 @@ def test_the_runtime_never_imports_the_lab(module: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["skyeye.services.worker", "skyeye.services.planner", "skyeye.services.reconciler"]
+    "module",
+    [
+        "skyeye.services.worker",
+        "skyeye.services.planner",
+        "skyeye.services.reconciler",
+        "skyeye.services.relay",
+        "skyeye.services.webhooks",
+    ],
 )
 def test_consumers_never_load_torch(module: str) -> None:
     """The model runs in Serve; a consumer that loaded torch would pay ~1 s and ~300 MiB for
@@ -113,6 +123,7 @@ VENDOR_EXCEPTIONS = {
     "shared/skyeye/catalog/tokens.py": {"sqlalchemy"},
     "shared/skyeye/catalog/delivery.py": {"sqlalchemy"},
     "shared/skyeye/catalog/alerts.py": {"sqlalchemy"},
+    "shared/skyeye/catalog/events.py": {"sqlalchemy"},
     # a catalog of realistic size for the search benchmark and plan tests, bulk-written in SQL
     "shared/skyeye/catalog/synthetic.py": {"sqlalchemy"},
 }

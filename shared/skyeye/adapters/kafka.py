@@ -91,7 +91,19 @@ def publish(
     headers: list[tuple[str, bytes]],
 ) -> Delivery:
     """Publish a message exactly as given (a dead letter's copy or replay); wait for the ack."""
-    return producer_.send(topic, key=key, value=value, headers=headers).get(timeout=30)
+    return send(producer_, topic, key=key, value=value, headers=headers).get(timeout=30)
+
+
+def send(
+    producer_: Producer,
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes,
+    headers: list[tuple[str, bytes]],
+) -> Sending:
+    """:func:`publish` without the wait for the ack (the outbox relay's batches)."""
+    return producer_.send(topic, key=key, value=value, headers=headers)
 
 
 def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) -> Consumer:

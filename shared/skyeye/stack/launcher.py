@@ -20,7 +20,8 @@ from skyeye.stack.ports import accepts_connections, pick_ports
 
 log = logging.getLogger("skyeye.pipeline")
 
-SERVICES = ("planner", "worker", "reconciler")
+# relay: the outbox to Kafka; webhooks: alerts to their rules' webhook endpoints
+SERVICES = ("planner", "worker", "reconciler", "relay", "webhooks")
 # The services that hold a Ray connection (a Serve handle).
 RAY_CLIENTS = ("worker", "api")
 # Seconds the API process may take to import and bind its port.

@@ -566,6 +566,7 @@ class Stack:
                 self.settings.topic_events,
                 self.settings.topic_work,
                 self.settings.topic_dead_letter,
+                self.settings.topic_alerts,
             ],
         )
         if created:

@@ -1,0 +1,167 @@
+"""Time from an object landing in the bucket to its alert reaching a webhook: p50 and p95.
+
+Runs against a running stack; start one on a scratch state folder first, in the background:
+
+    export SKYEYE_HOME=$(mktemp -d)
+    .venv/bin/skyeye up &                      # wait for "ingest with `skyeye ingest`"
+    .venv/bin/python bench/alert_latency.py --assets 50
+    kill %1
+
+It starts a webhook receiver on 127.0.0.1, makes a standing-question rule that fires on every
+asset whose answer reads as a count ("How many buildings are in the image?", fires on ``>= 0``)
+with the receiver as its webhook, then ingests ``--assets`` generated 160 x 120 PNGs one every
+``--interval`` seconds (a steady stream, not a burst: a burst measures the queue, not the
+path). An asset's latency runs from the moment its upload returned to the moment the receiver
+got its alert (upload, event, planner, worker with the extra question, finisher firing the
+rule, relay and webhook deliverer). The rule is deleted at the end. An asset whose count did
+not parse fires nothing; the report says how many did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from skyeye import catalog
+from skyeye.adapters import postgres
+from skyeye.alerts import RuleSpec
+from skyeye.alerts.registry import register
+from skyeye.catalog import alerts as alert_store
+from skyeye.cli.ingest import ingest
+from skyeye.settings import Settings
+from skyeye.stack import resolve
+
+QUESTION = "How many buildings are in the image?"
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """Records when each alert arrives, by asset id."""
+
+    arrived: ClassVar[dict[str, float]] = {}
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        now = time.monotonic()
+        asset_id = json.loads(body)["data"]["asset_id"]
+        with self.lock:
+            self.arrived.setdefault(asset_id, now)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: one line per request would drown the report."""
+
+
+def _image(path: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    # a few bright blocks, so there is something that could be a building
+    for _ in range(4):
+        y, x = rng.integers(0, 100), rng.integers(0, 140)
+        pixels[y : y + 16, x : x + 16] = [210, 90, 70]
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def main() -> None:
+    """Run the benchmark and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--assets", type=int, default=50)
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between uploads")
+    parser.add_argument("--timeout", type=float, default=300.0, help="wait for the last alert")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    settings = resolve(Settings())
+    # the receiver is on loopback: allowed for this rule only, in this process
+    alerts = settings.alerts.model_copy(update={"allow_private_webhooks": True})
+    allowing = settings.model_copy(update={"alerts": alerts})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    assert settings.database_url is not None
+    engine = postgres.create_engine(settings.database_url)
+    spec = RuleSpec.model_validate(
+        {
+            "name": f"bench-{uuid.uuid4().hex[:8]}",
+            "condition": {"kind": "ask", "question": QUESTION, "fires_on": ">= 0"},
+            "webhooks": [hook],
+        }
+    )
+    with engine.begin() as conn:
+        rule = register(conn, spec, allowing, None)
+    landed: dict[str, float] = {}
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for n in range(args.assets):
+                path = _image(Path(folder) / f"bench-{uuid.uuid4().hex[:8]}-{n}.png", n)
+                [done] = ingest(settings, [path], prefix="bench/alerts")
+                landed[str(done.asset_id)] = time.monotonic()
+                time.sleep(args.interval)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                fired = {
+                    str(a["asset_id"]) for a in alert_store.alerts(conn, rule.name, limit=10_000)
+                }
+            with _Receiver.lock:
+                if fired and fired <= set(_Receiver.arrived) and _all_finished(engine, landed):
+                    break
+            time.sleep(0.5)
+    finally:
+        with engine.begin() as conn:
+            alert_store.delete_rule(conn, str(rule.rule_id))
+        server.shutdown()
+    with _Receiver.lock:
+        latencies = sorted(
+            (_Receiver.arrived[a] - t) * 1000 for a, t in landed.items() if a in _Receiver.arrived
+        )
+    report = {
+        "assets": len(landed),
+        "alerts_received": len(latencies),
+        "interval_s": args.interval,
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p95_ms": round(_percentile(latencies, 95), 1) if latencies else None,
+        "max_ms": round(latencies[-1], 1) if latencies else None,
+        "machine": f"{platform.machine()}, {_cpus()} CPUs",
+    }
+    if args.json:
+        print(json.dumps(report))
+        return
+    print(
+        f"{report['alerts_received']} of {report['assets']} assets fired (one every "
+        f"{args.interval:g} s); object landed -> webhook received: p50 {report['p50_ms']} ms, "
+        f"p95 {report['p95_ms']} ms, max {report['max_ms']} ms ({report['machine']})"
+    )
+
+
+def _all_finished(engine: postgres.Engine, landed: dict[str, float]) -> bool:
+    with engine.connect() as conn:
+        states = catalog.asset_states(conn, [uuid.UUID(i) for i in landed])
+    return len(states) == len(landed) and all(s in ("done", "error") for s in states.values())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def _cpus() -> int:
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    main()
