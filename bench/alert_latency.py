@@ -1,20 +1,22 @@
 """Time from an object landing in the bucket to its alert reaching a webhook: p50 and p95.
 
-Runs against a running stack; start one on a scratch state folder first, in the background:
+Runs against a running stack whose webhook deliverer may post to loopback (the receiver here
+listens on 127.0.0.1); start one on a scratch state folder first, in the background:
 
-    export SKYEYE_HOME=$(mktemp -d)
+    export SKYEYE_HOME=$(mktemp -d) SKYEYE_ALERTS__ALLOW_PRIVATE_WEBHOOKS=true
     .venv/bin/skyeye up &                      # wait for "ingest with `skyeye ingest`"
     .venv/bin/python bench/alert_latency.py --assets 50
     kill %1
 
-It starts a webhook receiver on 127.0.0.1, makes a standing-question rule that fires on every
-asset whose answer reads as a count ("How many buildings are in the image?", fires on ``>= 0``)
-with the receiver as its webhook, then ingests ``--assets`` generated 160 x 120 PNGs one every
+It starts a webhook receiver on 127.0.0.1 and makes two standing-question rules with the
+receiver as their webhook, one firing on "yes" and one on "no" to the same question (so an
+asset fires one of them whenever the model's answer reads as yes or no; the question is asked
+once per tile either way), then ingests ``--assets`` generated 160 x 120 PNGs one every
 ``--interval`` seconds (a steady stream, not a burst: a burst measures the queue, not the
 path). An asset's latency runs from the moment its upload returned to the moment the receiver
-got its alert (upload, event, planner, worker with the extra question, finisher firing the
-rule, relay and webhook deliverer). The rule is deleted at the end. An asset whose count did
-not parse fires nothing; the report says how many did.
+got its first alert (upload, event, planner, worker with the extra question, finisher firing
+the rule, webhook deliverer). The rules are deleted at the end. An asset whose answer did not
+read as yes or no fires nothing; the report says how many fired.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from skyeye.cli.ingest import ingest
 from skyeye.settings import Settings
 from skyeye.stack import resolve
 
-QUESTION = "How many buildings are in the image?"
+QUESTION = "Is there a building in the image?"
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -95,15 +97,19 @@ def main() -> None:
     hook = f"http://127.0.0.1:{server.server_address[1]}/alerts"
     assert settings.database_url is not None
     engine = postgres.create_engine(settings.database_url)
-    spec = RuleSpec.model_validate(
-        {
-            "name": f"bench-{uuid.uuid4().hex[:8]}",
-            "condition": {"kind": "ask", "question": QUESTION, "fires_on": ">= 0"},
-            "webhooks": [hook],
-        }
-    )
+    tag = uuid.uuid4().hex[:8]
+    specs = [
+        RuleSpec.model_validate(
+            {
+                "name": f"bench-{answer}-{tag}",
+                "condition": {"kind": "ask", "question": QUESTION, "fires_on": answer},
+                "webhooks": [hook],
+            }
+        )
+        for answer in ("yes", "no")
+    ]
     with engine.begin() as conn:
-        rule = register(conn, spec, allowing, None)
+        made = [register(conn, spec, allowing, None) for spec in specs]
     landed: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -115,16 +121,16 @@ def main() -> None:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             with engine.connect() as conn:
-                fired = {
-                    str(a["asset_id"]) for a in alert_store.alerts(conn, rule.name, limit=10_000)
-                }
+                rows = [a for r in made for a in alert_store.alerts(conn, r.name, limit=10_000)]
+            fired = {str(a["asset_id"]) for a in rows}
             with _Receiver.lock:
                 if fired and fired <= set(_Receiver.arrived) and _all_finished(engine, landed):
                     break
             time.sleep(0.5)
     finally:
         with engine.begin() as conn:
-            alert_store.delete_rule(conn, str(rule.rule_id))
+            for rule in made:
+                alert_store.delete_rule(conn, str(rule.rule_id))
         server.shutdown()
     with _Receiver.lock:
         latencies = sorted(

@@ -14,7 +14,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from skyeye.settings import Settings
 
-from . import ask, assets, features, landing, results
+from . import ask, assets, events, features, landing, results, rules
 from .errors import BodyLimit, finish_document, install_error_handlers, responses
 from .params import known_parameters
 from .state import ApiState
@@ -61,7 +61,7 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
         app.state.api = state
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
-    for module in (landing, features, results, assets, ask):
+    for module in (landing, features, results, assets, ask, rules, events):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from skyeye.catalog import alerts as alert_store
 from skyeye.catalog import tokens
 from skyeye.services.api.app import create_app
 from skyeye.settings import Settings
@@ -54,6 +55,8 @@ CONFIG = {
         "with-security-parameters": False,
     },
     "phases": {"stateful": {"enabled": False}},
+    # the live feed never ends by itself: each generated request reads it for 2 s at most
+    "operations": [{"include-path": "/api/events", "request-timeout": 2}],
 }
 
 
@@ -64,12 +67,20 @@ def api_url(pipeline: Pipeline) -> str:
 
 @pytest.fixture
 def admin_token(pipeline: Pipeline) -> Iterator[str]:
-    """A fresh admin token for each operation (each has its own request budget); revoked after."""
+    """A fresh admin token for each operation (each has its own request budget); revoked after.
+
+    The rules a generated ``POST /rules`` made are deleted after, so that no later test's
+    assets are asked their questions or fire them.
+    """
     with pipeline.engine.begin() as conn:
         new = tokens.create_token(conn, ["admin"], name=f"schemathesis-{uuid.uuid4().hex[:8]}")
+        before = {r.rule_id for r in alert_store.rules(conn)}
     yield new.token
     with pipeline.engine.begin() as conn:
         tokens.revoke_token(conn, str(new.record.token_id))
+        for made in alert_store.rules(conn):
+            if made.rule_id not in before:
+                alert_store.delete_rule(conn, str(made.rule_id))
 
 
 # The document the API serves at /api, made by the same application code without a catalog, so

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -45,6 +45,9 @@ __all__ = [
 
 #: A rule's name: what the CLI takes to name it, so no spaces or slashes.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# the times a rule's window may name: any zone can hold them
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 # The questions of a standing rule are asked like any task: the same limit on their length.
 MAX_QUESTION_CHARS = 512
 
@@ -118,7 +121,7 @@ class AskCondition(BaseModel):
     @field_validator("fires_on")
     @classmethod
     def _parsed(cls, value: str) -> str:
-        return AnswerTest.parse(value).text
+        return AnswerTest.parse(_text(value)).text
 
     @property
     def test(self) -> AnswerTest:
@@ -236,15 +239,25 @@ class RuleSpec(BaseModel):
             raise ValueError("the polygon must lie within lon [-180, 180] and lat [-90, 90]")
         return value
 
+    @field_validator("start", "end")
+    @classmethod
+    def _instant(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone (RFC 3339)")
+        # stored, then read back in the database's zone: a time no zone can hold (year 10000
+        # somewhere) would make every later listing of rules fail
+        if not _EARLIEST <= value <= _LATEST:
+            raise ValueError(f"{value.isoformat()} is out of range (years 1 to 9999)")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> RuleSpec:
         if self.bbox is not None and self.area is not None:
             raise ValueError("give bbox or area, not both")
         if self.start and self.end and self.start > self.end:
             raise ValueError("the time window starts after it ends")
-        for moment in (self.start, self.end):
-            if moment is not None and moment.tzinfo is None:
-                raise ValueError("start and end need a time zone (RFC 3339)")
         return self
 
     @property

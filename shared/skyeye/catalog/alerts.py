@@ -111,10 +111,9 @@ def create_rule(conn: Connection, spec: RuleSpec, secrets: Sequence[str]) -> Sto
     created = conn.execute(
         sa.text(
             "INSERT INTO rules (rule_id, name, bbox, area, start_time, end_time, asset_kind,"
-            " condition, kind) SELECT :id, :name, :bbox, CAST(:area AS jsonb), :start, :end,"
-            " :asset_kind, CAST(:condition AS jsonb), :kind"
-            " WHERE NOT EXISTS (SELECT 1 FROM rules WHERE name = :name AND deleted_at IS NULL)"
-            " RETURNING created_at"
+            " condition, kind) VALUES (:id, :name, :bbox, CAST(:area AS jsonb), :start, :end,"
+            " :asset_kind, CAST(:condition AS jsonb), :kind)"
+            " ON CONFLICT (name) WHERE deleted_at IS NULL DO NOTHING RETURNING created_at"
         ),
         {
             "id": rule_id,

@@ -8,7 +8,7 @@
 -- answer that fires. Deleting a rule keeps its alerts (rule_id is then NULL on them).
 CREATE TABLE IF NOT EXISTS rules (
     rule_id     uuid PRIMARY KEY,
-    name        text        NOT NULL UNIQUE,
+    name        text        NOT NULL,
     -- the area's bounds (west > east across the antimeridian) and its exact GeoJSON geometry
     bbox        double precision[],
     area        jsonb,
@@ -22,6 +22,8 @@ CREATE TABLE IF NOT EXISTS rules (
     deleted_at  timestamptz
 );
 CREATE INDEX IF NOT EXISTS rules_live_idx ON rules (kind) WHERE deleted_at IS NULL;
+-- a name names one live rule; a deleted rule's name is free again
+CREATE UNIQUE INDEX IF NOT EXISTS rules_live_name_idx ON rules (name) WHERE deleted_at IS NULL;
 
 -- An alert: a rule fired for an asset, with the evidence (tiles, boxes, answers, lon/lat).
 CREATE TABLE IF NOT EXISTS alerts (
@@ -91,9 +93,10 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 CREATE INDEX IF NOT EXISTS webhook_attempts_delivery_idx ON webhook_attempts (delivery_id);
 
 -- The live feed (/api/events): new assets, finished assets, alerts. Written in the transaction
--- of what it reports; a client resumes after the last id it saw. Ids are taken at insert, not at
--- commit, so a reader shows only events whose transaction is older than every one still running
--- (xid below the snapshot's xmin): an id it has passed can never appear later.
+-- of what it reports; a client resumes after the last event it saw. Ids are taken at insert,
+-- not at commit, so a reader shows only settled events (xid below the snapshot's xmin: every
+-- transaction that could still add one has ended), in (xid, event_id) order, and resumes after
+-- the (xid, event_id) of the last one: nothing it has passed can appear later.
 CREATE TABLE IF NOT EXISTS events (
     event_id    bigserial PRIMARY KEY,
     xid         xid8        NOT NULL DEFAULT pg_current_xact_id(),
@@ -102,6 +105,7 @@ CREATE TABLE IF NOT EXISTS events (
     payload     jsonb       NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS events_feed_idx ON events (xid, event_id);
 
 -- The relay and the webhook deliverer record what they give up on (a disabled endpoint).
 ALTER TABLE errors
