@@ -11,7 +11,8 @@ listens on 127.0.0.1); start one on a scratch state folder first, in the backgro
 It starts a webhook receiver on 127.0.0.1 and makes two standing-question rules with the
 receiver as their webhook, one firing on "yes" and one on "no" to the same question (so an
 asset fires one of them whenever the model's answer reads as yes or no; the question is asked
-once per tile either way), then ingests ``--assets`` generated 160 x 120 PNGs one every
+once per tile either way), then ingests ``--assets`` generated 192 x 192 GeoTIFF scenes
+(``skyeye.samples.write_geotiff``: fields, a river, roofs; one tile each) one every
 ``--interval`` seconds (a steady stream, not a burst: a burst measures the queue, not the
 path). An asset's latency runs from the moment its upload returned to the moment the receiver
 got its first alert (upload, event, planner, worker with the extra question, finisher firing
@@ -35,9 +36,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image
 
-from skyeye import catalog
+from skyeye import catalog, samples
 from skyeye.adapters import postgres
 from skyeye.alerts import RuleSpec
 from skyeye.alerts.registry import register
@@ -46,7 +46,7 @@ from skyeye.cli.ingest import ingest
 from skyeye.settings import Settings
 from skyeye.stack import resolve
 
-QUESTION = "Is there a building in the image?"
+QUESTION = "Is there any water in the image?"
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
@@ -66,17 +66,6 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: one line per request would drown the report."""
-
-
-def _image(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
-    # a few bright blocks, so there is something that could be a building
-    for _ in range(4):
-        y, x = rng.integers(0, 100), rng.integers(0, 140)
-        pixels[y : y + 16, x : x + 16] = [210, 90, 70]
-    Image.fromarray(pixels).save(path)
-    return path
 
 
 def main() -> None:
@@ -114,7 +103,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             for n in range(args.assets):
-                path = _image(Path(folder) / f"bench-{uuid.uuid4().hex[:8]}-{n}.png", n)
+                name = f"bench-{uuid.uuid4().hex[:8]}-{n}.tif"
+                path = samples.write_geotiff(Path(folder) / name, size=192, seed=n)
                 [done] = ingest(settings, [path], prefix="bench/alerts")
                 landed[str(done.asset_id)] = time.monotonic()
                 time.sleep(args.interval)
