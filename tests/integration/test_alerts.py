@@ -7,8 +7,15 @@ something fires whenever the model answers.
 """
 
 import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,11 +23,14 @@ import sqlalchemy as sa
 
 from skyeye import samples
 from skyeye.alerts import AskCondition, RuleSpec
+from skyeye.alerts.registry import register
 from skyeye.catalog import alerts as alert_store
+from skyeye.catalog import tokens
 from skyeye.cli.ingest import Ingested, ingest, wait_for
 from skyeye.cli.main import main as skyeye_main
 
 from .conftest import Pipeline
+from .test_alert_delivery import Receiver, TopicReader
 
 WAIT_S = 300
 QUESTION = "Is there any water in the image?"
@@ -30,17 +40,33 @@ HERE = (18.0, 53.9, 18.5, 54.3)
 ELSEWHERE = (-10.0, -10.0, -9.0, -9.0)
 
 
-def _spec(name: str, condition: dict[str, Any], bbox: tuple | None = None) -> RuleSpec:
-    return RuleSpec.model_validate({"name": name, "bbox": bbox, "condition": condition})
+def _spec(
+    name: str, condition: dict[str, Any], bbox: tuple | None = None, webhooks: Sequence[str] = ()
+) -> RuleSpec:
+    return RuleSpec.model_validate(
+        {"name": name, "bbox": bbox, "condition": condition, "webhooks": list(webhooks)}
+    )
 
 
 @pytest.fixture(scope="module")
-def rules_(pipeline: Pipeline) -> Iterator[dict[str, alert_store.StoredRule]]:
+def receivers() -> Iterator[dict[str, Receiver]]:
+    """A signature-checking webhook receiver for each of the yes/no rules (secret set later)."""
+    made = {name: Receiver(secret="") for name in ("yes-here", "no-here")}
+    yield made
+    for receiver in made.values():
+        receiver.close()
+
+
+@pytest.fixture(scope="module")
+def rules_(
+    pipeline: Pipeline, receivers: dict[str, Receiver]
+) -> Iterator[dict[str, alert_store.StoredRule]]:
     """Rules made before the assets are ingested (a standing question applies from then on)."""
     tag = uuid.uuid4().hex[:6]
+    ask = {"kind": "ask", "question": QUESTION}
     specs = [
-        _spec(f"yes-here-{tag}", {"kind": "ask", "question": QUESTION, "fires_on": "yes"}, HERE),
-        _spec(f"no-here-{tag}", {"kind": "ask", "question": QUESTION, "fires_on": "no"}, HERE),
+        _spec(f"yes-here-{tag}", ask | {"fires_on": "yes"}, HERE, [receivers["yes-here"].url]),
+        _spec(f"no-here-{tag}", ask | {"fires_on": "no"}, HERE, [receivers["no-here"].url]),
         _spec(
             f"yes-elsewhere-{tag}",
             {"kind": "ask", "question": QUESTION, "fires_on": "yes"},
@@ -50,7 +76,12 @@ def rules_(pipeline: Pipeline) -> Iterator[dict[str, alert_store.StoredRule]]:
         _spec(f"zeppelins-{tag}", {"kind": "text", "query": "zeppelin"}),
     ]
     with pipeline.engine.begin() as conn:
-        made = {s.name.rsplit("-", 1)[0]: alert_store.create_rule(conn, s, []) for s in specs}
+        # the path `POST /rules` and `skyeye rules create` take (the stack allows loopback)
+        made = {s.name.rsplit("-", 1)[0]: register(conn, s, pipeline.settings, None) for s in specs}
+    for name, receiver in receivers.items():
+        [endpoint] = made[name].endpoints
+        assert endpoint.secret is not None
+        receiver.secret = endpoint.secret
     yield made
     # later modules' assets must not be asked this module's questions
     with pipeline.engine.begin() as conn:
@@ -243,3 +274,69 @@ def test_a_bad_rule_on_the_command_line_is_one_line_and_exit_2(
 ) -> None:
     code, out = _cli(pipeline, capsys, "rules", "create", f"bad-{uuid.uuid4().hex[:6]}", *args)
     assert code == 2 and says in out, out
+
+
+def test_each_alert_reaches_its_webhook_signed_and_the_topic_with_the_same_id(
+    pipeline: Pipeline, receivers: dict[str, Receiver], assets_: list[Ingested]
+) -> None:
+    """The table, the skyeye.alerts topic and the receivers agree: same ids, none missing."""
+    fired = _alerts(pipeline, assets_[0].asset_id)
+    expected = {name: str(fired[name]["alert_id"]) for name in receivers if name in fired}
+    assert expected  # the yes/no pair: one of them fired (see the test above)
+    deadline = time.monotonic() + 90
+    while any(receivers[n].ids() != [i] for n, i in expected.items()):
+        assert time.monotonic() < deadline, {n: r.ids() for n, r in receivers.items()}
+        time.sleep(0.2)
+    for name, receiver in receivers.items():
+        assert receiver.bad_signatures == 0
+        if name not in expected:
+            assert receiver.ids() == []
+        else:
+            [(_, _, payload)] = receiver.received
+            assert payload["data"]["alert_id"] == expected[name]
+    reader = TopicReader(pipeline, [uuid.UUID(i) for i in expected.values()])
+    try:
+        reader.read_until(lambda seen: set(seen) == set(expected.values()))
+    finally:
+        reader.close()
+
+
+def test_alerts_watch_prints_the_live_feed_from_where_it_is_told(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """``skyeye alerts watch --all --json --after ID`` as a user runs it, on the stack's API."""
+    with pipeline.engine.begin() as conn:
+        token = tokens.create_token(conn, ["read"], name=f"watch-{uuid.uuid4().hex[:6]}").token
+        last = conn.execute(sa.text("SELECT max(event_id) FROM events")).scalar_one()
+    command = [sys.executable, "-m", "skyeye.cli", "--home", str(pipeline.home), "alerts"]
+    watch = subprocess.Popen(
+        [*command, "watch", "--all", "--json", "--after", str(last)],
+        env={**os.environ, "SKYEYE_API_TOKEN": token},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        photo = tmp_path / "watched.png"
+        photo.write_bytes(samples.aerial_photos()[0].read_bytes())
+        [done] = ingest(pipeline.settings, [photo], prefix=f"it/watch-{uuid.uuid4().hex[:6]}")
+        lines: queue.Queue[str] = queue.Queue()
+        stdout = watch.stdout
+        assert stdout is not None
+        threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + WAIT_S
+        while [e["event"] for e in seen] != ["asset.registered", "asset.finished"]:
+            assert time.monotonic() < deadline, seen
+            try:
+                event = json.loads(lines.get(timeout=1))
+            except queue.Empty:
+                assert watch.poll() is None, watch.stderr.read() if watch.stderr else ""
+                continue
+            if event["data"].get("asset_id") == str(done.asset_id):
+                seen.append(event)
+        assert [e["event"] for e in seen] == ["asset.registered", "asset.finished"], seen
+        assert int(seen[0]["id"]) > last
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)

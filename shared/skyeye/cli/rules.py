@@ -152,6 +152,11 @@ def _add_alerts(commands: Any) -> None:
         "--token", help="a read token (default: $SKYEYE_API_TOKEN; `skyeye token create`)"
     )
     p.add_argument("--all", action="store_true", help="asset events too, not only alerts")
+    p.add_argument(
+        "--after",
+        metavar="EVENT_ID",
+        help="start after this event (an id printed with --json; default: from now on)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_watch)
 
@@ -400,7 +405,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("SKYEYE_API_TOKEN")
     kinds = None if args.all else ["alert"]
     try:
-        for event in _reconnecting(lambda last: feed.follow(url, token, kinds, last)):
+        following = _reconnecting(lambda last: feed.follow(url, token, kinds, last), args.after)
+        for event in following:
             if args.json:
                 print(json.dumps(event), flush=True)
             else:
@@ -411,10 +417,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def _reconnecting(
-    connect: Callable[[str | None], Iterator[dict[str, Any]]],
+    connect: Callable[[str | None], Iterator[dict[str, Any]]], last: str | None = None
 ) -> Iterator[dict[str, Any]]:
     """Events from ``connect(last_id)``, connecting again after the last id seen when it drops."""
-    last = None
     while True:
         try:
             for event in connect(last):
