@@ -392,6 +392,14 @@ def _describe(exc: BaseException) -> str:
     return exc.reason if isinstance(exc, _GaveUp) else type(exc).__name__
 
 
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a service's loop ends its work in hand, then stops."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def run_consumer(
     handler: Handler,
     settings: Settings,
@@ -402,9 +410,7 @@ def run_consumer(
     max_poll_records: int,
 ) -> None:
     """Consume until SIGTERM/SIGINT, finishing (and committing) the batch in hand first."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     consumer = kafka.consumer(settings, topic, group, max_poll_records)
     producer = kafka.producer(settings)
     try:

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -79,7 +78,7 @@ from skyeye.contracts import asset_id_for, minio_created_event, object_key_probl
 from skyeye.imagery import clips
 from skyeye.settings import Settings
 
-from ._runtime import service_settings, transient
+from ._runtime import service_settings, stop_on_signals, transient
 
 log = logging.getLogger("skyeye.reconciler")
 _K = TypeVar("_K")
@@ -431,9 +430,7 @@ def main() -> None:
     """Run the reconciler service, pass after pass, until SIGTERM or SIGINT."""
     settings = service_settings("skyeye-reconciler")
     assert settings.database_url is not None  # resolve() fills every endpoint
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     engine = postgres.create_engine(settings.database_url)
     producer = kafka.producer(settings)
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import threading
 
 from skyeye import telemetry
@@ -28,7 +27,7 @@ from skyeye.adapters.postgres import Engine
 from skyeye.catalog import delivery
 from skyeye.settings import Settings
 
-from ._runtime import InjectedFault, inject_fault, service_settings, transient
+from ._runtime import InjectedFault, inject_fault, service_settings, stop_on_signals, transient
 
 log = logging.getLogger("skyeye.relay")
 
@@ -114,9 +113,7 @@ def main() -> None:
     """Run the relay until SIGTERM or SIGINT."""
     settings = service_settings("skyeye-relay")
     assert settings.database_url is not None  # resolve() fills every endpoint
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     engine = postgres.create_engine(settings.database_url)
     producer = kafka.producer(settings)
     try:

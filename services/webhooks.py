@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import signal
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from skyeye.catalog import delivery
 from skyeye.catalog.delivery import DueDelivery
 from skyeye.settings import Settings
 
-from ._runtime import service_settings, transient
+from ._runtime import service_settings, stop_on_signals, transient
 
 log = logging.getLogger("skyeye.webhooks")
 
@@ -179,9 +178,7 @@ def main() -> None:
     # each attempt is logged once, by this service and by endpoint id: a URL may hold a token
     logging.getLogger("httpx").setLevel(logging.WARNING)
     assert settings.database_url is not None  # resolve() fills every endpoint
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     engine = postgres.create_engine(settings.database_url)
     sender = webhook.Sender(settings.alerts.webhook_timeout_s, max_connections=WORKERS)
     try:

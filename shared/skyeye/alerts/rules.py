@@ -29,6 +29,7 @@ import shapely.validation
 from geojson_pydantic import MultiPolygon, Polygon
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from skyeye.catalog.search import AssetKind, parse_bbox
 from skyeye.contracts import Task, TaskKind
 
 __all__ = [
@@ -58,14 +59,6 @@ class RuleKind(StrEnum):
     DETECTION = "detection"
     TEXT = "text"
     ASK = "ask"
-
-
-class AssetKind(StrEnum):
-    """What an asset is (``assets.kind``), as a rule's filter."""
-
-    IMAGE = "image"
-    SCENE = "scene"
-    CLIP = "clip"
 
 
 class DetectionCondition(BaseModel):
@@ -220,8 +213,6 @@ class RuleSpec(BaseModel):
         if value is None:
             return None
         # one parser for every lon/lat box of the product, so messages read the same
-        from skyeye.catalog.search import parse_bbox
-
         return parse_bbox(value)
 
     @field_validator("area")
