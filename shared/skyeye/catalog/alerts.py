@@ -279,17 +279,21 @@ def _detections(
     if len(found) < condition.min_count:
         return []
     return [
-        AlertEvidence(
-            tile_index=r.tile_index,
-            item_kind=r.item_kind,
-            result_id=r.result_id,
-            task_kind=r.task_kind,
-            text=r.label,
-            pixel_box=[r.x1, r.y1, r.x2, r.y2],
-            lon_lat_bbox=r.bbox,
-        )
+        _evidence(r, r.label, pixel_box=[r.x1, r.y1, r.x2, r.y2], lon_lat_bbox=r.bbox)
         for r in found[:_MAX_EVIDENCE]
     ]
+
+
+def _evidence(row: Any, text: str, **where: Any) -> AlertEvidence:
+    """One piece of evidence from a row with the ``_EVIDENCE_COLUMNS``."""
+    return AlertEvidence(
+        tile_index=row.tile_index,
+        item_kind=row.item_kind,
+        result_id=row.result_id,
+        task_kind=row.task_kind,
+        text=text,
+        **where,
+    )
 
 
 def _texts(conn: Connection, condition: TextCondition, asset: _Asset) -> list[AlertEvidence]:
@@ -302,16 +306,7 @@ def _texts(conn: Connection, condition: TextCondition, asset: _Asset) -> list[Al
         ),
         {"id": asset.asset_id, "q": condition.query, "most": _MAX_EVIDENCE},
     ).all()
-    return [
-        AlertEvidence(
-            tile_index=r.tile_index,
-            item_kind=r.item_kind,
-            result_id=r.result_id,
-            task_kind=r.task_kind,
-            text=r.raw_text,
-        )
-        for r in rows
-    ]
+    return [_evidence(r, r.raw_text) for r in rows]
 
 
 def _answers(conn: Connection, condition: AskCondition, asset: _Asset) -> list[AlertEvidence]:
@@ -325,16 +320,7 @@ def _answers(conn: Connection, condition: AskCondition, asset: _Asset) -> list[A
         {"id": asset.asset_id, "key": condition.task.key},
     ).all()
     fired = [r for r in rows if test.fires(r.answer)]
-    return [
-        AlertEvidence(
-            tile_index=r.tile_index,
-            item_kind=r.item_kind,
-            result_id=r.result_id,
-            task_kind=r.task_kind,
-            text=r.raw_text,
-        )
-        for r in fired[:_MAX_EVIDENCE]
-    ]
+    return [_evidence(r, r.raw_text) for r in fired[:_MAX_EVIDENCE]]
 
 
 def fire_rules(conn: Connection, asset_id: uuid.UUID, topic: str) -> list[AlertMessage]:

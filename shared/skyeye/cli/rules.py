@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from skyeye.adapters import feed, postgres
 from skyeye.adapters.postgres import Engine
-from skyeye.alerts import RuleSpec
+from skyeye.alerts import RuleSpec, rule_name_problem
 from skyeye.alerts.registry import InvalidRule, register
 from skyeye.catalog import alerts as alert_store
 from skyeye.catalog import jsonable, search
@@ -188,6 +188,8 @@ def _api_url(args: argparse.Namespace, settings: Settings) -> str | None:
 
 def _spec(args: argparse.Namespace) -> RuleSpec:
     """The rule the options describe; ValueError saying which option is wrong."""
+    if problem := rule_name_problem(args.name):
+        raise ValueError(f"{args.name!r}: {problem}")
     if args.ask is not None and args.fires_on is None:
         raise ValueError("--ask needs --fires-on (yes, no, '>= 3', or a phrase)")
     if args.fires_on is not None and args.ask is None:
