@@ -100,6 +100,8 @@ def _committed(bootstrap: str, topic: str) -> int | None:
 def _ray_round_trip(address: str) -> int:
     import ray
 
+    if ray.is_initialized():  # a driver of another cluster: this test asks its own
+        ray.shutdown()
     ray.init(address=address, log_to_driver=False)
     try:
         return ray.get(ray.remote(lambda: 41 + 1).remote(), timeout=120)
