@@ -134,7 +134,6 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
     answer: list[AppHealth] = []
 
     def ask() -> None:
-        joined = ray.is_initialized()
         try:
             connect(settings)
             answer.append(_health(serve.status(), settings.serve_app))
@@ -142,10 +141,6 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
             log.info("serve status failed", exc_info=exc)
             reason = " ".join(str(exc).split()) or type(exc).__name__
             answer.append(AppHealth("unknown", reason[:200]))
-        finally:
-            # joined only to ask: a process that asks (the CLI, a test) is not left a driver
-            if not joined:
-                disconnect()
 
     asker = threading.Thread(target=ask, name="serve-status", daemon=True)
     asker.start()
