@@ -61,6 +61,8 @@ class _AssetPlan:
     scene: ScenePlan | None = None
     georef: catalog.Georeference | None = None
     overview: Tile | None = None  # scenes cut into several tiles
+    # scenes: each tile's lon/lat bounds, in the order of `tiles` (None where one is unplaceable)
+    tile_bounds: tuple[catalog.LonLatBox | None, ...] = ()
     # clips: the sampled frames, tile i showing frame i
     clip: catalog.ClipRecord | None = None
     frames: tuple[catalog.FrameRecord, ...] = ()
@@ -246,8 +248,9 @@ class Planner:
                 scene=asset_plan.scene,
                 frames=frames,
                 tasks=item_tasks,
+                bbox=bounds,
             )
-            for kind, tile, frames, item_tasks in self._work(asset_plan, standing)
+            for kind, tile, frames, item_tasks, bounds in self._work(asset_plan, standing)
         ]
 
     def _publish(self, asset_id: uuid.UUID, asset_plan: _AssetPlan, items: list[WorkItem]) -> None:
@@ -299,6 +302,7 @@ class Planner:
                         plan.scene.crs, plan.lon_lat_bbox, plan.transform, plan.bands
                     ),
                     plan.overview.as_tile() if plan.overview else None,
+                    tuple(_tile_bounds(t, plan.scene.crs) for t in plan.tiles),
                 )
         with self._store.open(bucket, key) as stream:
             info = imagery.probe(stream, max_pixels=self._settings.max_image_pixels)
@@ -391,11 +395,12 @@ class Planner:
 
     def _work(
         self, asset_plan: _AssetPlan, standing: Sequence[RuleSpec] = ()
-    ) -> list[tuple[WorkItemKind, Tile, list[ClipFrame], list[Task]]]:
-        """Each work item's kind, tile, the clip frames it shows the model, and its tasks.
+    ) -> list[tuple[WorkItemKind, Tile, list[ClipFrame], list[Task], catalog.LonLatBox | None]]:
+        """Each work item's kind, tile, the clip frames it shows the model, tasks and bounds.
 
         A tile, frame or overview is also asked the standing questions whose area it meets:
-        a frame by its own footprint where the clip is placed, a tile by its asset's.
+        a scene tile by its own outline, a frame by its footprint, an overview by its scene's;
+        an item that is not placed is asked the questions of rules with no area.
         """
         per_tile = tasks.default_tasks(self._settings)
 
@@ -412,20 +417,30 @@ class Planner:
         asset_bounds = None if georef is None else georef.lon_lat_bbox
         if asset_plan.clip is not None:
             work = [
-                (WorkItemKind.FRAME, tile, [record.frame], asked(record.lon_lat_bbox, per_tile))
+                (
+                    WorkItemKind.FRAME,
+                    tile,
+                    [record.frame],
+                    asked(record.lon_lat_bbox, per_tile),
+                    record.lon_lat_bbox,
+                )
                 for tile, record in zip(asset_plan.tiles, asset_plan.frames, strict=True)
             ]
             frames = [r.frame for r in asset_plan.frames]
             whole = Tile(index=0, x=0, y=0, width=asset_plan.width, height=asset_plan.height)
-            work.append((WorkItemKind.CLIP, whole, frames, tasks.clip_tasks(self._settings)))
+            clip_tasks = tasks.clip_tasks(self._settings)
+            work.append((WorkItemKind.CLIP, whole, frames, clip_tasks, asset_bounds))
             return work
+        bounds = asset_plan.tile_bounds or (asset_bounds,) * len(asset_plan.tiles)
         work = [
-            (WorkItemKind.TILE, tile, [], asked(asset_bounds, per_tile))
-            for tile in asset_plan.tiles
+            (WorkItemKind.TILE, tile, [], asked(tile_bounds, per_tile), tile_bounds)
+            for tile, tile_bounds in zip(asset_plan.tiles, bounds, strict=True)
         ]
         if asset_plan.overview is not None:
             overview_tasks = asked(asset_bounds, tasks.overview_tasks(self._settings))
-            work.append((WorkItemKind.OVERVIEW, asset_plan.overview, [], overview_tasks))
+            work.append(
+                (WorkItemKind.OVERVIEW, asset_plan.overview, [], overview_tasks, asset_bounds)
+            )
         return work
 
     def _error(
@@ -448,6 +463,17 @@ class Planner:
                 asset_id=asset_id,
                 detail=detail,
             )
+
+
+def _tile_bounds(tile: geo.GeoTile, crs: str) -> catalog.LonLatBox | None:
+    """A scene tile's lon/lat bounds; None where its outline is no place on the globe.
+
+    The scene's own outline was placed already, so this is the rare tile at a projection's edge.
+    """
+    try:
+        return geo.footprint((0, 0, 100, 100), tile, crs).bbox
+    except geo.InvalidGeoreference:
+        return None
 
 
 def _s3_problem(exc: s3.ObjectStoreRefused) -> str:

@@ -8,7 +8,9 @@ it never touches the pipeline, which only wrote the pending delivery. Each attem
 
 - vets the URL again (:func:`skyeye.alerts.webhooks.check_webhook_url`: a host's addresses
   can change after the rule was made), then POSTs the alert signed per Standard Webhooks
-  (:class:`skyeye.adapters.webhook.Sender`; ``webhook-id`` is the alert id);
+  (:class:`skyeye.adapters.webhook.Sender`; ``webhook-id`` is the alert id); a URL the
+  policy now refuses (e.g. its host moved to a private address) fails the delivery at once,
+  one whose host does not resolve is retried;
 - is logged (``webhook_attempts``) with its status code or error and duration, and settles the
   delivery (:func:`skyeye.alerts.webhooks.decide`): delivered on a 2xx, else retried with
   exponential backoff and full jitter until ``retry_for_s`` after the alert, then failed;
@@ -32,7 +34,13 @@ from datetime import UTC, datetime
 from skyeye import telemetry
 from skyeye.adapters import postgres, webhook
 from skyeye.adapters.postgres import Engine
-from skyeye.alerts.webhooks import DeliveryStatus, check_webhook_url, decide, disable_reason
+from skyeye.alerts.webhooks import (
+    DeliveryStatus,
+    UnresolvedHost,
+    check_webhook_url,
+    decide,
+    disable_reason,
+)
 from skyeye.catalog import delivery
 from skyeye.catalog.delivery import DueDelivery
 from skyeye.settings import Settings
@@ -113,8 +121,8 @@ class Deliverer:
     def deliver(self, due: DueDelivery) -> None:
         """Make one attempt and record it; a failure to record leaves the claim to run out."""
         try:
-            attempt = self._attempt(due)
-            self._record(due, attempt)
+            attempt, refused = self._attempt(due)
+            self._record(due, attempt, refused)
         except Exception as exc:
             why = transient(exc, [postgres.transient_reason])
             log.log(
@@ -125,18 +133,21 @@ class Deliverer:
                 exc_info=why is None,
             )
 
-    def _attempt(self, due: DueDelivery) -> webhook.Attempt:
+    def _attempt(self, due: DueDelivery) -> tuple[webhook.Attempt, bool]:
+        """The attempt, and whether the policy refused its target (then nothing was sent)."""
         alerts = self._settings.alerts
         try:
             url = check_webhook_url(
                 due.url, allow_private=alerts.allow_private_webhooks, api_base_url=None
             )
+        except UnresolvedHost as exc:
+            return webhook.Attempt(None, f"not sent: {exc}", 0.0), False
         except ValueError as exc:
-            return webhook.Attempt(None, f"not sent: {exc}", 0.0)
+            return webhook.Attempt(None, f"not sent: {exc}", 0.0), True
         body = webhook.encode(due.payload)
-        return self._sender.post(url, due.secret, str(due.alert_id), body)
+        return self._sender.post(url, due.secret, str(due.alert_id), body), False
 
-    def _record(self, due: DueDelivery, attempt: webhook.Attempt) -> None:
+    def _record(self, due: DueDelivery, attempt: webhook.Attempt, refused: bool) -> None:
         alerts = self._settings.alerts
         decision = decide(
             delivered=attempt.delivered,
@@ -144,6 +155,7 @@ class Deliverer:
             created_at=due.created_at,
             now=datetime.now(UTC),
             settings=alerts,
+            refused=refused,
         )
         with self._engine.begin() as conn:
             settled = delivery.record_attempt(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from skyeye.alerts import AssetKind, Condition, RuleKind, RuleSpec, registry, rule_name_problem
 from skyeye.catalog import alerts as alert_store
-from skyeye.catalog import jsonable, search
+from skyeye.catalog import delivery, jsonable
 from skyeye.contracts import AlertEvidence
 
 from . import params
@@ -43,8 +43,6 @@ __all__ = ["router"]
 
 Admin = Annotated[Principal, Depends(require("admin"))]
 
-# the most stored assets one test evaluates (each costs a few queries)
-MAX_TESTED = 500
 # a rule's time window lies within these, whatever the time zone it is read back in
 # the kinds of pydantic error that say the body as a whole is not a JSON object
 _NOT_AN_OBJECT = {"missing", "model_type", "model_attributes_type", "dict_type", "json_invalid"}
@@ -175,11 +173,16 @@ class RuleTest(BaseModel):
 
     asset_ids: list[uuid.UUID] | None = Field(
         None,
-        max_length=MAX_TESTED,
+        max_length=alert_store.MAX_TESTED,
         description="these assets; default: the newest finished assets the rule's area, time "
         "window and asset kind admit",
     )
-    limit: int = Field(20, ge=1, le=MAX_TESTED, description="how many newest assets, at most")
+    limit: int = Field(
+        alert_store.DEFAULT_TESTED,
+        ge=1,
+        le=alert_store.MAX_TESTED,
+        description="how many newest assets, at most",
+    )
 
 
 class WouldFire(BaseModel):
@@ -211,6 +214,42 @@ class Alert(BaseModel):
     created_at: datetime
     deliveries: int = Field(description="webhook deliveries made for it")
     delivered: int = Field(description="of those, the ones a receiver took")
+
+
+class Attempt(BaseModel):
+    """One try at delivering: what the receiver answered, or why it could not be reached."""
+
+    attempted_at: datetime
+    status_code: int | None = Field(description="the receiver's HTTP status; null: no answer")
+    error: str | None = Field(description="why the try failed, in words; null when it worked")
+    duration_ms: float | None
+
+
+class Delivery(BaseModel):
+    """An alert sent (or being sent) to one webhook endpoint, with every try."""
+
+    delivery_id: uuid.UUID
+    alert_id: uuid.UUID
+    rule_name: str
+    endpoint_id: uuid.UUID
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None = Field(description="when it is tried again, while pending")
+    created_at: datetime
+    finished_at: datetime | None = Field(description="when it was delivered or given up")
+    disabled_at: datetime | None = Field(description="when its endpoint was disabled, if it was")
+    disabled_why: str | None
+    attempt_log: list[Attempt]
+
+
+class DeliveryList(BaseModel):
+    """Webhook deliveries, newest first: the delivery log."""
+
+    deliveries: list[Delivery]
+    numberReturned: int
 
 
 class AlertList(BaseModel):
@@ -312,36 +351,16 @@ def evaluate_rule(
     """
     stored = _found(state, name)
     asked = body or RuleTest()
-    ids = tuple(dict.fromkeys(asked.asset_ids or ()))
     with state.engine.connect() as conn:
-        if asked.asset_ids is not None:
-            chosen = search.Filters(ids=ids, limit=len(ids)) if ids else None
-        else:
-            spec = stored.spec
-            chosen = search.Filters(
-                bbox=spec.bounds(),
-                start=spec.start,
-                end=spec.end,
-                asset_kind=None if spec.asset_kind is None else spec.asset_kind.value,
-                status=search.AssetStatus.DONE,
-                limit=asked.limit,
-            )
-        rows = [] if chosen is None else search.search_assets(conn, chosen).rows
-        fires = []
-        for row in rows:
-            evidence = alert_store.evaluate(conn, stored, row["asset_id"])
-            if evidence:
-                fires.append(
-                    WouldFire(
-                        asset_id=row["asset_id"], object_key=row["object_key"], evidence=evidence
-                    )
-                )
-    seen = {row["asset_id"] for row in rows}
+        tried = alert_store.trial(conn, stored, asked.asset_ids, asked.limit)
     return RuleTestAnswer(
         rule=stored.name,
-        assets=len(rows),
-        fires_on=fires,
-        unknown=[i for i in ids if i not in seen],
+        assets=tried.assets,
+        fires_on=[
+            WouldFire(asset_id=a, object_key=key, evidence=evidence)
+            for a, key, evidence in tried.fires_on
+        ],
+        unknown=tried.unknown,
     )
 
 
@@ -360,3 +379,27 @@ def list_alerts(
     with state.engine.connect() as conn:
         rows = alert_store.alerts(conn, rule_name=rule, asset_id=asset_id, limit=size)
     return JSONResponse(jsonable({"alerts": rows, "numberReturned": len(rows)}))
+
+
+@router.get(
+    "/rules/{name}/deliveries",
+    summary="The delivery log of a rule's webhooks, newest first",
+    response_model=DeliveryList,
+)
+def list_deliveries(
+    name: str,
+    _: Reader,
+    state: State,
+    alert_id: Annotated[uuid.UUID | None, Query(description="only this alert's")] = None,
+    limit: Limit = None,
+) -> JSONResponse:
+    """Each delivery of the rule's alerts: its status, every attempt's answer, its endpoint's state.
+
+    A delivery is pending while it is retried (``next_attempt_at``), delivered once a receiver
+    answered 2xx, failed once retries ran out or its endpoint was disabled.
+    """
+    stored = _found(state, name)
+    size = params.page_limit(limit, state.settings.api)
+    with state.engine.connect() as conn:
+        rows = delivery.delivery_log(conn, rule_id=stored.rule_id, alert_id=alert_id, limit=size)
+    return JSONResponse(jsonable({"deliveries": rows, "numberReturned": len(rows)}))

@@ -249,6 +249,11 @@ class WorkItem(BaseModel):
         "item, every sampled frame for the clip item); the tile is the whole frame",
     )
     tasks: list[Task] = Field(min_length=1)
+    bbox: tuple[float, float, float, float] | None = Field(
+        None,
+        description="lon/lat bounds (west, south, east, north) of what the item shows, when it "
+        "is placed on the ground; west > east across the antimeridian",
+    )
 
     @model_validator(mode="after")
     def _frames_match_kind(self) -> WorkItem:
@@ -410,7 +415,9 @@ class AlertEvidence(BaseModel):
     text: str = Field(description="the detection's label, the matching text or the answer")
     pixel_box: list[float] | None = Field(None, description="x1, y1, x2, y2 in image pixels")
     lon_lat_bbox: list[float] | None = Field(
-        None, description="W, S, E, N on the ground (W > E across 180 degrees), where placed"
+        None,
+        description="W, S, E, N on the ground (W > E across 180 degrees), where placed: a"
+        " detection's own, the tile's or frame's for a text or an answer",
     )
 
 

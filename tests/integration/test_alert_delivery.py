@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -30,7 +31,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from skyeye import catalog
 from skyeye.adapters import kafka, webhook
 from skyeye.alerts import DetectionCondition
-from skyeye.catalog import delivery
+from skyeye.catalog import delivery, tokens
+from skyeye.cli.main import main as skyeye_main
 from skyeye.contracts import AlertData, AlertMessage
 from skyeye.services.relay import FAULT_EXIT_CODE, MESSAGE_ID_HEADER
 
@@ -325,7 +327,7 @@ def _all_delivered(pipeline: Pipeline, alert_id: uuid.UUID) -> bool:
 
 
 def test_a_receiver_failing_three_times_gets_one_delivery_after_retries(
-    pipeline: Pipeline, fire: Fire
+    pipeline: Pipeline, fire: Fire, capsys: pytest.CaptureFixture[str]
 ) -> None:
     receiver = Receiver(webhook.new_secret(), answers=[500, 500, 500, 200])
     alert_id = uuid.uuid4()
@@ -351,6 +353,56 @@ def test_a_receiver_failing_three_times_gets_one_delivery_after_retries(
         ).one()
     # failed attempts of a delivery that succeeded are no failed delivery
     assert (failures, disabled) == (0, None)
+    # the delivery log as users read it: the API and the CLI show what the catalog holds
+    with pipeline.engine.begin() as conn:
+        token = tokens.create_token(conn, ["read"], name=f"log-{alert_id.hex[:6]}")
+    try:
+        answer = httpx.get(
+            f"{pipeline.api_url()}/rules/{fired.rule_id}/deliveries",
+            headers={"Authorization": f"Bearer {token.token}"},
+            timeout=30,
+        )
+    finally:
+        with pipeline.engine.begin() as conn:
+            tokens.revoke_token(conn, str(token.record.token_id))
+    assert answer.status_code == 200, answer.text
+    [shown] = answer.json()["deliveries"]
+    assert (shown["alert_id"], shown["status"], shown["attempts"]) == (
+        str(alert_id),
+        "delivered",
+        4,
+    )
+    assert (shown["last_status_code"], shown["last_error"], shown["next_attempt_at"]) == (
+        200,
+        None,
+        None,
+    )
+    assert [a["status_code"] for a in shown["attempt_log"]] == [500, 500, 500, 200]
+    capsys.readouterr()
+    code = skyeye_main(
+        ["--home", str(pipeline.home), "alerts", "deliveries", "--rule", str(fired.rule_id)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    [row] = [line for line in out.splitlines() if receiver.url in line]
+    assert "delivered" in row and "HTTP 200" in row and " 4 " in row
+
+
+def test_a_target_the_policy_refuses_at_send_time_fails_at_once_with_its_reason(
+    pipeline: Pipeline, fire: Fire
+) -> None:
+    """A URL that passed when its rule was made and is refused now (here: no http(s) scheme,
+    written past the registry with SQL) is never retried for the retry window."""
+    alert_id = uuid.uuid4()
+    fire([("ftp://files.example.org/drop", webhook.new_secret())], [alert_id])
+    _wait(
+        "the delivery to fail",
+        lambda: [d["status"] for d in _log(pipeline, alert_id=alert_id)] == ["failed"],
+        pipeline,
+    )
+    [entry] = _log(pipeline, alert_id=alert_id)
+    assert entry["attempts"] == 1 and entry["last_status_code"] is None
+    assert "not sent" in entry["last_error"] and "not an http or https URL" in entry["last_error"]
 
 
 def test_a_relay_killed_between_publish_and_mark_repeats_the_message_and_loses_nothing(

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from rasterio.warp import transform
 
 from skyeye import samples
 from skyeye.alerts import AskCondition, RuleSpec
@@ -38,6 +39,12 @@ QUESTION = "Is there any water in the image?"
 ORIGIN = (700_000.0, 6_000_000.0)
 HERE = (18.0, 53.9, 18.5, 54.3)
 ELSEWHERE = (-10.0, -10.0, -9.0, -9.0)
+# a scene of several tiles near 18.1 E 53.2 N (outside HERE), and a small area around its
+# north-west corner that only its first tile reaches
+WIDE_ORIGIN = (700_000.0, 5_900_000.0)
+CORNER_QUESTION = "Is there a road in the image?"
+[_lon], [_lat] = transform("EPSG:32633", "EPSG:4326", [WIDE_ORIGIN[0]], [WIDE_ORIGIN[1]])
+CORNER = (_lon - 0.005, _lat - 0.005, _lon + 0.005, _lat + 0.005)
 
 
 def _spec(
@@ -72,6 +79,11 @@ def rules_(
             {"kind": "ask", "question": QUESTION, "fires_on": "yes"},
             ELSEWHERE,
         ),
+        _spec(
+            f"corner-{tag}",
+            {"kind": "ask", "question": CORNER_QUESTION, "fires_on": "yes"},
+            CORNER,
+        ),
         _spec(f"buildings-{tag}", {"kind": "detection", "phrase": "BUILDING", "min_count": 1}),
         _spec(f"zeppelins-{tag}", {"kind": "text", "query": "zeppelin"}),
     ]
@@ -103,23 +115,47 @@ def assets_(
     return done
 
 
+@pytest.fixture(scope="module")
+def wide_(
+    pipeline: Pipeline,
+    rules_: dict[str, alert_store.StoredRule],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Ingested:
+    """A scene cut into several tiles (448 px tiles of a 900 px scene), one corner in CORNER."""
+    folder = tmp_path_factory.mktemp("alerts-wide")
+    scene = samples.write_geotiff(folder / "wide.tif", size=900, seed=6, origin=WIDE_ORIGIN)
+    [done] = ingest(pipeline.settings, [scene], prefix="it/alerts")
+    states = wait_for(pipeline.engine, [done.asset_id], timeout_s=WAIT_S)
+    assert set(states.values()) == {"done"}, states
+    return done
+
+
 def _alerts(pipeline: Pipeline, asset_id: uuid.UUID) -> dict[str, dict[str, Any]]:
     with pipeline.engine.connect() as conn:
         rows = alert_store.alerts(conn, asset_id=asset_id)
     return {r["rule_name"].rsplit("-", 1)[0]: r for r in rows}
 
 
-def _answers(pipeline: Pipeline, asset_id: uuid.UUID) -> list[dict[str, Any]]:
-    key = AskCondition(question=QUESTION, fires_on="yes").task.key
+def _answers(
+    pipeline: Pipeline, asset_id: uuid.UUID, question: str = QUESTION
+) -> list[dict[str, Any]]:
+    key = AskCondition(question=question, fires_on="yes").task.key
     with pipeline.engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT w.kind, w.tile_index, r.answer FROM results r"
+                "SELECT w.kind, w.tile_index, w.bbox, r.answer FROM results r"
                 " JOIN work_items w USING (work_item_id) WHERE r.asset_id = :id AND r.task_key = :k"
             ),
             {"id": asset_id, "k": key},
         ).all()
     return [dict(r._mapping) for r in rows]
+
+
+def _meets(bounds: Sequence[float], area: Sequence[float]) -> bool:
+    """Whether two lon/lat boxes that do not cross the antimeridian intersect."""
+    return not (
+        bounds[2] < area[0] or bounds[0] > area[2] or bounds[3] < area[1] or bounds[1] > area[3]
+    )
 
 
 def test_a_standing_question_is_asked_of_every_tile_in_its_area_only(
@@ -135,6 +171,33 @@ def test_a_standing_question_is_asked_of_every_tile_in_its_area_only(
     assert len([a for a in answered if a["kind"] == "tile"]) == items > 0
     # the rules asking it have areas, and the photo lies nowhere: it is not asked
     assert _answers(pipeline, photo.asset_id) == []
+
+
+def test_a_standing_question_is_asked_of_the_tiles_its_area_reaches_not_the_whole_scene(
+    pipeline: Pipeline, rules_: dict[str, alert_store.StoredRule], wide_: Ingested
+) -> None:
+    with pipeline.engine.connect() as conn:
+        tiles = conn.execute(
+            sa.text(
+                "SELECT tile_index, bbox FROM work_items WHERE asset_id = :id AND kind = 'tile'"
+                " ORDER BY tile_index"
+            ),
+            {"id": wide_.asset_id},
+        ).all()
+    assert len(tiles) > 1 and all(t.bbox is not None for t in tiles)
+    reaching = {t.tile_index for t in tiles if _meets(t.bbox, CORNER)}
+    asked = _answers(pipeline, wide_.asset_id, CORNER_QUESTION)
+    assert {a["tile_index"] for a in asked if a["kind"] == "tile"} == reaching
+    assert 0 < len(reaching) < len(tiles)
+    # an alert's evidence places each answer on its tile
+    fired = _alerts(pipeline, wide_.asset_id).get("corner")
+    said_yes = [a for a in asked if a["answer"] and a["answer"]["answer"] == "yes"]
+    assert (fired is not None) == bool(said_yes)
+    if fired is not None:
+        by_tile = {(a["kind"], a["tile_index"]): a["bbox"] for a in said_yes}
+        assert {(e["item_kind"], e["tile_index"]) for e in fired["evidence"]} == by_tile.keys()
+        for e in fired["evidence"]:
+            assert e["lon_lat_bbox"] == pytest.approx(by_tile[e["item_kind"], e["tile_index"]])
 
 
 def test_rules_fire_once_each_exactly_as_the_stored_answers_say(
@@ -163,7 +226,8 @@ def test_rules_fire_once_each_exactly_as_the_stored_answers_say(
         assert evidence and alert["rule_id"] == rules_[name].rule_id
         if name == "yes-here":
             assert {e["task_kind"] for e in evidence} == {"yes_no"}
-            assert all(e["lon_lat_bbox"] is None for e in evidence)  # answers have no box
+            # an answer is placed where its tile is
+            assert all(_meets(e["lon_lat_bbox"], HERE) for e in evidence)
 
 
 def test_an_alert_is_written_with_its_outbox_row_and_feed_event_and_never_twice(

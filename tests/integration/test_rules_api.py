@@ -32,6 +32,7 @@ from skyeye import samples
 from skyeye.catalog import alerts as alert_store
 from skyeye.catalog import tokens
 from skyeye.cli.ingest import Ingested, ingest, wait_for
+from skyeye.cli.main import main as skyeye_main
 from skyeye.services.api import create_app
 
 from .conftest import Pipeline
@@ -288,7 +289,11 @@ def test_too_many_webhooks_are_a_422(pipeline: Pipeline, admin: httpx.Client) ->
 
 
 def test_testing_a_rule_finds_what_it_would_fire_on_and_writes_nothing(
-    pipeline: Pipeline, reader: httpx.Client, admin: httpx.Client, scene: Ingested
+    pipeline: Pipeline,
+    reader: httpx.Client,
+    admin: httpx.Client,
+    scene: Ingested,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     here = _rule("test-here", {"kind": "text", "query": WORD}, bbox=AROUND)
     away = _rule("test-away", {"kind": "text", "query": WORD}, bbox=ELSEWHERE)
@@ -302,6 +307,12 @@ def test_testing_a_rule_finds_what_it_would_fire_on_and_writes_nothing(
     [fired] = answer["fires_on"]
     assert fired["asset_id"] == str(scene.asset_id) and fired["object_key"] == scene.key
     assert [e["text"] for e in fired["evidence"]] == [f"a {WORD} engine beside a barn"]
+    # `skyeye rules test` picks the same assets by default and answers the same
+    capsys.readouterr()
+    code = skyeye_main(["--home", str(pipeline.home), "rules", "test", here["name"], "--json"])
+    assert code == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["fires_on"] == answer["fires_on"] and said["unknown"] == []
 
     unknown = str(uuid.uuid4())
     chosen = reader.post(
@@ -365,6 +376,18 @@ def test_alerts_are_listed_newest_first_with_evidence_and_deliveries(
             break
         time.sleep(0.2)
     assert row["alert_id"] == alert_id and (row["deliveries"], row["delivered"]) == (1, 1)
+    # the delivery log: one delivery, taken at the first try
+    log = reader.get(f"/rules/{first['name']}/deliveries")
+    assert log.status_code == 200, log.text
+    [entry] = log.json()["deliveries"]
+    assert (entry["alert_id"], entry["url"], entry["status"]) == (
+        alert_id,
+        receiver.url,
+        "delivered",
+    )
+    assert [a["status_code"] for a in entry["attempt_log"]] == [entry["last_status_code"]]
+    assert reader.get(f"/rules/{second['name']}/deliveries").json()["deliveries"] == []
+    assert reader.get("/rules/no-such-rule/deliveries").status_code == 404
 
     limited = reader.get("/alerts", params={"asset_id": str(scene.asset_id), "limit": 1})
     assert limited.json()["numberReturned"] == 1

@@ -15,6 +15,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from skyeye.adapters import webhook
 from skyeye.alerts.webhooks import (
     DeliveryStatus,
+    UnresolvedHost,
     backoff_s,
     check_webhook_url,
     decide,
@@ -78,6 +79,14 @@ def test_a_host_name_is_judged_by_every_address_it_resolves_to() -> None:
 def test_a_url_that_is_no_webhook_target_is_refused_with_its_reason(url: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         _check(url, allow_private=True, resolver=_resolver({}))
+
+
+def test_only_a_host_that_does_not_resolve_is_a_refusal_that_may_pass_later() -> None:
+    with pytest.raises(UnresolvedHost, match="does not resolve"):
+        _check("https://nowhere.invalid/x", resolver=_resolver({}))
+    with pytest.raises(ValueError) as refused:
+        _check("http://10.0.0.8/hook")
+    assert not isinstance(refused.value, UnresolvedHost)
 
 
 @pytest.mark.parametrize(
@@ -219,6 +228,14 @@ def test_the_last_retry_falls_when_the_retry_time_ends_and_a_failure_then_fails_
             delivered=False, attempts=21, created_at=CREATED, now=now, settings=SETTINGS
         )
         assert decision.status is DeliveryStatus.FAILED and decision.next_attempt_at is None
+
+
+def test_a_target_the_policy_refuses_fails_at_once_without_retries() -> None:
+    decision = decide(
+        delivered=False, attempts=1, created_at=CREATED, now=CREATED, settings=SETTINGS,
+        refused=True,
+    )  # fmt: skip
+    assert decision.status is DeliveryStatus.FAILED and decision.next_attempt_at is None
 
 
 def test_an_endpoint_is_disabled_after_disable_after_failed_deliveries_in_a_row() -> None:

@@ -3,7 +3,8 @@
 - :func:`check_webhook_url` vets a URL when a rule is made (and before each attempt, as a
   host's addresses can change): http(s) only, a host, no credentials, no address on the
   pipeline's own network (loopback, private, link-local, multicast, reserved, unspecified)
-  unless ``settings.alerts.allow_private_webhooks``, never the API itself.
+  unless ``settings.alerts.allow_private_webhooks``, never the API itself. A host that does
+  not resolve (:class:`UnresolvedHost`) may resolve later; any other refusal is policy.
 - :func:`backoff_s`: exponential backoff with full jitter, so receivers that fail together
   are not retried together.
 - :func:`decide`: after an attempt, the delivery is delivered, retried at a time, or failed
@@ -30,6 +31,7 @@ from skyeye.settings import AlertSettings
 __all__ = [
     "Decision",
     "DeliveryStatus",
+    "UnresolvedHost",
     "backoff_s",
     "check_webhook_url",
     "decide",
@@ -50,6 +52,10 @@ _ADDRESS_KINDS = (
 
 Resolver = Callable[[str, int], list[str]]
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class UnresolvedHost(ValueError):
+    """The webhook's host resolves to no address now (a DNS outage or a name not yet made)."""
 
 
 def _resolve(host: str, port: int) -> list[str]:
@@ -113,9 +119,9 @@ def _addresses(host: str, port: int, resolver: Resolver) -> list[_Address]:
     try:
         found = resolver(host, port)
     except (OSError, UnicodeError):
-        raise ValueError(f"the host {host!r} does not resolve to an address") from None
+        raise UnresolvedHost(f"the host {host!r} does not resolve to an address") from None
     if not found:
-        raise ValueError(f"the host {host!r} does not resolve to an address")
+        raise UnresolvedHost(f"the host {host!r} does not resolve to an address")
     # an IPv6 address may carry its interface ("fe80::1%eth0")
     return [ipaddress.ip_address(a.split("%", 1)[0]) for a in found]
 
@@ -193,17 +199,20 @@ def decide(
     created_at: datetime,
     now: datetime,
     settings: AlertSettings,
+    refused: bool = False,
     rand: Callable[[], float] = random.random,
 ) -> Decision:
     """The delivery's fate after its attempt number ``attempts`` (this one included).
 
     Retried with :func:`backoff_s` until ``settings.retry_for_s`` after ``created_at`` (the
     last retry falls at that moment, not after it); an attempt that fails later fails it.
+    ``refused``: the policy refused the target (not sent): it fails at once, as no retry
+    could change that.
     """
     if delivered:
         return Decision(DeliveryStatus.DELIVERED)
     deadline = created_at + timedelta(seconds=settings.retry_for_s)
-    if now >= deadline:
+    if refused or now >= deadline:
         return Decision(DeliveryStatus.FAILED)
     wait = backoff_s(attempts, settings.initial_backoff_s, settings.max_backoff_s, rand)
     return Decision(DeliveryStatus.PENDING, min(now + timedelta(seconds=wait), deadline))

@@ -25,12 +25,16 @@ from skyeye.alerts.rules import (
     RuleSpec,
     TextCondition,
 )
+from skyeye.catalog import search
 from skyeye.catalog.queries import bounds_sql, record_event
 from skyeye.contracts import AlertData, AlertEvidence, AlertMessage
 
 __all__ = [
+    "DEFAULT_TESTED",
+    "MAX_TESTED",
     "Endpoint",
     "RuleExists",
+    "RuleTrial",
     "StoredRule",
     "alerts",
     "create_rule",
@@ -39,6 +43,7 @@ __all__ = [
     "fire_rules",
     "rule",
     "rules",
+    "trial",
 ]
 
 # alert ids are a function of (rule, asset): a finish that runs again finds the same alert
@@ -46,6 +51,10 @@ _ALERT_NAMESPACE = uuid.UUID("8d3c1f6e-2f8b-4a55-9e0c-7b1d2a6f4c21")
 # an alert carries at most this many pieces of evidence (the count is always exact)
 _MAX_EVIDENCE = 100
 _ASSET_TIME = "COALESCE(a.start_time, a.event_time, a.created_at)"
+# a trial evaluates this many of the newest assets a rule may meet unless told otherwise, and
+# never more than MAX_TESTED (each costs a few queries)
+DEFAULT_TESTED = 50
+MAX_TESTED = 500
 
 
 class RuleExists(ValueError):
@@ -254,8 +263,58 @@ def evaluate(conn: Connection, stored: StoredRule, asset_id: uuid.UUID) -> list[
     return _answers(conn, condition, asset)
 
 
+@dataclass(frozen=True)
+class RuleTrial:
+    """What a rule would fire on among stored assets (``skyeye rules test``, ``/rules/{}/test``).
+
+    ``fires_on`` holds (asset id, object key, evidence) per asset it fires on; ``unknown`` the
+    asked-for ids the catalog lacks.
+    """
+
+    assets: int
+    fires_on: list[tuple[uuid.UUID, str, list[AlertEvidence]]]
+    unknown: list[uuid.UUID]
+
+
+def trial(
+    conn: Connection,
+    stored: StoredRule,
+    asset_ids: Sequence[uuid.UUID] | None = None,
+    limit: int = DEFAULT_TESTED,
+) -> RuleTrial:
+    """Evaluate the rule against these assets, or the newest finished ones it may meet.
+
+    Without ids, those are the ``limit`` newest finished assets that the rule's area, time
+    window and asset kind admit. Writes nothing.
+    """
+    if not 1 <= limit <= MAX_TESTED:
+        raise ValueError(f"a trial evaluates 1 to {MAX_TESTED} assets, not {limit}")
+    spec = stored.spec
+    if asset_ids is not None:
+        ids = tuple(dict.fromkeys(asset_ids))[:MAX_TESTED]
+        chosen = search.Filters(ids=ids, limit=len(ids)) if ids else None
+    else:
+        ids = ()
+        chosen = search.Filters(
+            bbox=spec.bounds(),
+            start=spec.start,
+            end=spec.end,
+            asset_kind=spec.asset_kind,
+            status=search.AssetStatus.DONE,
+            limit=limit,
+        )
+    rows = [] if chosen is None else search.search_assets(conn, chosen).rows
+    fires = []
+    for row in rows:
+        evidence = evaluate(conn, stored, row["asset_id"])
+        if evidence:
+            fires.append((row["asset_id"], row["object_key"], evidence))
+    seen = {row["asset_id"] for row in rows}
+    return RuleTrial(len(rows), fires, [i for i in ids if i not in seen])
+
+
 _EVIDENCE_COLUMNS = (
-    "r.result_id, r.task_kind, w.tile_index, w.kind AS item_kind"
+    "r.result_id, r.task_kind, w.tile_index, w.kind AS item_kind, w.bbox AS item_bbox"
     " FROM results r JOIN work_items w ON w.work_item_id = r.work_item_id"
 )
 
@@ -306,7 +365,7 @@ def _texts(conn: Connection, condition: TextCondition, asset: _Asset) -> list[Al
         ),
         {"id": asset.asset_id, "q": condition.query, "most": _MAX_EVIDENCE},
     ).all()
-    return [_evidence(r, r.raw_text) for r in rows]
+    return [_evidence(r, r.raw_text, lon_lat_bbox=r.item_bbox) for r in rows]
 
 
 def _answers(conn: Connection, condition: AskCondition, asset: _Asset) -> list[AlertEvidence]:
@@ -320,7 +379,7 @@ def _answers(conn: Connection, condition: AskCondition, asset: _Asset) -> list[A
         {"id": asset.asset_id, "key": condition.task.key},
     ).all()
     fired = [r for r in rows if test.fires(r.answer)]
-    return [_evidence(r, r.raw_text) for r in fired[:_MAX_EVIDENCE]]
+    return [_evidence(r, r.raw_text, lon_lat_bbox=r.item_bbox) for r in fired[:_MAX_EVIDENCE]]
 
 
 def fire_rules(conn: Connection, asset_id: uuid.UUID, topic: str) -> list[AlertMessage]:

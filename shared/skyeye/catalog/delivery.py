@@ -213,28 +213,40 @@ def disable_endpoint(conn: Connection, endpoint_id: uuid.UUID, why: str) -> bool
 def delivery_log(
     conn: Connection,
     *,
+    rule_id: uuid.UUID | None = None,
     alert_id: uuid.UUID | None = None,
     endpoint_id: uuid.UUID | None = None,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
-    """Deliveries (of one alert, to one endpoint), newest first.
+    """Deliveries (of one rule's alerts, of one alert, to one endpoint), newest first.
 
-    Each with its endpoint's URL and state, and its attempts in order (``attempt_log``: time,
-    status code or error, duration).
+    Each with its endpoint's URL and state, its attempts in order (``attempt_log``: time,
+    status code or error, duration), the last attempt's ``last_status_code`` and
+    ``last_error``, and ``next_attempt_at`` only while it is pending.
     """
     rows = conn.execute(
         sa.text(
-            "SELECT d.delivery_id, d.alert_id, d.endpoint_id, e.url, d.status, d.attempts,"
-            " d.next_attempt_at, d.created_at, d.finished_at, e.disabled_at, e.disabled_why,"
+            "SELECT d.delivery_id, d.alert_id, al.rule_name, d.endpoint_id, e.url, d.status,"
+            " d.attempts, CASE WHEN d.status = 'pending' THEN d.next_attempt_at END"
+            " AS next_attempt_at, d.created_at, d.finished_at, e.disabled_at, e.disabled_why,"
             " COALESCE((SELECT json_agg(json_build_object('attempted_at', a.attempted_at,"
             "  'status_code', a.status_code, 'error', a.error, 'duration_ms', a.duration_ms)"
             "  ORDER BY a.attempt_id) FROM webhook_attempts a"
             "  WHERE a.delivery_id = d.delivery_id), '[]') AS attempt_log"
             " FROM webhook_deliveries d JOIN webhook_endpoints e USING (endpoint_id)"
-            " WHERE (CAST(:alert AS uuid) IS NULL OR d.alert_id = :alert)"
+            " JOIN alerts al USING (alert_id)"
+            " WHERE (CAST(:rule AS uuid) IS NULL OR e.rule_id = :rule)"
+            " AND (CAST(:alert AS uuid) IS NULL OR d.alert_id = :alert)"
             " AND (CAST(:endpoint AS uuid) IS NULL OR d.endpoint_id = :endpoint)"
             " ORDER BY d.created_at DESC, d.delivery_id LIMIT :limit"
         ),
-        {"alert": alert_id, "endpoint": endpoint_id, "limit": limit},
+        {"rule": rule_id, "alert": alert_id, "endpoint": endpoint_id, "limit": limit},
     )
-    return [dict(row._mapping) for row in rows]
+    found = []
+    for row in rows:
+        entry = dict(row._mapping)
+        last = entry["attempt_log"][-1] if entry["attempt_log"] else {}
+        entry["last_status_code"] = last.get("status_code")
+        entry["last_error"] = last.get("error")
+        found.append(entry)
+    return found

@@ -124,8 +124,8 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
         conn.execute(
             sa.text(
                 "INSERT INTO work_items (work_item_id, asset_id, kind, tile_index, px_x, px_y,"
-                " px_width, px_height, frame_index) VALUES (:id, :asset_id, :kind, :index, :x, :y,"
-                " :w, :h, :frame) ON CONFLICT DO NOTHING"
+                " px_width, px_height, frame_index, bbox) VALUES (:id, :asset_id, :kind, :index,"
+                " :x, :y, :w, :h, :frame, :bbox) ON CONFLICT DO NOTHING"
             ),
             {
                 "id": item.work_item_id,
@@ -137,6 +137,7 @@ def add_work_items(conn: Connection, asset_id: uuid.UUID, items: Sequence[WorkIt
                 "w": item.tile.width,
                 "h": item.tile.height,
                 "frame": _frame_index(item),
+                "bbox": _bbox_array(item.bbox),
             },
         )
 
@@ -888,7 +889,7 @@ def known_objects(conn: Connection, object_ids: Sequence[uuid.UUID]) -> set[uuid
 
 
 def work_items_of(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]:
-    """The asset's work items: kind, pixel window, clip frame and status of each.
+    """The asset's work items: kind, pixel window, clip frame, lon/lat bounds and status of each.
 
     Whole-asset items (a scene's overview, a clip's caption) come first, then the tiles and
     frames by index: the order :func:`results` lists their results in.
@@ -896,7 +897,7 @@ def work_items_of(conn: Connection, asset_id: uuid.UUID) -> list[dict[str, Any]]
     rows = conn.execute(
         sa.text(
             "SELECT work_item_id, kind, tile_index, px_x, px_y, px_width, px_height, frame_index,"
-            " status, created_at, completed_at FROM work_items WHERE asset_id = :id"
+            " bbox, status, created_at, completed_at FROM work_items WHERE asset_id = :id"
             " ORDER BY kind IN ('tile', 'frame'), tile_index, kind"
         ),
         {"id": asset_id},

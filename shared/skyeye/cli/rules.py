@@ -8,6 +8,7 @@ Shapes users and scripts rely on (issue 23)::
     skyeye rules list | show NAME | delete NAME | test NAME
     skyeye alerts list [--rule NAME] [--json]
     skyeye alerts watch
+    skyeye alerts deliveries [--rule NAME] [--alert ID] [--json]   (the webhook delivery log)
 
 ``rules create --json`` prints the rule with each webhook's signing secret, shown only there.
 Rules and alerts are read and written through the catalog, as the API does; ``alerts watch``
@@ -22,17 +23,18 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import ValidationError
 
 from skyeye.adapters import feed, postgres
-from skyeye.adapters.postgres import Engine
+from skyeye.adapters.postgres import Connection
 from skyeye.alerts import RuleSpec, rule_name_problem
 from skyeye.alerts.registry import InvalidRule, register
 from skyeye.catalog import alerts as alert_store
-from skyeye.catalog import jsonable, search
+from skyeye.catalog import delivery, jsonable, search
 from skyeye.cli.arguments import bounded
 from skyeye.cli.output import table
 from skyeye.contracts import first_error
@@ -124,16 +126,17 @@ def _add_rules(commands: Any) -> None:
     p.add_argument("--asset", action="append", type=uuid.UUID, help="this asset (repeatable)")
     p.add_argument(
         "--limit",
-        type=bounded(int, 1, 10_000),
-        default=100,
-        help="else the newest LIMIT finished assets (default 100)",
+        type=bounded(int, 1, alert_store.MAX_TESTED),
+        default=alert_store.DEFAULT_TESTED,
+        help="else the newest LIMIT finished assets the rule's area, time window and asset kind"
+        f" admit (default {alert_store.DEFAULT_TESTED})",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the answer POST /rules/NAME/test gives")
     p.set_defaults(func=cmd_test)
 
 
 def _add_alerts(commands: Any) -> None:
-    p = commands.add_parser("alerts", help="what the rules fired: list, watch")
+    p = commands.add_parser("alerts", help="what the rules fired: list, watch, deliveries")
     alert_commands = p.add_subparsers(dest="alerts_command", required=True, metavar="COMMAND")
     p = alert_commands.add_parser("list", help="alerts, newest first")
     p.add_argument("--rule", metavar="NAME", help="of this rule only")
@@ -159,15 +162,51 @@ def _add_alerts(commands: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_watch)
+    p = alert_commands.add_parser(
+        "deliveries",
+        help="the webhook delivery log, newest first",
+        description="Each webhook delivery of the alerts: delivered, pending (retried with "
+        "backoff) or failed, with every attempt's HTTP status or error, and the endpoint's "
+        "state (disabled after failing too often).",
+    )
+    p.add_argument("--rule", metavar="NAME", help="of this rule's alerts only")
+    p.add_argument("--alert", type=uuid.UUID, metavar="ALERT_ID", help="of this alert only")
+    p.add_argument("--limit", type=bounded(int, 1, 10_000), default=50)
+    p.add_argument("--json", action="store_true", help="every delivery with its attempts")
+    p.set_defaults(func=cmd_deliveries)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     return resolve(Settings(home=args.home) if args.home else Settings())
 
 
-def _engine(settings: Settings) -> Engine:
+@contextmanager
+def _catalog(settings: Settings) -> Iterator[Connection]:
+    """A connection to the catalog in one transaction, committed when the block ends."""
     assert settings.database_url is not None
-    return postgres.create_engine(settings.database_url)
+    engine = postgres.create_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        engine.dispose()
+
+
+def _listing(
+    args: argparse.Namespace,
+    found: list[dict[str, Any]],
+    nothing: str,
+    header: Sequence[str],
+    row: Callable[[dict[str, Any]], Sequence[str]],
+) -> int:
+    """Print catalog rows: as JSON with ``--json``, else a table (``nothing`` when none)."""
+    if args.json:
+        print(json.dumps(found, indent=2, default=jsonable))
+    elif not found:
+        print(nothing)
+    else:
+        print(table([row(f) for f in found], header))
+    return 0
 
 
 def _fail(message: str) -> int:
@@ -232,14 +271,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(str(exc))
     settings = _settings(args)
-    engine = _engine(settings)
     try:
-        with engine.begin() as conn:
+        with _catalog(settings) as conn:
             made = register(conn, spec, settings, _api_url(args, settings))
     except (InvalidRule, alert_store.RuleExists) as exc:
         return _fail(str(exc))
-    finally:
-        engine.dispose()
     if args.json:
         print(json.dumps(made.as_json(), indent=2))
         return 0
@@ -249,17 +285,15 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_rule(args: argparse.Namespace, act: Callable[[alert_store.StoredRule], int]) -> int:
-    settings = _settings(args)
-    engine = _engine(settings)
-    try:
-        with engine.begin() as conn:
-            found = alert_store.rule(conn, args.name)
-            if found is None:
-                return _fail(f"no rule {args.name!r} (see `skyeye rules list`)")
-            return act(found)
-    finally:
-        engine.dispose()
+def _with_rule(
+    args: argparse.Namespace, act: Callable[[Connection, alert_store.StoredRule], int]
+) -> int:
+    """``act`` on the rule ``args.name`` names, in the catalog's transaction; exit 2 if none."""
+    with _catalog(_settings(args)) as conn:
+        found = alert_store.rule(conn, args.name)
+        if found is None:
+            return _fail(f"no rule {args.name!r} (see `skyeye rules list`)")
+        return act(conn, found)
 
 
 def _describe(rule: alert_store.StoredRule) -> str:
@@ -277,13 +311,8 @@ def _describe(rule: alert_store.StoredRule) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``skyeye rules list``: every rule, by name."""
-    settings = _settings(args)
-    engine = _engine(settings)
-    try:
-        with engine.connect() as conn:
-            found = alert_store.rules(conn)
-    finally:
-        engine.dispose()
+    with _catalog(_settings(args)) as conn:
+        found = alert_store.rules(conn)
     if args.json:
         print(json.dumps([r.as_json() for r in found], indent=2))
         return 0
@@ -298,7 +327,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """``skyeye rules show``: one rule with its webhooks' state."""
 
-    def show(rule: alert_store.StoredRule) -> int:
+    def show(_: Connection, rule: alert_store.StoredRule) -> int:
         print(json.dumps(rule.as_json(), indent=2) if args.json else _shown(rule))
         return 0
 
@@ -315,13 +344,8 @@ def _shown(rule: alert_store.StoredRule) -> str:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     """``skyeye rules delete``: the rule fires no more; its alerts stay."""
-    settings = _settings(args)
-    engine = _engine(settings)
-    try:
-        with engine.begin() as conn:
-            gone = alert_store.delete_rule(conn, args.name)
-    finally:
-        engine.dispose()
+    with _catalog(_settings(args)) as conn:
+        gone = alert_store.delete_rule(conn, args.name)
     if gone is None:
         return _fail(f"no rule {args.name!r} (see `skyeye rules list`)")
     print(f"deleted rule {gone.name!r}; its alerts stay")
@@ -331,39 +355,33 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     """``skyeye rules test``: which stored assets the rule would fire on; fires nothing."""
 
-    def test(rule: alert_store.StoredRule) -> int:
-        settings = _settings(args)
-        engine = _engine(settings)
-        try:
-            with engine.connect() as conn:
-                ids = args.asset or [
-                    row["asset_id"]
-                    for row in search.search_assets(
-                        conn, search.Filters(status=search.AssetStatus.DONE, limit=args.limit)
-                    ).rows
-                ]
-                hits = {a: alert_store.evaluate(conn, rule, a) for a in ids}
-        finally:
-            engine.dispose()
-        fired = {a: e for a, e in hits.items() if e}
+    def test(conn: Connection, rule: alert_store.StoredRule) -> int:
+        tried = alert_store.trial(conn, rule, args.asset, args.limit)
         if args.json:
             out = {
                 "rule": rule.name,
-                "assets": len(ids),
+                "assets": tried.assets,
                 "fires_on": [
-                    {"asset_id": a, "evidence": [x.model_dump(mode="json") for x in e]}
-                    for a, e in fired.items()
+                    {
+                        "asset_id": a,
+                        "object_key": key,
+                        "evidence": [x.model_dump(mode="json") for x in evidence],
+                    }
+                    for a, key, evidence in tried.fires_on
                 ],
+                "unknown": tried.unknown,
             }
             print(json.dumps(out, indent=2, default=jsonable))
             return 0
-        print(f"{rule.name}: would fire on {len(fired)} of {len(ids)} asset(s)")
-        for asset_id, evidence in fired.items():
+        print(f"{rule.name}: would fire on {len(tried.fires_on)} of {tried.assets} asset(s)")
+        for asset_id, key, evidence in tried.fires_on:
             first = evidence[0]
             print(
-                f"  {asset_id}: {len(evidence)} piece(s) of evidence, e.g. tile "
+                f"  {asset_id} ({key}): {len(evidence)} piece(s) of evidence, e.g. tile "
                 f"{first.tile_index}: {first.text[:60]!r}"
             )
+        for asset_id in tried.unknown:
+            print(f"  {asset_id}: no such asset in the catalog")
         return 0
 
     return _with_rule(args, test)
@@ -371,31 +389,53 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     """``skyeye alerts list``: alerts, newest first."""
-    settings = _settings(args)
-    engine = _engine(settings)
-    try:
-        with engine.connect() as conn:
-            found = alert_store.alerts(conn, args.rule, args.asset, args.limit)
-    finally:
-        engine.dispose()
-    if args.json:
-        print(json.dumps(found, indent=2, default=jsonable))
-        return 0
-    if not found:
-        print("no alerts")
-        return 0
-    rows = [
-        (
+    with _catalog(_settings(args)) as conn:
+        found = alert_store.alerts(conn, args.rule, args.asset, args.limit)
+    return _listing(
+        args,
+        found,
+        "no alerts",
+        ("fired (UTC)", "rule", "object", "evidence", "webhooks ok"),
+        lambda a: (
             a["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
             a["rule_name"],
             a["object_key"],
             str(len(a["evidence"])),
             f"{a['delivered']}/{a['deliveries']}",
-        )
-        for a in found
-    ]
-    print(table(rows, ("fired (UTC)", "rule", "object", "evidence", "webhooks ok")))
-    return 0
+        ),
+    )
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    """``skyeye alerts deliveries``: the webhook delivery log, newest first."""
+    with _catalog(_settings(args)) as conn:
+        rule_id = None
+        if args.rule is not None:
+            stored = alert_store.rule(conn, args.rule)
+            if stored is None:
+                return _fail(f"no rule {args.rule!r} (see `skyeye rules list`)")
+            rule_id = stored.rule_id
+        found = delivery.delivery_log(conn, rule_id=rule_id, alert_id=args.alert, limit=args.limit)
+    return _listing(
+        args,
+        found,
+        "no webhook deliveries",
+        ("made (UTC)", "rule", "webhook", "status", "tries", "last answer"),
+        lambda d: (
+            d["created_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            d["rule_name"],
+            d["url"],
+            d["status"] + (" (endpoint disabled)" if d["disabled_at"] else ""),
+            str(d["attempts"]),
+            _last_answer(d),
+        ),
+    )
+
+
+def _last_answer(entry: dict[str, Any]) -> str:
+    if entry["last_status_code"] is not None:
+        return f"HTTP {entry['last_status_code']}"
+    return str(entry["last_error"] or "-")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
