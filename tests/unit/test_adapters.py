@@ -13,12 +13,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import ray
 import sqlalchemy as sa
 import urllib3.exceptions
 from kafka.errors import CommitFailedError
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from skyeye.adapters import kafka, postgres, s3
+from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.adapters.s3 import (
     ObjectMissing,
     ObjectStore,
@@ -221,3 +222,11 @@ def test_a_failing_statement_is_a_database_error_that_is_not_transient() -> None
     assert failed.value.reason is None and failed.value.__cause__ is error
     assert postgres.transient_reason(failed.value) is None
     assert "does not exist" in str(failed.value)
+
+
+def test_serve_health_of_a_cluster_that_does_not_answer_is_unknown_and_leaves_no_driver() -> None:
+    """Nothing listens at the address: the asking child is killed at the timeout."""
+    health = serve.app_health(Settings(ray_address="127.0.0.1:9"), timeout_s=5)
+    assert (health.status, health.message) == ("unknown", "Ray did not answer within 5 s")
+    # asked from a child process: this one never joined a cluster
+    assert not ray.is_initialized()

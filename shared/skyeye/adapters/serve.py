@@ -7,9 +7,11 @@ Callers name Serve's handle types by this module's names (:data:`AppHandle`,
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
-from dataclasses import dataclass, field
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
 from typing import TypeAlias
 
 import ray
@@ -63,16 +65,20 @@ def connect(settings: Settings) -> None:
     if settings.ray_address is None:
         raise ValueError("ray_address is unset; resolve the settings against a running stack")
     if not ray.is_initialized():
-        # the status asker and the API's request threads join off the main thread
+        # the API's request threads join off the main thread
         worker_log = logging.getLogger("ray._private.worker")
         if not any(isinstance(f, _NoSigtermNotice) for f in worker_log.filters):
             worker_log.addFilter(_NoSigtermNotice())
-        ray.init(
-            address=settings.ray_address,
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
+        _join(settings.ray_address)
+
+
+def _join(address: str) -> None:
+    ray.init(
+        address=address,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
 
 
 def disconnect() -> None:
@@ -128,26 +134,36 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
     The status is ``unknown``, with the reason, when the cluster does not answer within
     ``timeout_s``.
 
-    Joining the cluster as a driver takes a second or two and may hang on a cluster that is
-    half down, so it runs in a daemon thread that is given up on, not waited for.
+    A child process asks: it joins the cluster as a driver, prints the answer and exits. This
+    process never becomes a driver (one that stays makes a later ``ray.init`` here fail, and
+    leaving the cluster from another thread has left gRPC state behind that broke a later
+    fork), and a join that hangs on a half-down cluster is killed at the timeout.
     """
-    answer: list[AppHealth] = []
-
-    def ask() -> None:
-        try:
-            connect(settings)
-            answer.append(_health(serve.status(), settings.serve_app))
-        except Exception as exc:  # whatever Ray raises, the report says "unknown" and why
-            log.info("serve status failed", exc_info=exc)
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            answer.append(AppHealth("unknown", reason[:200]))
-
-    asker = threading.Thread(target=ask, name="serve-status", daemon=True)
-    asker.start()
-    asker.join(timeout_s)
-    if not answer:
+    if settings.ray_address is None:
+        return AppHealth("unknown", "ray_address is unset; resolve the settings first")
+    command = [sys.executable, "-m", __name__, settings.ray_address, settings.serve_app]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
         return AppHealth("unknown", f"Ray did not answer within {timeout_s:g} s")
-    return answer[0]
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        # the child's last line of complaint is Ray's exception, "Type: message"
+        said = done.stderr.strip().splitlines() or [f"the asker exited with {done.returncode}"]
+        log.info("serve status failed: %s", done.stderr.strip())
+        return AppHealth("unknown", " ".join(said[-1].split())[:200])
+    answer = json.loads(lines[-1])
+    deployments = [DeploymentHealth(**d) for d in answer.pop("deployments")]
+    return AppHealth(**answer, deployments=deployments)
+
+
+def _report_health(address: str, app: str) -> None:
+    """The child of :func:`app_health`: join, print the health as one JSON line, leave."""
+    _join(address)
+    try:
+        print(json.dumps(asdict(_health(serve.status(), app))), flush=True)
+    finally:
+        ray.shutdown()
 
 
 class _NoSigtermNotice(logging.Filter):
@@ -196,3 +212,7 @@ class Answers:
 
     texts: list[str]
     vectors: list[list[float] | None] | None = None
+
+
+if __name__ == "__main__":
+    _report_health(*sys.argv[1:3])

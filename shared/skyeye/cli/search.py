@@ -16,7 +16,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from skyeye.adapters import postgres
-from skyeye.adapters import serve as serve_adapter
 from skyeye.catalog import jsonable, search
 from skyeye.catalog.search import AssetKind, AssetStatus, SearchMode
 from skyeye.cli.arguments import bounded
@@ -143,8 +142,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _fail(f"--mode {f.mode.value} searches results only, not {args.what}")
     vector = None
     if f.mode is not SearchMode.TEXT and f.q is not None:
-        app = serve_adapter.handle(settings)
-        [vector] = app.embed.remote([f.q]).result(timeout_s=settings.api.ask_timeout_s)
+        # the model the pipeline embeds with, run here: a CLI that joined the Ray cluster as a
+        # driver would need its network and its exact Ray version, and could hang on it.
+        # Imported here: torch and transformers cost seconds no other command should pay.
+        from skyeye.model.sentences import SentenceEncoder
+
+        [vector] = SentenceEncoder().encode([f.q]).tolist()
     assert settings.database_url is not None
     engine = postgres.create_engine(settings.database_url)
     try:

@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 __all__ = ["DIMENSIONS", "MAX_TOKENS", "SentenceEncoder", "model_path"]
+
+# a per-load progress bar would land in the CLI's output and every replica's log
+hf_logging.disable_progress_bar()
 
 #: Width of one embedding (the model's hidden size); the catalog's ``vector(384)`` column.
 DIMENSIONS = 384
