@@ -245,6 +245,16 @@ def build_app(settings: Settings) -> serve.Application:
     )
 
 
+def app_from_env(args: dict[str, Any]) -> serve.Application:
+    """The application as a Serve config file imports it (KubeRay's ``serveConfigV2``).
+
+    ``import_path: skyeye.services.inference:app_from_env``. The settings come from the
+    ``SKYEYE_*`` environment of the Ray pods, as every service's do; the config's ``args``
+    override them by field name, nested settings as mappings (``decoder: {max_replicas: 4}``).
+    """
+    return build_app(Settings(**args))
+
+
 def deploy(settings: Settings) -> None:
     """Deploy (or update) the application."""
     serve_adapter.deploy(build_app(settings), settings)

@@ -1,9 +1,12 @@
 """The encoder deployment's batching logic, without a cluster."""
 
 import numpy as np
+import pytest
 import torch
+from pydantic import ValidationError
 
-from skyeye.services.inference import encode_requests
+from skyeye.services.inference import app_from_env, encode_requests
+from skyeye.settings import Settings
 
 
 class _CountingEncoder:
@@ -34,3 +37,14 @@ def test_a_batch_that_fits_is_one_pass() -> None:
     encoder = _CountingEncoder()
     encode_requests(encoder, [_images(1), _images(2)], max_images=4)  # type: ignore[arg-type]
     assert encoder.passes == [2]
+
+
+def test_a_serve_config_builds_the_app_from_settings_its_args_override() -> None:
+    """KubeRay's serveConfigV2 imports app_from_env; its args are Settings fields."""
+    app = app_from_env({"decoder": {"max_replicas": 3, "num_gpus": 1}, "device": "cpu"})
+    # the ingress is bound to the settings it was built from (reads a Ray-internal attribute)
+    settings = app._bound_deployment.init_args[-1]
+    assert isinstance(settings, Settings)
+    assert (settings.decoder.max_replicas, settings.decoder.num_gpus) == (3, 1)
+    with pytest.raises(ValidationError, match=r"decoder\.max_replicas"):
+        app_from_env({"decoder": {"max_replicas": "many"}})
