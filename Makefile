@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint dashboard
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# the operator dashboard (web/): npm packages, then its files and Leaflet's copied to the folder
+# the API serves (git-ignored); `npm ci` installs exactly web/package-lock.json
+DASHBOARD := services/api/dashboard_static/.built
+$(DASHBOARD): web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/* web/src/js/*)
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	cd web && npm run --silent build
+
+dashboard: $(DASHBOARD)
+
+setup: $(STAMP) $(DASHBOARD)
 
 demo: setup
 	$(VENV)/bin/skyeye demo

@@ -18,6 +18,12 @@ path). An asset's latency runs from the moment its upload returned to the moment
 got its first alert (upload, event, planner, worker with the extra question, finisher firing
 the rule, webhook deliverer). The rules are deleted at the end. An asset whose answer did not
 read as yes or no fires nothing; the report says how many fired.
+
+It also follows the API's live feed (``/api/events``, alerts only, with a read token it makes
+and revokes) and reports, per alert, the time from the asset finishing to the alert reaching a
+feed client. "Finishing" is the alert row's ``created_at``: the start of the transaction that
+finishes the asset and writes the alert (the feed shows it once that commits), so the figure
+also counts that transaction's own time.
 """
 
 from __future__ import annotations
@@ -38,13 +44,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from skyeye import catalog, samples
-from skyeye.adapters import postgres
+from skyeye.adapters import feed, postgres
 from skyeye.alerts import RuleSpec
 from skyeye.alerts.registry import register
 from skyeye.catalog import alerts as alert_store
+from skyeye.catalog import tokens
 from skyeye.cli.ingest import ingest
 from skyeye.settings import Settings
 from skyeye.stack import resolve
+from skyeye.stack.state import read_state
 
 QUESTION = "Is there any water in the image?"
 
@@ -66,6 +74,29 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: one line per request would drown the report."""
+
+
+class _FeedClient:
+    """Follows the live feed's alerts; when (wall clock) each asset's first alert arrived."""
+
+    def __init__(self, api_url: str, token: str) -> None:
+        self.arrived: dict[str, float] = {}
+        self._url, self._token = api_url, token
+        self.ready = threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        # no id yet: the feed starts from now; after a drop it resumes after the last one seen
+        last: str | None = None
+        while True:
+            try:
+                self.ready.set()
+                for event in feed.follow(self._url, self._token, ["alert"], last):
+                    last = event["id"]
+                    asset_id = event["data"]["data"]["asset_id"]
+                    self.arrived.setdefault(asset_id, time.time())
+            except ConnectionError:
+                time.sleep(0.5)
 
 
 def main() -> None:
@@ -99,6 +130,9 @@ def main() -> None:
     ]
     with engine.begin() as conn:
         made = [register(conn, spec, allowing, None) for spec in specs]
+        reader = tokens.create_token(conn, ["read"], name=f"bench-feed-{tag}")
+    feed_client = _FeedClient(_api_url(settings), reader.token)
+    feed_client.ready.wait(10)
     landed: dict[str, float] = {}
     try:
         with tempfile.TemporaryDirectory() as folder:
@@ -117,15 +151,25 @@ def main() -> None:
                 if fired and fired <= set(_Receiver.arrived) and _all_finished(engine, landed):
                     break
             time.sleep(0.5)
+        # the feed polls every quarter second: give the last alerts time to show there
+        time.sleep(2)
     finally:
         with engine.begin() as conn:
+            fired_at = {
+                str(a["asset_id"]): a["created_at"].timestamp()
+                for r in made
+                for a in alert_store.alerts(conn, r.name, limit=10_000)
+            }
             for rule in made:
                 alert_store.delete_rule(conn, str(rule.rule_id))
+            tokens.revoke_token(conn, str(reader.record.token_id))
         server.shutdown()
     with _Receiver.lock:
         latencies = sorted(
             (_Receiver.arrived[a] - t) * 1000 for a, t in landed.items() if a in _Receiver.arrived
         )
+    on_feed = dict(feed_client.arrived)
+    feed_ms = sorted((on_feed[a] - t) * 1000 for a, t in fired_at.items() if a in on_feed)
     report = {
         "assets": len(landed),
         "alerts_received": len(latencies),
@@ -133,6 +177,11 @@ def main() -> None:
         "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
         "p95_ms": round(_percentile(latencies, 95), 1) if latencies else None,
         "max_ms": round(latencies[-1], 1) if latencies else None,
+        "feed_alerts": len(feed_ms),
+        "feed_missing": len(set(fired_at) - set(on_feed)),
+        "finish_to_feed_p50_ms": round(statistics.median(feed_ms), 1) if feed_ms else None,
+        "finish_to_feed_p95_ms": round(_percentile(feed_ms, 95), 1) if feed_ms else None,
+        "finish_to_feed_max_ms": round(feed_ms[-1], 1) if feed_ms else None,
         "machine": f"{platform.machine()}, {_cpus()} CPUs",
     }
     if args.json:
@@ -143,6 +192,22 @@ def main() -> None:
         f"{args.interval:g} s); object landed -> webhook received: p50 {report['p50_ms']} ms, "
         f"p95 {report['p95_ms']} ms, max {report['max_ms']} ms ({report['machine']})"
     )
+    print(
+        f"live feed: {report['feed_alerts']} alerts ({report['feed_missing']} missing); asset "
+        f"finished -> alert on /api/events: p50 {report['finish_to_feed_p50_ms']} ms, p95 "
+        f"{report['finish_to_feed_p95_ms']} ms, max {report['finish_to_feed_max_ms']} ms"
+    )
+
+
+def _api_url(settings: Settings) -> str:
+    """The running stack's results API."""
+    if settings.api.public_url:
+        return settings.api.public_url.rstrip("/")
+    state = read_state(settings.home)
+    component = None if state is None else state.component("api")
+    if component is None or not component.endpoint:
+        raise SystemExit("no results API in the running stack: start `skyeye up` first")
+    return component.endpoint.rstrip("/")
 
 
 def _all_finished(engine: postgres.Engine, landed: dict[str, float]) -> bool:

@@ -36,6 +36,10 @@ from skyeye.adapters.postgres import Engine
 from skyeye.contracts import DeadLetterHeader, dead_letter_id_for
 from skyeye.settings import Settings
 from skyeye.stack import resolve
+from skyeye.telemetry.metrics import ERRORS, ConsumerLag
+
+from ._observability import Health, database_check
+from ._observability import serve as serve_health
 
 log = logging.getLogger("skyeye.consumer")
 
@@ -91,14 +95,29 @@ def inject_fault(settings: Settings, stage: str, key: str) -> None:
 
 
 def service_settings(service: str) -> Settings:
-    """Logging, tracing and the resolved settings of one service process."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    """Logging (JSON lines with trace ids unless told otherwise), telemetry, and the settings."""
     settings = resolve(Settings())
+    if settings.observability.json_logs:
+        telemetry.logs.configure(service)
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     telemetry.setup(service, settings.home)
     return settings
+
+
+def observe(settings: Settings, engine: Engine) -> Health:
+    """The service's health (its database checked on every readiness probe), served over HTTP.
+
+    See :mod:`._observability`: ``/healthz``, ``/readyz`` and ``/metrics`` on
+    ``settings.observability.port`` when it is set.
+    """
+    health = Health(settings.observability.liveness_s)
+    health.check("database", database_check(engine))
+    serve_health(health, settings)
+    return health
 
 
 def transient(exc: BaseException, reasons: Sequence[TransientReason]) -> str | None:
@@ -138,8 +157,12 @@ class ConsumerLoop:
         engine: Engine,
         reasons: Sequence[TransientReason],
         stop: threading.Event,
+        health: Health | None = None,
+        lag: ConsumerLag | None = None,
     ) -> None:
         self._handler = handler
+        self._health = health
+        self._lag = lag
         self._settings = settings
         self._consumer = consumer
         self._producer = producer
@@ -151,6 +174,8 @@ class ConsumerLoop:
     def run(self, poll_timeout_ms: int = 500) -> None:
         """Until ``stop`` is set; the batch in hand is finished and committed first."""
         while not self._stop.is_set():
+            if self._health is not None:
+                self._health.beat()
             records = self._poll(poll_timeout_ms)
             if records:
                 try:
@@ -171,8 +196,10 @@ class ConsumerLoop:
             if why is None:
                 raise
             log.warning("poll failed (%s); trying again", why)
+            self._report("kafka", f"polling fails: {why}")
             self._stop.wait(self._settings.retry.initial_backoff_s)
             return []
+        self._report("kafka", None)
         records = [r for batch in polled.values() for r in batch]
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
@@ -184,14 +211,24 @@ class ConsumerLoop:
             # the group rebalanced meanwhile: the new owner gets these messages again, and
             # handling them again writes nothing twice
             log.warning("offsets not committed (%s); they will be delivered again", exc)
+            self._report("consumer group", f"not in its group: commits fail ({exc})")
         except Exception as exc:
             why = transient(exc, [kafka.transient_reason])
             if why is None:
                 raise
             log.warning("offsets not committed (%s); they will be delivered again", why)
+            self._report("consumer group", f"commits fail: {why}")
+        else:
+            self._report("consumer group", None)
+
+    def _report(self, name: str, problem: str | None) -> None:
+        if self._health is not None:
+            self._health.report(name, problem)
 
     def _idle(self) -> None:
         self._last_idle = time.monotonic()
+        if self._lag is not None:
+            self._lag.set(kafka.partition_lag(self._consumer))
         try:
             self._handler.idle()
         except Exception as exc:
@@ -342,6 +379,7 @@ class ConsumerLoop:
                     dlq_offset=copy.offset if copy else None,
                 ),
             )
+            ERRORS.add(1, {"stage": stage, "kind": kind})
             catalog.record_error(
                 conn,
                 source=_source(record),
@@ -411,10 +449,13 @@ def run_consumer(
 ) -> None:
     """Consume until SIGTERM/SIGINT, finishing (and committing) the batch in hand first."""
     stop = stop_on_signals()
+    health = observe(settings, engine)
     consumer = kafka.consumer(settings, topic, group, max_poll_records)
     producer = kafka.producer(settings)
     try:
-        ConsumerLoop(handler, settings, consumer, producer, engine, reasons, stop).run()
+        ConsumerLoop(
+            handler, settings, consumer, producer, engine, reasons, stop, health, ConsumerLag(group)
+        ).run()
     finally:
         consumer.close()
         producer.close()

@@ -24,6 +24,7 @@ import torch
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from skyeye import telemetry
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.serve import Answers
 from skyeye.model import TextDecoder, VisionEncoder
@@ -83,6 +84,7 @@ class VisionEncoderDeployment:
         self, model_dir: str, device: str, stage: DeploymentSettings, settings: Settings
     ) -> None:
         _configure_threads(stage)
+        telemetry.setup("skyeye-encoder", settings.home)
         self._encoder = VisionEncoder.load(Path(model_dir), device=device)
         self._max_images = stage.max_batch_size
         self._cache = _cache(settings, model_dir)
@@ -91,10 +93,20 @@ class VisionEncoderDeployment:
 
     @_batched
     async def encode(
-        self, requests: list[list[np.ndarray]], cache_keys: list[str | None]
+        self,
+        requests: list[list[np.ndarray]],
+        cache_keys: list[str | None],
+        traces: list[dict[str, str] | None],
     ) -> list[torch.Tensor]:
-        """The embeddings of each request's images; Serve gathers the requests into a batch."""
-        embeds = encode_requests(self._encoder, requests, self._max_images)
+        """The embeddings of each request's images; Serve gathers the requests into a batch.
+
+        Each request's trace (its work item's, passed along) gets an ``encode`` span.
+        """
+        spans = telemetry.spans_for("encode", traces, {"skyeye.batch_size": len(requests)})
+        try:
+            embeds = encode_requests(self._encoder, requests, self._max_images)
+        finally:
+            telemetry.end_all(spans)
         if self._cache is not None:
             for key, tensor in zip(cache_keys, embeds, strict=True):
                 if key is not None:
@@ -108,9 +120,15 @@ class LlmDecoderDeployment:
     """Image embeddings + task instructions -> one raw answer per instruction."""
 
     def __init__(
-        self, model_dir: str, device: str, stage: DeploymentSettings, decoding: DecodingSettings
+        self,
+        model_dir: str,
+        device: str,
+        stage: DeploymentSettings,
+        decoding: DecodingSettings,
+        home: Path,
     ) -> None:
         _configure_threads(stage)
+        telemetry.setup("skyeye-decoder", home)
         self._decoder = TextDecoder.load(Path(model_dir), device=device)
         self._decoding = decoding.model_dump()
         self.generate.set_max_batch_size(stage.max_batch_size)
@@ -118,14 +136,24 @@ class LlmDecoderDeployment:
 
     @_batched
     async def generate(
-        self, embeds: list[torch.Tensor], instructions: list[list[str]]
+        self,
+        embeds: list[torch.Tensor],
+        instructions: list[list[str]],
+        traces: list[dict[str, str] | None],
     ) -> list[list[str]]:
-        """One raw answer per instruction of each request; Serve gathers them into a batch."""
-        # one tile at a time: each reuses its own image prefix across its tasks
-        return [
-            self._decoder.generate(e, i, **self._decoding)
-            for e, i in zip(embeds, instructions, strict=True)
-        ]
+        """One raw answer per instruction of each request; Serve gathers them into a batch.
+
+        Each request's trace gets a ``decode`` span.
+        """
+        spans = telemetry.spans_for("decode", traces, {"skyeye.batch_size": len(embeds)})
+        try:
+            # one tile at a time: each reuses its own image prefix across its tasks
+            return [
+                self._decoder.generate(e, i, **self._decoding)
+                for e, i in zip(embeds, instructions, strict=True)
+            ]
+        finally:
+            telemetry.end_all(spans)
 
 
 @serve.deployment
@@ -167,19 +195,27 @@ class Ingress:
         self._cache = _cache(settings, str(settings.resolved_model_dir))
 
     async def infer(
-        self, images: list[np.ndarray], instructions: list[str], cache_key: str | None = None
+        self,
+        images: list[np.ndarray],
+        instructions: list[str],
+        cache_key: str | None = None,
+        trace: dict[str, str] | None = None,
     ) -> Answers:
         """Answers about one image, or about several (a clip's frames, one ``<Img>`` slot each).
 
-        With ``cache_key`` the encoder's output is also kept in the embedding cache under it.
+        With ``cache_key`` the encoder's output is also kept in the embedding cache under it;
+        with ``trace`` (a caller's :func:`skyeye.telemetry.carrier`) the encoder and decoder
+        record their work in the caller's trace.
         """
         if not images:
             raise ValueError("no images to answer about")
-        embeds = self._encoder.encode.remote(images, cache_key)
-        texts = await self._decoder.generate.remote(embeds, instructions)
+        embeds = self._encoder.encode.remote(images, cache_key, trace)
+        texts = await self._decoder.generate.remote(embeds, instructions, trace)
         return await self._answers(texts)
 
-    async def cached(self, cache_key: str, instructions: list[str]) -> Answers | None:
+    async def cached(
+        self, cache_key: str, instructions: list[str], trace: dict[str, str] | None = None
+    ) -> Answers | None:
         """Answers from the embeddings cached under ``cache_key``, never calling the encoder.
 
         None when nothing usable is cached (or the cache is off or unreachable): the caller
@@ -190,7 +226,7 @@ class Ingress:
         embeds = await asyncio.to_thread(self._cache.get, cache_key)
         if embeds is None:
             return None
-        texts = await self._decoder.generate.remote(embeds, instructions)
+        texts = await self._decoder.generate.remote(embeds, instructions, trace)
         return await self._answers(texts)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
@@ -239,7 +275,9 @@ def build_app(settings: Settings) -> serve.Application:
     embedder = stage(_deployment(TextEmbedderDeployment), "TextEmbedder", settings.embedder)
     return _deployment(Ingress).bind(
         encoder.bind(model_dir, settings.device, settings.encoder, settings),
-        decoder.bind(model_dir, settings.device, settings.decoder, settings.decoding),
+        decoder.bind(
+            model_dir, settings.device, settings.decoder, settings.decoding, settings.home
+        ),
         embedder.bind(settings.embedder),
         settings,
     )

@@ -15,6 +15,7 @@ frame plus one clip caption over all of them. Workers then read frames like any 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from skyeye.contracts import (
 from skyeye.imagery import clips, geo, scenes
 from skyeye.model import tasks
 from skyeye.settings import Settings
+from skyeye.telemetry.metrics import ASSETS, ERRORS, STAGE_SECONDS
 
 from ._runtime import Subject, inject_fault, run_consumer, service_settings
 
@@ -138,12 +140,15 @@ class Planner:
             log.info("%s: asset %s already %s", source, asset_id, status)
             return
         inject_fault(self._settings, self.stage, key)
+        began = time.perf_counter()
         asset_plan = self._asset_plan(record, asset_id, source)
         if asset_plan is None:
             return
         standing = self._standing_questions(asset_plan, _parse_time(record.event_time))
         items = self._work_items(record, asset_id, asset_plan, standing)
         self._publish(asset_id, asset_plan, items)
+        STAGE_SECONDS.record(time.perf_counter() - began, {"stage": "plan"})
+        ASSETS.add(1, {"stage": "planner", "outcome": "planned"})
         log.info(
             "%s: asset %s (%s) planned into %d work item(s)", source, asset_id, key, len(items)
         )
@@ -453,6 +458,9 @@ class Planner:
     ) -> None:
         """Record that ``source`` (and its asset, when it has one) could not be planned."""
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
+        ERRORS.add(1, {"stage": "planner", "kind": kind})
+        if asset_id is not None:
+            ASSETS.add(1, {"stage": "planner", "outcome": "error"})
         with self._engine.begin() as conn:
             catalog.record_error(
                 conn,

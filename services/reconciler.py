@@ -78,7 +78,8 @@ from skyeye.contracts import asset_id_for, minio_created_event, object_key_probl
 from skyeye.imagery import clips
 from skyeye.settings import Settings
 
-from ._runtime import service_settings, stop_on_signals, transient
+from ._observability import Health
+from ._runtime import observe, service_settings, stop_on_signals, transient
 
 log = logging.getLogger("skyeye.reconciler")
 _K = TypeVar("_K")
@@ -228,15 +229,21 @@ class Reconciler:
         self._announced: dict[uuid.UUID, float] = {}
         self._refused: dict[str, float] = {}
 
-    def run(self) -> None:
-        """Pass after pass until stopped; no failure ends the loop."""
+    def run(self, health: Health | None = None) -> None:
+        """Pass after pass until stopped; no failure ends the loop. ``health`` hears of each."""
         interval = self._settings.reconciler.interval_s
         while not self._stop.is_set():
+            if health is not None:
+                health.beat()
             began = time.monotonic()
             try:
                 report = self.run_pass()
+                if health is not None:
+                    health.report("reconciler", None)
             except Exception as exc:
                 why = transient(exc, TRANSIENT_REASONS)
+                if health is not None:
+                    health.report("reconciler", f"passes fail: {why or type(exc).__name__}")
                 if why is not None:
                     log.warning("pass ended early: %s; next pass in %g s", why, interval)
                 else:
@@ -432,10 +439,11 @@ def main() -> None:
     assert settings.database_url is not None  # resolve() fills every endpoint
     stop = stop_on_signals()
     engine = postgres.create_engine(settings.database_url)
+    health = observe(settings, engine)
     producer = kafka.producer(settings)
     try:
         downstream = PipelineDownstream(settings, engine, producer)
-        Reconciler(settings, ObjectStore(settings), downstream, stop=stop).run()
+        Reconciler(settings, ObjectStore(settings), downstream, stop=stop).run(health)
     finally:
         producer.close()
         engine.dispose()

@@ -27,7 +27,15 @@ from skyeye.adapters.postgres import Engine
 from skyeye.catalog import delivery
 from skyeye.settings import Settings
 
-from ._runtime import InjectedFault, inject_fault, service_settings, stop_on_signals, transient
+from ._observability import Health
+from ._runtime import (
+    InjectedFault,
+    inject_fault,
+    observe,
+    service_settings,
+    stop_on_signals,
+    transient,
+)
 
 log = logging.getLogger("skyeye.relay")
 
@@ -48,21 +56,27 @@ class Relay:
         self._engine = engine
         self._producer = producer
 
-    def run(self, stop: threading.Event) -> None:
-        """Relay until ``stop`` is set.
+    def run(self, stop: threading.Event, health: Health | None = None) -> None:
+        """Relay until ``stop`` is set, beating ``health`` each round and reporting failures.
 
         A full batch is followed by the next at once, a failure by a wait that grows as
         ``settings.retry`` says.
         """
         failures = 0
         while not stop.is_set():
+            if health is not None:
+                health.beat()
             try:
                 relayed = self.relay_once()
                 failures = 0
+                if health is not None:
+                    health.report("relay", None)
             except Exception as exc:
                 failures += 1
                 wait = self._settings.retry.backoff_s(failures)
                 why = transient(exc, TRANSIENT_REASONS)
+                if health is not None:
+                    health.report("relay", f"relaying fails: {why or type(exc).__name__}")
                 if why is None:
                     log.exception("relaying failed; trying again in %.1f s", wait)
                 else:
@@ -115,9 +129,10 @@ def main() -> None:
     assert settings.database_url is not None  # resolve() fills every endpoint
     stop = stop_on_signals()
     engine = postgres.create_engine(settings.database_url)
+    health = observe(settings, engine)
     producer = kafka.producer(settings)
     try:
-        Relay(settings, engine, producer).run(stop)
+        Relay(settings, engine, producer).run(stop, health)
     finally:
         producer.close()
         engine.dispose()

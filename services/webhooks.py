@@ -45,7 +45,8 @@ from skyeye.catalog import delivery
 from skyeye.catalog.delivery import DueDelivery
 from skyeye.settings import Settings
 
-from ._runtime import service_settings, stop_on_signals, transient
+from ._observability import Health
+from ._runtime import observe, service_settings, stop_on_signals, transient
 
 log = logging.getLogger("skyeye.webhooks")
 
@@ -75,8 +76,10 @@ class Deliverer:
         # the endpoint of each attempt in flight
         self._in_flight: dict[concurrent.futures.Future[None], uuid.UUID] = {}
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, health: Health | None = None) -> None:
         """Deliver until ``stop`` is set, then let the attempts under way finish.
+
+        ``health`` is told of each round and of claims that fail.
 
         It claims again as soon as an attempt ends (its endpoint may have more due), else
         every ``poll_s``; after a database failure, after a wait that grows as
@@ -86,9 +89,14 @@ class Deliverer:
         failures = 0
         with concurrent.futures.ThreadPoolExecutor(self._workers, "webhook") as pool:
             while not stop.is_set():
+                if health is not None:
+                    health.beat()
                 self._in_flight = {f: e for f, e in self._in_flight.items() if not f.done()}
                 free = self._workers - len(self._in_flight)
                 claimed = self._claim(free) if free else []
+                if health is not None:
+                    failing = "claiming deliveries fails" if claimed is None else None
+                    health.report("deliveries", failing)
                 if claimed is None:
                     failures += 1
                     stop.wait(self._settings.retry.backoff_s(failures))
@@ -192,9 +200,10 @@ def main() -> None:
     assert settings.database_url is not None  # resolve() fills every endpoint
     stop = stop_on_signals()
     engine = postgres.create_engine(settings.database_url)
+    health = observe(settings, engine)
     sender = webhook.Sender(settings.alerts.webhook_timeout_s, max_connections=WORKERS)
     try:
-        Deliverer(settings, engine, sender).run(stop)
+        Deliverer(settings, engine, sender).run(stop, health)
     finally:
         sender.close()
         engine.dispose()

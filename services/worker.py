@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ from skyeye.adapters.kafka import Record
 from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.catalog import alerts as alert_store
-from skyeye.contracts import Tile, WorkItem, first_error, preview_key_for
+from skyeye.contracts import AlertMessage, Tile, WorkItem, first_error, preview_key_for
 from skyeye.imagery import geo, previews, scenes, work_items
 from skyeye.model import tasks
 from skyeye.settings import Settings
+from skyeye.telemetry.metrics import ASSETS, ERRORS, STAGE_SECONDS, WORK_ITEMS
 
 from ._runtime import (
     Subject,
@@ -69,6 +71,8 @@ class _Pending:
     georef: geo.GeoTile | None
     response: serve_adapter.Response
     span: trace.Span
+    # when the model was called (perf_counter): the infer stage runs until its answer is in
+    called: float
 
 
 class Worker:
@@ -156,6 +160,7 @@ class Worker:
             )
             self._error(f"work_item:{item.work_item_id}", "oversize_question", message, item)
             return None
+        began = time.perf_counter()
         try:
             images, georef = self._read(item)
         except (imagery.UnreadableImage, ObjectTooLarge) as exc:
@@ -170,8 +175,9 @@ class Worker:
         except ValueError as exc:
             self._error(f"work_item:{item.work_item_id}", "malformed_task", str(exc), item)
             return None
+        STAGE_SECONDS.record(time.perf_counter() - began, {"stage": "read"})
         response = self._call(item, images, instructions)
-        return _Pending(item, images, georef, response, span)
+        return _Pending(item, images, georef, response, span, time.perf_counter())
 
     def _read(self, item: WorkItem) -> tuple[list[np.ndarray], geo.GeoTile | None]:
         return work_items.read_work_item(self._store, self._settings, item)
@@ -182,8 +188,10 @@ class Worker:
         # the encoder keeps the tile's embeddings under its work item id, for later questions
         key = str(item.work_item_id) if self._settings.embedding_cache.enabled else None
         # the handle was not asked to stream, so the call gives one response, never a generator
+        # the encoder and decoder record their spans in the work item's trace
         return cast(
-            serve_adapter.Response, self._app.infer.remote(images, instructions, cache_key=key)
+            serve_adapter.Response,
+            self._app.infer.remote(images, instructions, cache_key=key, trace=telemetry.carrier()),
         )
 
     def _finish(self, job: _Pending) -> None:
@@ -192,15 +200,19 @@ class Worker:
         answers: serve_adapter.Answers = job.response.result(
             timeout_s=self._settings.inference_timeout_s
         )
+        began = time.perf_counter()
+        STAGE_SECONDS.record(began - job.called, {"stage": "infer"})
         vectors = answers.vectors or [None] * len(answers.texts)
         outcomes = [
             dataclasses.replace(tasks.interpret(task, raw, job.item.tile), embedding=vector)
             for task, raw, vector in zip(job.item.tasks, answers.texts, vectors, strict=True)
         ]
         outcomes = work_items.locate(outcomes, job.item, job.georef)
-        with self._engine.begin() as conn:
+        with self._tracer.start_as_current_span("store"), self._engine.begin() as conn:
             written = catalog.store_results(conn, job.item, outcomes, self._model_name)
             status = catalog.asset_status(conn, job.item.asset_id)
+        STAGE_SECONDS.record(time.perf_counter() - began, {"stage": "store"})
+        WORK_ITEMS.add(1, {"kind": job.item.kind.value, "outcome": "done"})
         log.info(
             "work item %s of asset %s: %d result(s) stored",
             job.item.work_item_id,
@@ -222,6 +234,9 @@ class Worker:
         """Record a failure of ``item`` (and its asset), or of a message that is no item."""
         log.warning("%s: %s: %s", source, kind, message)
         trace.get_current_span().set_status(trace.StatusCode.ERROR, f"{kind}: {message}")
+        ERRORS.add(1, {"stage": "worker", "kind": kind})
+        if item is not None:
+            WORK_ITEMS.add(1, {"kind": item.kind.value, "outcome": "error"})
         with self._engine.begin() as conn:
             catalog.record_error(
                 conn,
@@ -260,54 +275,65 @@ class Finisher:
             target = catalog.claim_finishing(conn, asset_id, waited_s=waited)
             if target is None:
                 return False
-            preview_key = None
-            if target.scene is not None:
-                self._attempt(
-                    conn,
-                    target,
-                    "finish",
-                    "flagging duplicate detections",
-                    lambda: scenes.merge_duplicates(conn, target.asset_id),
-                )
-            if target.any_done:
-                preview_key = self._attempt(
-                    conn,
-                    target,
-                    "preview",
-                    "drawing the preview",
-                    lambda: self._write_preview(conn, target, image),
-                )
-            fired = None
-            if target.any_done:
-                fired = self._attempt(
-                    conn,
-                    target,
-                    "alerts",
-                    "firing the alert rules",
-                    lambda: alert_store.fire_rules(
-                        conn, target.asset_id, self._settings.topic_alerts
-                    ),
-                )
-            status = catalog.complete_finish(conn, target.asset_id, preview_key)
-            catalog.record_event(
-                conn,
-                "asset.finished",
-                target.asset_id,
-                {
-                    "asset_id": target.asset_id,
-                    "object_key": target.object_key,
-                    "status": status,
-                    "alerts": [m.data.alert_id for m in fired or []],
-                },
-            )
+            # in the trace of the work item that completed the asset; a sweep starts its own
+            with telemetry.tracer(__name__).start_as_current_span(
+                "finish", attributes={"skyeye.asset_id": str(target.asset_id)}
+            ) as span:
+                status, preview_key, fired = self._finish_claimed(conn, target, image)
+                span.set_attributes({"skyeye.status": status, "skyeye.alerts": len(fired)})
+        ASSETS.add(1, {"stage": "finisher", "outcome": status})
         log.info(
             "asset %s finished: %s, preview %s, %d alert(s)",
             target.asset_id,
             status,
             preview_key,
-            len(fired or []),
+            len(fired),
         )
         return True
+
+    def _finish_claimed(
+        self, conn: Connection, target: catalog.FinishTarget, image: np.ndarray | None
+    ) -> tuple[str, str | None, list[AlertMessage]]:
+        """Finish the claimed asset: its status, preview key and the alerts fired now."""
+        preview_key = None
+        if target.scene is not None:
+            self._attempt(
+                conn,
+                target,
+                "finish",
+                "flagging duplicate detections",
+                lambda: scenes.merge_duplicates(conn, target.asset_id),
+            )
+        if target.any_done:
+            preview_key = self._attempt(
+                conn,
+                target,
+                "preview",
+                "drawing the preview",
+                lambda: self._write_preview(conn, target, image),
+            )
+        fired = None
+        if target.any_done:
+            fired = self._attempt(
+                conn,
+                target,
+                "alerts",
+                "firing the alert rules",
+                lambda: alert_store.fire_rules(conn, target.asset_id, self._settings.topic_alerts),
+            )
+        status = catalog.complete_finish(conn, target.asset_id, preview_key)
+        catalog.record_event(
+            conn,
+            "asset.finished",
+            target.asset_id,
+            {
+                "asset_id": target.asset_id,
+                "object_key": target.object_key,
+                "status": status,
+                "alerts": [m.data.alert_id for m in fired or []],
+            },
+        )
+        return status, preview_key, fired or []
 
     def _attempt(
         self,
@@ -336,6 +362,7 @@ class Finisher:
                 log.exception("asset %s: %s failed", target.asset_id, what)
                 message = f"{what} failed with an internal error ({type(exc).__name__})"
             log.warning("asset %s: %s", target.asset_id, message)
+            ERRORS.add(1, {"stage": "worker", "kind": f"{step_name}_failed"})
             catalog.record_error(
                 conn,
                 source=f"{step_name}:{target.asset_id}",

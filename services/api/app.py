@@ -14,7 +14,7 @@ from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from skyeye.settings import Settings
 
-from . import ask, assets, events, features, landing, results, rules
+from . import ask, assets, dashboard, events, features, health, landing, results, rules
 from .errors import BodyLimit, finish_document, install_error_handlers, responses
 from .params import known_parameters
 from .state import ApiState
@@ -61,7 +61,8 @@ def create_app(settings: Settings, state: ApiState | None = None) -> FastAPI:
         app.state.api = state
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
-    for module in (landing, features, results, assets, ask, rules, events):
+    # the dashboard's GET / (browsers only) must come before the landing page's
+    for module in (dashboard, landing, features, results, assets, ask, rules, events, health):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

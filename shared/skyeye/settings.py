@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -139,6 +140,12 @@ class ApiSettings(BaseModel):
     preview_url_expiry_s: int = Field(
         300, ge=1, le=7 * 24 * 3600, description="lifetime of a presigned preview URL"
     )
+    dashboard_tile_url: str | None = Field(
+        None,
+        description="the dashboard map's base layer, an XYZ tile URL template "
+        "('https://tiles.example/{z}/{x}/{y}.png') the operators' browsers can reach; unset = "
+        "no base map: footprints, detections and previews on a plain background",
+    )
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> ApiSettings:
@@ -182,6 +189,25 @@ class AlertSettings(BaseModel):
         0.2, gt=0, le=10, description="how often the relay and the deliverer look for work"
     )
     max_webhooks_per_rule: int = Field(10, ge=0)
+
+
+class ObservabilitySettings(BaseModel):
+    """Where a service answers health probes and metric scrapes, and how it logs."""
+
+    host: str = Field("127.0.0.1", description="listen address (0.0.0.0 in a cluster)")
+    port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="/healthz, /readyz and /metrics on this port; unset: not served (the "
+        "embedded stack gives each service a free port)",
+    )
+    liveness_s: float = Field(
+        300.0,
+        gt=0,
+        description="/healthz fails when the service's loop has not gone round for this long",
+    )
+    json_logs: bool = Field(True, description="log one JSON object a line, with the trace id")
 
 
 class Settings(BaseSettings):
@@ -237,12 +263,27 @@ class Settings(BaseSettings):
         description="turn on with Apache Kafka; the embedded tansu broker answers "
         "OutOfOrderSequenceNumber when idempotent producers publish concurrently",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how clients talk to the brokers (TLS and/or SASL)"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="with SASL_*: how clients authenticate"
+    )
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="with SSL/SASL_SSL: the CA bundle the brokers' certificates chain to"
+    )
 
     # --- PostgreSQL ---
     database_url: str | None = Field(None, description="SQLAlchemy URL; unset = embedded")
 
     # --- Ray Serve ---
-    ray_address: str | None = Field(None, description="GCS host:port; unset = embedded head")
+    ray_address: str | None = Field(
+        None,
+        description="GCS host:port on a Ray node, or ray://head:10001 (Ray Client) from "
+        "outside the cluster; unset = embedded head",
+    )
     ray_num_cpus: int = Field(2, ge=1, description="CPUs the embedded Ray head offers")
     ray_object_store_bytes: int = Field(
         512 * 1024**2,
@@ -315,6 +356,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     embedding_cache: EmbeddingCacheSettings = EmbeddingCacheSettings()
     alerts: AlertSettings = AlertSettings()
+    observability: ObservabilitySettings = ObservabilitySettings()
 
     @field_validator("grounding_phrases", "vqa_questions")
     @classmethod
@@ -323,6 +365,21 @@ class Settings(BaseSettings):
         if any(not v for v in cleaned):
             raise ValueError("blank entries are not allowed")
         return cleaned
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [
+                f"kafka_{name}"
+                for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, f"kafka_{name}") is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"kafka_security_protocol={self.kafka_security_protocol} needs "
+                    + ", ".join(missing)
+                )
+        return self
 
     @model_validator(mode="after")
     def _questions_fit(self) -> Settings:
@@ -346,8 +403,9 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(mode="json").items():
             if value is None:
                 continue
-            if name == "s3_secret_key":
-                value = self.s3_secret_key.get_secret_value()
+            secret = getattr(self, name)
+            if isinstance(secret, SecretStr):
+                value = secret.get_secret_value()
             text = value if isinstance(value, str) else json.dumps(value)
             env[f"SKYEYE_{name.upper()}"] = text
         return env

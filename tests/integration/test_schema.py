@@ -1,6 +1,8 @@
 """The schema as ordered, idempotent migrations, checked against a golden description."""
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +64,20 @@ def test_an_edited_applied_migration_is_refused(fresh_database: sa.Engine) -> No
         conn.execute(sa.text("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1"))
     with pytest.raises(postgres.MigrationError, match="changed after it was applied"):
         postgres.migrate(fresh_database)
+
+
+def test_skyeye_db_migrate_brings_a_database_up_to_date_and_then_has_nothing_to_do(
+    fresh_database: sa.Engine,
+) -> None:
+    """The deployment's migration job, as it runs: only SKYEYE_DATABASE_URL is set."""
+    url = fresh_database.url.render_as_string(hide_password=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYEYE_")}
+    env["SKYEYE_DATABASE_URL"] = url
+    command = [sys.executable, "-m", "skyeye.cli", "db", "migrate"]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    versions = [m.version for m in postgres.migrations()]
+    assert first.stdout.strip() == f"applied migrations {', '.join(map(str, versions))}"
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == "the schema is up to date: nothing to apply"

@@ -230,3 +230,31 @@ def test_serve_health_of_a_cluster_that_does_not_answer_is_unknown_and_leaves_no
     assert (health.status, health.message) == ("unknown", "Ray did not answer within 5 s")
     # asked from a child process: this one never joined a cluster
     assert not ray.is_initialized()
+
+
+def test_kafka_clients_reach_brokers_over_tls_and_sasl_as_the_settings_say() -> None:
+    plain = kafka._connection(Settings(kafka_bootstrap="k:9092"))
+    assert plain == {"bootstrap_servers": ["k:9092"], "security_protocol": "PLAINTEXT"}
+    secured = kafka._connection(
+        Settings(
+            kafka_bootstrap="k1:9093,k2:9093",
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_mechanism="SCRAM-SHA-512",
+            kafka_sasl_username="skyeye",
+            kafka_sasl_password="s3cret",
+            kafka_ssl_cafile="/etc/skyeye/kafka-ca/ca.crt",
+        )
+    )
+    assert secured == {
+        "bootstrap_servers": ["k1:9093", "k2:9093"],
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/etc/skyeye/kafka-ca/ca.crt",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "skyeye",
+        "sasl_plain_password": "s3cret",
+    }
+
+
+def test_sasl_without_its_credentials_is_refused_naming_what_is_missing() -> None:
+    with pytest.raises(ValueError, match="needs kafka_sasl_username, kafka_sasl_password"):
+        Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="PLAIN")

@@ -10,7 +10,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -47,6 +47,24 @@ def transient_reason(exc: BaseException) -> str | None:
     return None
 
 
+def _connection(settings: Settings) -> dict[str, Any]:
+    """The brokers and how to reach them (TLS, SASL), as every client of ours takes them."""
+    found: dict[str, Any] = {
+        "bootstrap_servers": _bootstrap(settings),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_ssl_cafile is not None:
+        found["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        found |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": None if password is None else password.get_secret_value(),
+        }
+    return found
+
+
 def _bootstrap(settings: Settings) -> list[str]:
     if settings.kafka_bootstrap is None:
         raise ValueError("kafka_bootstrap is unset; resolve the settings against a running stack")
@@ -58,7 +76,7 @@ def producer(settings: Settings) -> Producer:
     # acks=all: a publish that returns is durable. Without idempotence a retry may duplicate a
     # message; every consumer is idempotent, so a duplicate costs work, never a wrong row.
     return KafkaProducer(
-        bootstrap_servers=_bootstrap(settings),
+        **_connection(settings),
         acks="all",
         enable_idempotence=settings.kafka_idempotent_producer,
         retries=10,
@@ -111,7 +129,7 @@ def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) 
     # Offsets are committed by hand, only after the results they cover are stored.
     return KafkaConsumer(
         topic,
-        bootstrap_servers=_bootstrap(settings),
+        **_connection(settings),
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -143,7 +161,7 @@ def probe(bootstrap: str) -> None:
 
 def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
     """Create the missing topics with the configured partition count; returns those created."""
-    admin = KafkaAdminClient(bootstrap_servers=_bootstrap(settings), request_timeout_ms=10_000)
+    admin = KafkaAdminClient(**_connection(settings), request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
         partitions = settings.topic_partitions
@@ -162,6 +180,20 @@ def ensure_topics(settings: Settings, topics: Iterable[str]) -> list[str]:
         admin.close()
 
 
+def partition_lag(consumer_: Consumer) -> dict[tuple[str, int], int]:
+    """Messages not yet consumed on each partition the consumer holds, by (topic, partition).
+
+    Local, no request: the high watermark of the partition's last fetch response against the
+    consumer's position. A partition not fetched from yet is left out.
+    """
+    found = {}
+    for tp in consumer_.assignment():
+        high = consumer_.highwater(tp)
+        if high is not None:
+            found[(tp.topic, tp.partition)] = max(high - consumer_.position(tp), 0)
+    return found
+
+
 def lag(settings: Settings, topic: str, group: str, timeout_s: float = 10.0) -> int | None:
     """Messages of ``topic`` not yet committed by ``group`` (None if unknown).
 
@@ -171,7 +203,7 @@ def lag(settings: Settings, topic: str, group: str, timeout_s: float = 10.0) -> 
     # Assigned, never subscribed: it reads the group's offsets without joining the group, and
     # tiny fetches keep it from pulling a backlog just to learn where the log ends.
     probe = KafkaConsumer(
-        bootstrap_servers=_bootstrap(settings),
+        **_connection(settings),
         group_id=group,
         enable_auto_commit=False,
         max_poll_records=1,

@@ -59,6 +59,12 @@ class DatabaseError(Exception):
         self.reason = reason
 
 
+def probe(engine: Engine) -> None:
+    """Ask the engine's database a trivial question (a readiness probe); raises if it cannot."""
+    with engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+
+
 def transient_reason(exc: BaseException) -> str | None:
     """Why the database is unreachable when ``exc`` says so (worth a retry), else None."""
     if isinstance(exc, DatabaseError):

@@ -73,6 +73,15 @@ def connect(settings: Settings) -> None:
 
 
 def _join(address: str) -> None:
+    """Join the cluster as a driver, on this node or through Ray Client.
+
+    ``host:port`` of the GCS on a Ray node (the embedded stack's loopback head); from a pod that
+    is no Ray node, Ray Client's ``ray://host:10001``.
+    """
+    if address.startswith("ray://"):
+        # Ray Client takes no node address: the driver runs on the head, not here
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return
     ray.init(
         address=address,
         _node_ip_address="127.0.0.1",

@@ -718,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_parser(sub)
     rules.add_parsers(sub)
     _add_dlq(sub)
+    _add_db(sub)
     p = sub.add_parser("demo", help="start, ingest the sample images, print results, stop")
     p.add_argument(
         "--timeout",
@@ -790,6 +791,40 @@ def _add_read_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     p = commands.add_parser("status", help="components, pids, ports, topic lag, counts")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+
+def _add_db(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``db migrate``: bring a database's schema up to date (a deployment's migration job)."""
+    p = commands.add_parser("db", help="the catalog's database: apply its schema migrations")
+    db_commands = p.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    p = db_commands.add_parser(
+        "migrate",
+        help="apply the pending schema migrations to SKYEYE_DATABASE_URL",
+        description="Apply every pending migration, in order, to the database at "
+        "SKYEYE_DATABASE_URL (the embedded stack migrates its own when it starts). Idempotent: "
+        "nothing to apply is success. Concurrent runs wait for each other.",
+    )
+    p.set_defaults(func=cmd_db_migrate)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    """``skyeye db migrate``: the versions applied now, or that there were none to apply."""
+    url = _settings(args).database_url
+    if url is None:
+        raise UsageError("set SKYEYE_DATABASE_URL to the database to migrate")
+    engine = postgres.create_engine(url)
+    try:
+        applied = postgres.migrate(engine)
+    except postgres.MigrationError as exc:
+        _say(f"error: {exc}")
+        return 1
+    finally:
+        engine.dispose()
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))}")
+    else:
+        print("the schema is up to date: nothing to apply")
+    return 0
 
 
 def _add_dlq(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -261,12 +261,14 @@ def ray_env() -> dict[str, str]:
 
 
 def ray_process(settings: Settings, paths: StackPaths, ports: list[int]) -> ManagedProcess:
-    """``ports``: GCS, Ray client server, dashboard agent HTTP.
+    """``ports``: GCS, Ray client server, dashboard agent HTTP, metrics export.
 
-    Ray's other listeners take random ports; these three have fixed defaults (10001, 52365,
+    Ray's other listeners take random ports; these have fixed defaults (10001, 52365, 8080,
     and worker ports 10002-19999) that would collide with a second stack or our own picks.
+    The metrics port serves Ray's and Serve's metrics (deployment latency, batch sizes) in the
+    Prometheus text format.
     """
-    gcs, client, agent = ports
+    gcs, client, agent, metrics = ports
     temp_dir = paths.ray_temp_dir
     temp_dir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -282,6 +284,7 @@ def ray_process(settings: Settings, paths: StackPaths, ports: list[int]) -> Mana
         "--disable-usage-stats",
         f"--ray-client-server-port={client}",
         f"--dashboard-agent-listen-port={agent}",
+        f"--metrics-export-port={metrics}",
         "--min-worker-port=0",
         "--max-worker-port=0",
     ]  # fmt: skip
@@ -294,6 +297,7 @@ def ray_process(settings: Settings, paths: StackPaths, ports: list[int]) -> Mana
         # On SIGTERM `ray start --block` stops its own children (drain is off: see ray_env).
         grace_s=45.0,
         port=gcs,
+        metrics=f"http://{LOOPBACK}:{metrics}/metrics",
     )
 
 

@@ -101,6 +101,7 @@ def _start_api(
         [sys.executable, "-m", "skyeye.services.api"],
         {**env, "SKYEYE_API__PORT": str(port)},
         endpoint=endpoint,
+        metrics=f"{endpoint}/metrics",
     )
     # clients are told the endpoint once it answers, not while the process is still importing
     deadline = time.monotonic() + _API_START_S
@@ -120,9 +121,15 @@ def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None)
         env = service_env(settings, stack.endpoints())
         progress("deploying the Serve application (VisionEncoder, LlmDecoder, TextEmbedder)")
         _deploy(settings, env)
-        for name in SERVICES:
+        # each service's health probes and metrics on a free loopback port, kept across restarts
+        for name, port in zip(SERVICES, pick_ports(len(SERVICES)), strict=True):
             progress(f"starting {name}")
-            stack.add_process(name, [sys.executable, "-m", f"skyeye.services.{name}"], env)
+            stack.add_process(
+                name,
+                [sys.executable, "-m", f"skyeye.services.{name}"],
+                {**env, "SKYEYE_OBSERVABILITY__PORT": str(port)},
+                metrics=f"http://{settings.observability.host}:{port}/metrics",
+            )
         _start_api(stack, settings, env, progress)
     except BaseException:
         stack.stop()

@@ -134,6 +134,7 @@ class ManagedProcess:
         grace_s: float = 15.0,
         port: int | None = None,
         endpoint: str | None = None,
+        metrics: str | None = None,
         cwd: Path | None = None,
     ) -> None:
         """``cwd`` is the folder to start in, for servers that overwrite their environment.
@@ -152,6 +153,7 @@ class ManagedProcess:
         self.grace_s = grace_s
         self.port = port
         self.endpoint = endpoint
+        self.metrics = metrics
         self.cwd = cwd
         self.restarts = 0
         self.last_exit: str | None = None
@@ -279,6 +281,7 @@ class ManagedProcess:
             kind=self.kind,
             endpoint=self.endpoint,
             port=self.port,
+            metrics=self.metrics,
             pid=self.pid,
             create_time=self._create_time,
             log=self.log_path,

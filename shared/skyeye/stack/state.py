@@ -50,6 +50,8 @@ class ComponentState(BaseModel):
     kind: ComponentKind
     endpoint: str | None = None
     port: int | None = None
+    # where its metrics are scraped (Prometheus text), when it serves any
+    metrics: str | None = None
     pid: int | None = None
     create_time: float | None = None
     log: Path | None = None

@@ -199,13 +199,15 @@ class Stack:
         argv: Sequence[str],
         env: Mapping[str, str] | None = None,
         endpoint: str | None = None,
+        metrics: str | None = None,
     ) -> int:
         """Start a service process (planner, worker consumer, ...) under supervision.
 
         It logs to ``HOME/logs/<name>.log``, appears in ``stack.json`` (with ``endpoint``, for
         a service that serves one, such as the API's base URL), is restarted with backoff by
         :meth:`watch` when it dies, and is stopped before the infrastructure. Its environment
-        is this process's, plus ``SKYEYE_HOME`` and the loopback-Ray switch, plus ``env``.
+        is this process's, plus ``SKYEYE_HOME`` and the loopback-Ray switch, plus ``env``;
+        ``metrics`` is where its metrics are scraped.
         Returns its pid.
         """
         if not _SERVICE_NAME.fullmatch(name) or name in INFRA:
@@ -221,6 +223,7 @@ class Stack:
             log_path=self.paths.log(name),
             kind="service",
             endpoint=endpoint,
+            metrics=metrics,
         )
         with self._lock:
             if not self._home_lock.held or self._cancel.is_set():
@@ -455,7 +458,7 @@ class Stack:
         proc = self._launch(
             "ray",
             lambda ports: c.ray_process(self.settings, self.paths, ports),
-            3,
+            4,
             lambda proc, until: c.ray_probe(proc, until, self._cancel),
             deadline,
         )

@@ -1,19 +1,23 @@
-"""OpenTelemetry: one trace per asset, carried across Kafka in W3C ``traceparent`` headers.
+"""Traces: one per asset, carried across Kafka in W3C ``traceparent`` headers.
 
-Each process calls :func:`setup` once. Spans go to ``HOME/logs/traces.jsonl`` (one JSON span a
-line, readable without a collector); in production an OTLP exporter replaces that file by the
-standard ``OTEL_*`` environment once the collector endpoint is configured.
+Spans go to ``HOME/logs/traces.jsonl`` (one JSON span a line, readable without a collector), or
+to an OTLP collector when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set; the exporter then reads the other ``OTEL_*``
+variables (headers, timeout, compression) itself.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -60,13 +64,23 @@ def _span_record(span: ReadableSpan) -> dict[str, object]:
     }
 
 
-def setup(service: str, home: Path) -> None:
-    """Install the tracer provider of this process (spans flushed at exit)."""
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(
-        BatchSpanProcessor(JsonLinesExporter(home / "logs" / "traces.jsonl"))
+def provider(service: str, home: Path) -> TracerProvider:
+    """The tracer provider of a process: spans to the collector when one is set, else the file."""
+    made = TracerProvider(resource=Resource.create({"service.name": service}))
+    exporter: SpanExporter
+    if otlp_endpoint("TRACES"):
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = JsonLinesExporter(home / "logs" / "traces.jsonl")
+    made.add_span_processor(BatchSpanProcessor(exporter))
+    return made
+
+
+def otlp_endpoint(signal: str) -> str | None:
+    """The collector endpoint the standard variables give for ``signal`` (TRACES, METRICS)."""
+    return os.environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
     )
-    trace.set_tracer_provider(provider)
 
 
 def tracer(name: str) -> trace.Tracer:
@@ -81,14 +95,36 @@ def inject() -> KafkaHeaders:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
+def carrier() -> dict[str, str]:
+    """The current span's context as a small mapping (``traceparent``) to pass along a call."""
+    found: dict[str, str] = {}
+    propagate.inject(found)
+    return found
+
+
+def spans_for(
+    name: str, carriers: Sequence[Mapping[str, str] | None], attributes: Mapping[str, Any]
+) -> list[trace.Span]:
+    """One span named ``name`` per request of a batch, each in the trace its carrier names.
+
+    A batch serves several assets at once: each request's trace gets its own span over the
+    whole batch. Requests without a carrier get none. End them with :func:`end_all`.
+    """
+    tracer_ = trace.get_tracer(__name__)
+    return [
+        tracer_.start_span(name, context=propagate.extract(dict(c)), attributes=dict(attributes))
+        for c in carriers
+        if c
+    ]
+
+
+def end_all(spans: Sequence[trace.Span]) -> None:
+    """End the spans of :func:`spans_for`."""
+    for span in spans:
+        span.end()
+
+
 def extract(headers: Sequence[tuple[str, bytes | None]] | None) -> Context:
     """The context a producer injected (an empty one for messages without headers)."""
     carrier = {k: v.decode(errors="replace") for k, v in headers or [] if v is not None}
     return propagate.extract(carrier)
-
-
-def flush() -> None:
-    """Export the spans still buffered (nothing to do before :func:`setup` has run)."""
-    provider = trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        provider.force_flush()
