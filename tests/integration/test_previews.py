@@ -37,11 +37,12 @@ class _Response:
 
 
 class _Model:
-    """Stands in for the Serve app handle: ``infer.remote(images, instructions, cache_key=)``."""
+    """Stands in for the Serve app handle: ``infer.remote(images, instructions, cache_key=,
+    trace=)``."""
 
     def __init__(self, answers: list[str]) -> None:
         self.infer = SimpleNamespace(
-            remote=lambda images, instructions, cache_key=None: _Response(answers)
+            remote=lambda images, instructions, cache_key=None, trace=None: _Response(answers)
         )
 
 

@@ -28,7 +28,8 @@ from .conftest import Pipeline
 
 # generous: the reconciler interval and minimum age, plus planning and inference on 2 cores
 WAIT_S = 120
-_PASS_LINE = re.compile(r" (full|recent) pass: listed ")
+# a pass's summary line, in the JSON log line's message
+_PASS_LINE = re.compile(r"\"message\": \"(full|recent) pass: listed ")
 
 
 def _plain_client(pipeline: Pipeline) -> Minio:
