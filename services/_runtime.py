@@ -18,9 +18,11 @@ nothing twice.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -94,8 +96,33 @@ def inject_fault(settings: Settings, stage: str, key: str) -> None:
         raise InjectedFault(f"fault injected into the {stage} for {key!r}")
 
 
+def _command_line(service: str) -> None:
+    """The service command's ``--help``; it takes no other argument (nor does it need one).
+
+    Without this, ``python -m skyeye.services.planner --help`` would start the service.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    doc = (getattr(main, "__doc__", None) or "").strip()
+    argparse.ArgumentParser(
+        prog=f"python -m {spec.name.removesuffix('.__main__')}" if spec else service,
+        description=doc.split("\n\n")[0] or None,
+        epilog=(
+            "It takes no arguments: its settings are SKYEYE_* environment variables (README, "
+            "Settings), endpoints from the embedded stack's state when they are unset. It "
+            "serves /healthz, /readyz and /metrics on SKYEYE_OBSERVABILITY__PORT when that is "
+            "set (the API: on its own port). SIGTERM or Ctrl-C stops it."
+        ),
+    ).parse_args()
+
+
 def service_settings(service: str) -> Settings:
-    """Logging (JSON lines with trace ids unless told otherwise), telemetry, and the settings."""
+    """Logging (JSON lines with trace ids unless told otherwise), telemetry, and the settings.
+
+    A service's ``main`` calls this first, so ``--help`` (or an unknown argument) is answered
+    before anything starts.
+    """
+    _command_line(service)
     settings = resolve(Settings())
     if settings.observability.json_logs:
         telemetry.logs.configure(service)

@@ -1,4 +1,8 @@
-"""``python -m skyeye.services.api``: serve the results API with uvicorn (``skyeye api`` too)."""
+"""Results API: STAC, search, ask, rules, alerts, the live feed and the dashboard, over HTTP.
+
+Served by uvicorn on ``SKYEYE_API__HOST:SKYEYE_API__PORT``, one process (the supervisor or
+Kubernetes runs more).
+"""
 
 from __future__ import annotations
 

@@ -298,6 +298,7 @@ def ray_process(settings: Settings, paths: StackPaths, ports: list[int]) -> Mana
         grace_s=45.0,
         port=gcs,
         metrics=f"http://{LOOPBACK}:{metrics}/metrics",
+        client=f"ray://{LOOPBACK}:{client}",
     )
 
 

@@ -135,6 +135,7 @@ class ManagedProcess:
         port: int | None = None,
         endpoint: str | None = None,
         metrics: str | None = None,
+        client: str | None = None,
         cwd: Path | None = None,
     ) -> None:
         """``cwd`` is the folder to start in, for servers that overwrite their environment.
@@ -154,6 +155,7 @@ class ManagedProcess:
         self.port = port
         self.endpoint = endpoint
         self.metrics = metrics
+        self.client = client
         self.cwd = cwd
         self.restarts = 0
         self.last_exit: str | None = None
@@ -282,6 +284,7 @@ class ManagedProcess:
             endpoint=self.endpoint,
             port=self.port,
             metrics=self.metrics,
+            client=self.client,
             pid=self.pid,
             create_time=self._create_time,
             log=self.log_path,

@@ -52,6 +52,8 @@ class ComponentState(BaseModel):
     port: int | None = None
     # where its metrics are scraped (Prometheus text), when it serves any
     metrics: str | None = None
+    # Ray's head only: the Ray Client address (ray://host:port) for drivers off the node
+    client: str | None = None
     pid: int | None = None
     create_time: float | None = None
     log: Path | None = None
