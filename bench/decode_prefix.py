@@ -1,10 +1,12 @@
-"""Decoding throughput with and without prefix KV-cache reuse, on a CPU model.
+"""Decoding throughput three ways: without prefix reuse, with it per tile, all tiles batched.
 
 Every task of a tile shares the prompt up to the end of its image rows; with reuse that prefix is
-run once per tile instead of once per task. This encodes a few held-out scenes of the procedural
-world with the model (default: the packaged skyeye-tiny, whose answers stop at EOS as served) and
-decodes each tile's six tasks (caption, three detection phrases, two questions) both ways,
-checking that the answers agree.
+run once per tile instead of once per task. Batched, one call decodes every task of every tile
+together (``TextDecoder.generate_many``, as the LlmDecoder deployment does with a Serve batch):
+the tiles' prefixes run as one batch, then all their tasks in one decoding loop. This encodes a
+few held-out scenes of the procedural world with the model (default: the packaged skyeye-tiny,
+whose answers stop at EOS as served) and decodes each tile's six tasks (caption, three detection
+phrases, two questions) all three ways, checking that the answers agree.
 
     .venv/bin/python bench/decode_prefix.py --tiles 8 --json
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,19 +34,34 @@ TASKS = [
     prompts.vqa("How many cars are in the parking lot?"),
 ]
 
+# name -> what it runs over the tiles: (decoder, tiles, max_new_tokens) -> ids per tile and task
+Mode = Callable[[TextDecoder, list[torch.Tensor], int], list[list[list[int]]]]
+MODES: dict[str, Mode] = {
+    "no_reuse": lambda decoder, tiles, n: [
+        decoder.generate_ids(embeds, TASKS, n, reuse_prefix=False) for embeds in tiles
+    ],
+    "reuse": lambda decoder, tiles, n: [decoder.generate_ids(embeds, TASKS, n) for embeds in tiles],
+    "batched": lambda decoder, tiles, n: decoder.generate_ids_many(
+        [(embeds, TASKS) for embeds in tiles], n
+    ),
+}
+LABELS = {
+    "no_reuse": "per tile, no reuse",
+    "reuse": "per tile, reuse",
+    "batched": "tiles batched",
+}
+
 
 def _run(
-    decoder: TextDecoder, tiles: list[torch.Tensor], max_new_tokens: int, reuse: bool
+    mode: Mode, decoder: TextDecoder, tiles: list[torch.Tensor], max_new_tokens: int
 ) -> tuple[float, list[list[list[int]]]]:
     start = time.perf_counter()
-    answers = [
-        decoder.generate_ids(embeds, TASKS, max_new_tokens, reuse_prefix=reuse) for embeds in tiles
-    ]
+    answers = mode(decoder, tiles, max_new_tokens)
     return time.perf_counter() - start, answers
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Time decoding both ways (best of --repeats each); print tasks/s, speed-up, agreement."""
+    """Time decoding three ways (best of --repeats each); print tasks/s, speed-ups, agreement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiles", type=int, default=8, help="tiles per timed run (default 8)")
     parser.add_argument("--images", type=int, default=3, help="distinct images, cycled (default 3)")
@@ -65,34 +83,42 @@ def main(argv: list[str] | None = None) -> None:
     decoder = TextDecoder.load(args.model)
     tiles = [embeds[i % len(images)] for i in range(args.tiles)]
 
-    seconds: dict[bool, float] = {}
-    answers: dict[bool, list[list[list[int]]]] = {}
-    _run(decoder, tiles[:1], args.max_new_tokens, reuse=True)  # warm-up
+    seconds: dict[str, float] = {}
+    answers: dict[str, list[list[list[int]]]] = {}
+    for mode in MODES.values():
+        _run(mode, decoder, tiles[:2], args.max_new_tokens)  # warm-up
     for _ in range(args.repeats):
-        # Alternate the modes so that drift in machine load hits both alike.
-        for reuse in (False, True):
-            elapsed, answers[reuse] = _run(decoder, tiles, args.max_new_tokens, reuse)
-            seconds[reuse] = min(seconds.get(reuse, elapsed), elapsed)
+        # Alternate the modes so that drift in machine load hits all alike.
+        for name, mode in MODES.items():
+            elapsed, answers[name] = _run(mode, decoder, tiles, args.max_new_tokens)
+            seconds[name] = min(seconds.get(name, elapsed), elapsed)
 
     n_tasks = args.tiles * len(TASKS)
+    rates = {name: n_tasks / seconds[name] for name in MODES}
     report: dict[str, object] = {
         "tiles": args.tiles,
         "tasks_per_tile": len(TASKS),
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
-        "no_reuse_tasks_per_s": n_tasks / seconds[False],
-        "reuse_tasks_per_s": n_tasks / seconds[True],
-        "speedup": seconds[False] / seconds[True],
-        "same_answers": answers[True] == answers[False],
+        "no_reuse_tasks_per_s": rates["no_reuse"],
+        "reuse_tasks_per_s": rates["reuse"],
+        "batched_tasks_per_s": rates["batched"],
+        "speedup": seconds["no_reuse"] / seconds["reuse"],
+        "batched_speedup": seconds["reuse"] / seconds["batched"],
+        "same_answers": answers["no_reuse"] == answers["reuse"] == answers["batched"],
     }
     if args.json:
         print(json.dumps(report))
     else:
         print(f"{args.tiles} tiles x {len(TASKS)} tasks, {args.max_new_tokens} new tokens")
-        print(f"{'mode':<14}{'tasks/s':>10}")
-        print(f"{'no reuse':<14}{report['no_reuse_tasks_per_s']:>10.1f}")
-        print(f"{'prefix reuse':<14}{report['reuse_tasks_per_s']:>10.1f}")
-        print(f"speedup x{report['speedup']:.2f}, same answers: {report['same_answers']}")
+        print(f"{'mode':<20}{'tasks/s':>10}")
+        for name in MODES:
+            print(f"{LABELS[name]:<20}{rates[name]:>10.1f}")
+        print(
+            f"reuse x{report['speedup']:.2f} over no reuse, batched "
+            f"x{report['batched_speedup']:.2f} over per tile with reuse, "
+            f"same answers: {report['same_answers']}"
+        )
 
 
 if __name__ == "__main__":

@@ -129,8 +129,11 @@ class LlmDecoderDeployment:
     ) -> None:
         _configure_threads(stage)
         telemetry.setup("skyeye-decoder", home)
-        self._decoder = TextDecoder.load(Path(model_dir), device=device)
-        self._decoding = decoding.model_dump()
+        self._decoder = TextDecoder.load(
+            Path(model_dir), device=device, double_bos=decoding.double_bos
+        )
+        # The prompt's form is the decoder's own; the rest is how each call decodes.
+        self._decoding = decoding.model_dump(exclude={"double_bos"})
         self.generate.set_max_batch_size(stage.max_batch_size)
         self.generate.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 
@@ -143,15 +146,14 @@ class LlmDecoderDeployment:
     ) -> list[list[str]]:
         """One raw answer per instruction of each request; Serve gathers them into a batch.
 
-        Each request's trace gets a ``decode`` span.
+        The whole batch is decoded together: each request's image prefix computed once, all
+        requests' tasks in one decoding loop. Each request's trace gets a ``decode`` span.
         """
         spans = telemetry.spans_for("decode", traces, {"skyeye.batch_size": len(embeds)})
         try:
-            # one tile at a time: each reuses its own image prefix across its tasks
-            return [
-                self._decoder.generate(e, i, **self._decoding)
-                for e, i in zip(embeds, instructions, strict=True)
-            ]
+            return self._decoder.generate_many(
+                list(zip(embeds, instructions, strict=True)), **self._decoding
+            )
         finally:
             telemetry.end_all(spans)
 

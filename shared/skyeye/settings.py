@@ -31,6 +31,24 @@ class DeploymentSettings(BaseModel):
     target_ongoing_requests: float = Field(2.0, gt=0)
     max_batch_size: int = Field(4, ge=1)
     batch_wait_timeout_s: float = Field(0.02, ge=0)
+    upscale_delay_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds of load above the target before Serve adds a replica; "
+        "unset: Serve's default (30)",
+    )
+    downscale_delay_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds of load below the target before Serve removes a replica; "
+        "unset: Serve's default (600)",
+    )
+    look_back_period_s: float | None = Field(
+        None,
+        gt=0,
+        description="the window Serve averages each replica's load over; unset: Serve's "
+        "default (30)",
+    )
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> DeploymentSettings:
@@ -41,12 +59,16 @@ class DeploymentSettings(BaseModel):
         return self
 
     def autoscaling_config(self) -> dict[str, float | int]:
-        """Replica bounds and load target, as Ray Serve's ``autoscaling_config`` takes them."""
-        return {
+        """Replica bounds, load target and the delays set, as Serve's ``autoscaling_config``."""
+        config: dict[str, float | int] = {
             "min_replicas": self.min_replicas,
             "max_replicas": self.max_replicas,
             "target_ongoing_requests": self.target_ongoing_requests,
         }
+        for name in ("upscale_delay_s", "downscale_delay_s", "look_back_period_s"):
+            if (value := getattr(self, name)) is not None:
+                config[name] = value
+        return config
 
 
 class DecodingSettings(BaseModel):
@@ -58,6 +80,13 @@ class DecodingSettings(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(50, ge=0)
     repetition_penalty: float = Field(1.0, gt=0)
+    double_bos: bool = Field(
+        False,
+        description="start each prompt with two BOS tokens, as MiniGPT-v2's evaluation prompt "
+        "does (its template's literal <s> after the tokenizer's BOS), to compare with the "
+        "published figures; off: one BOS, as Llama-2 and skyeye-tiny were trained "
+        "(docs/published-model.md)",
+    )
 
 
 class ClipSettings(BaseModel):

@@ -75,6 +75,30 @@ class Pipeline:
         assert not self._watch_error, self._watch_error
 
     @contextlib.contextmanager
+    def token(self, *scopes: str, name: str) -> Iterator[str]:
+        """A new API token with ``scopes`` (a unique name from ``name``), revoked after."""
+        with self.engine.begin() as conn:
+            new = catalog.create_token(conn, list(scopes), name=f"{name}-{uuid.uuid4().hex[:6]}")
+        yield new.token
+        with self.engine.begin() as conn:
+            catalog.revoke_token(conn, str(new.record.token_id))
+
+    @contextlib.contextmanager
+    def client(
+        self, *scopes: str, name: str, timeout: float | httpx.Timeout = 60, **headers: str
+    ) -> Iterator[httpx.Client]:
+        """A client of the API with a new token of ``scopes`` (revoked after) and ``headers``."""
+        with (
+            self.token(*scopes, name=name) as token,
+            httpx.Client(
+                base_url=self.api_url(),
+                headers={"Authorization": f"Bearer {token}", **headers},
+                timeout=timeout,
+            ) as client,
+        ):
+            yield client
+
+    @contextlib.contextmanager
     def unsupervised(self) -> Iterator[None]:
         """Nothing is restarted inside the block (to keep a component down on purpose)."""
         self._watch_stop.set()

@@ -37,7 +37,7 @@ from stac_pydantic.api.item_collection import ItemCollection as ApiItemCollectio
 from stac_pydantic.api.landing import LandingPage as ApiLandingPage
 
 from skyeye import catalog, samples
-from skyeye.catalog import search, tokens
+from skyeye.catalog import search
 from skyeye.cli.ingest import Ingested, ingest, wait_for
 from skyeye.cli.main import main as skyeye_main
 from skyeye.contracts import Task, TaskKind, WorkItem, work_item_id_for
@@ -156,11 +156,8 @@ def base_url(pipeline: Pipeline) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(pipeline: Pipeline, base_url: str) -> Iterator[httpx.Client]:
-    with pipeline.engine.begin() as conn:
-        new = tokens.create_token(conn, ["read"], name="api-standards")
-    headers = {"Authorization": f"Bearer {new.token}", "Accept": "application/json"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+def api(pipeline: Pipeline) -> Iterator[httpx.Client]:
+    with pipeline.client("read", name="api-standards", Accept="application/json") as client:
         yield client
 
 

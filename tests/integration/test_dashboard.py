@@ -31,7 +31,6 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from skyeye import samples
-from skyeye.catalog import tokens
 from skyeye.cli.ingest import ingest
 
 from .conftest import Pipeline
@@ -76,11 +75,8 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def admin_token(pipeline: Pipeline) -> Iterator[str]:
-    with pipeline.engine.begin() as conn:
-        new = tokens.create_token(conn, ["admin"], name=f"dashboard-{uuid.uuid4().hex[:6]}")
-    yield new.token
-    with pipeline.engine.begin() as conn:
-        tokens.revoke_token(conn, str(new.record.token_id))
+    with pipeline.token("admin", name="dashboard") as token:
+        yield token
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import sqlalchemy as sa
 from skyeye import samples
 from skyeye.alerts import RuleSpec
 from skyeye.catalog import alerts as alert_store
-from skyeye.catalog import tokens
 from skyeye.cli.ingest import ingest, wait_for
 
 from .conftest import Pipeline
@@ -35,11 +34,8 @@ READ = httpx.Timeout(30.0)
 
 @pytest.fixture(scope="module")
 def token(pipeline: Pipeline) -> Iterator[str]:
-    with pipeline.engine.begin() as conn:
-        new = tokens.create_token(conn, ["read"], name=f"feed-{uuid.uuid4().hex[:6]}")
-    yield new.token
-    with pipeline.engine.begin() as conn:
-        tokens.revoke_token(conn, str(new.record.token_id))
+    with pipeline.token("read", name="feed") as token:
+        yield token
 
 
 @pytest.fixture(scope="module")

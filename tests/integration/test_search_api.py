@@ -26,7 +26,6 @@ import pytest
 import sqlalchemy as sa
 
 from skyeye import samples
-from skyeye.catalog import tokens
 from skyeye.catalog.queries import vector_literal
 from skyeye.cli.ingest import ingest, wait_for
 from skyeye.model.sentences import SentenceEncoder
@@ -40,11 +39,7 @@ ORCHARD = "rows of fruit trees in an orchard beside a farm track"
 
 @pytest.fixture(scope="module")
 def api(pipeline: Pipeline) -> Iterator[httpx.Client]:
-    with pipeline.engine.begin() as conn:
-        token = tokens.create_token(conn, ["read"], name="search-tests").token
-    with httpx.Client(
-        base_url=pipeline.api_url(), headers={"Authorization": f"Bearer {token}"}, timeout=60
-    ) as client:
+    with pipeline.client("read", name="search-tests") as client:
         yield client
 
 

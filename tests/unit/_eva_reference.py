@@ -100,7 +100,7 @@ def eva_reference(
         h = F.layer_norm(x, (width,), w[p + "norm2.weight"], w[p + "norm2.bias"], 1e-6)
         h = F.gelu(F.linear(h, w[p + "mlp.fc1.weight"], w[p + "mlp.fc1.bias"]))
         x = x + F.linear(h, w[p + "mlp.fc2.weight"], w[p + "mlp.fc2.bias"])
-    x = F.layer_norm(x.float(), (width,), w["ln_vision.weight"], w["ln_vision.bias"], 1e-6)
+    x = F.layer_norm(x.float(), (width,), w["ln_vision.weight"], w["ln_vision.bias"], 1e-5)
     grid = v.grid_size
     patches = x[:, 1:, :].reshape(batch, grid, grid, width)
     tokens = [

@@ -1,12 +1,17 @@
-"""The encoder deployment's batching logic, without a cluster."""
+"""The model deployments' batching logic, without a cluster."""
+
+import asyncio
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
 
+from skyeye.model import TextDecoder, VisionEncoder, build_tiny_model, prompts
+from skyeye.services import inference
 from skyeye.services.inference import app_from_env, encode_requests
-from skyeye.settings import Settings
+from skyeye.settings import DecodingSettings, DeploymentSettings, Settings
 
 
 class _CountingEncoder:
@@ -48,3 +53,45 @@ def test_a_serve_config_builds_the_app_from_settings_its_args_override() -> None
     assert (settings.decoder.max_replicas, settings.decoder.num_gpus) == (3, 1)
     with pytest.raises(ValidationError, match=r"decoder\.max_replicas"):
         app_from_env({"decoder": {"max_replicas": "many"}})
+
+
+def test_the_decoder_decodes_a_serve_batch_in_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LlmDecoder's batch handler on a batch as Serve gathers one, called directly (no Serve).
+
+    Stubbed: ``telemetry.setup`` (it would install this process's tracer provider) is a no-op,
+    and the decoder's ``generate_many`` is wrapped to count its calls.
+    """
+    build_tiny_model(tmp_path / "model", seed=0)
+    monkeypatch.setattr(inference.telemetry, "setup", lambda *_: None)
+    deployment_class = inference.LlmDecoderDeployment.func_or_class
+    decoding = DecodingSettings(max_new_tokens=6, double_bos=True)
+    deployment = deployment_class(
+        str(tmp_path / "model"), "cpu", DeploymentSettings(), decoding, tmp_path
+    )
+    decoder: TextDecoder = deployment._decoder
+    assert decoder.double_bos  # the prompt's form reaches the decoder, not each call
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(3)]
+    embeds = VisionEncoder.load(tmp_path / "model").encode(images)
+    # A tile, a two-frame clip, a tile with three tasks: what the encoder's requests return.
+    requests = [embeds[0:1], embeds[1:3], embeds[2:3]]
+    instructions = [
+        [prompts.caption()],
+        [prompts.video_caption(), prompts.vqa("Is the car moving?")],
+        [prompts.detection("building"), prompts.detection("road"), prompts.caption()],
+    ]
+    pairs = zip(requests, instructions, strict=True)
+    one_at_a_time = [decoder.generate(e, i, max_new_tokens=6) for e, i in pairs]
+    calls: list[int] = []
+
+    def counted(items: list, **kwargs: object) -> list[list[str]]:
+        calls.append(len(items))
+        return TextDecoder.generate_many(decoder, items, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decoder, "generate_many", counted)
+    handler = deployment_class.generate.__wrapped__
+    answers = asyncio.run(handler(deployment, requests, instructions, [None] * 3))
+    assert calls == [3]
+    assert answers == one_at_a_time

@@ -14,7 +14,16 @@ from skyeye.model import (
     build_tiny_model,
     prompts,
 )
-from skyeye.model.checkpoint import CONFIG_FILE, LLM_DIR, VISION_FILE, check_tensors, save_model
+from skyeye.model.checkpoint import (
+    CONFIG_FILE,
+    LLM_DIR,
+    VISION_FILE,
+    check_tensors,
+    read_manifest,
+    save_model,
+)
+from skyeye.model.config import ModelConfig
+from skyeye.settings import PACKAGED_MODEL
 
 LLM_WEIGHTS = Path(LLM_DIR) / "model.safetensors"
 INSTRUCTIONS = [prompts.caption(), prompts.detection("road"), prompts.vqa("Is it a city?")]
@@ -208,3 +217,24 @@ def test_check_tensors_reports_everything() -> None:
         "tensor); mis-shaped b: file has [3, 2], model expects [2, 3]"
     )
     check_tensors({"a": (1, 2)}, {"a": [1, 2]}, "src")
+
+
+def test_a_folder_written_before_ln_vision_eps_loads_as_it_was_trained(model_copy: Path) -> None:
+    manifest = json.loads((model_copy / CONFIG_FILE).read_text())
+    assert manifest["config"]["ln_vision_eps"] == 1e-5  # what this code writes for tiny()
+    # Before the field existed, ln_vision ran at the tower's layer_norm_eps.
+    del manifest["config"]["ln_vision_eps"]
+    (model_copy / CONFIG_FILE).write_text(json.dumps(manifest))
+    config = read_manifest(model_copy).config
+    assert config.ln_vision_eps == config.vision.layer_norm_eps == 1e-6
+    assert VisionEncoder.load(model_copy).stage.vision_model.post_layernorm.eps == 1e-6
+    manifest["config"]["vision"]["layer_norm_eps"] = 1e-4
+    (model_copy / CONFIG_FILE).write_text(json.dumps(manifest))
+    assert read_manifest(model_copy).config.ln_vision_eps == 1e-4
+
+
+def test_the_packaged_model_keeps_the_ln_vision_eps_it_was_trained_with() -> None:
+    assert "ln_vision_eps" not in json.loads((PACKAGED_MODEL / CONFIG_FILE).read_text())["config"]
+    assert read_manifest(PACKAGED_MODEL).config == ModelConfig.skyeye_tiny()
+    stage = VisionEncoder.load(PACKAGED_MODEL).stage
+    assert stage.vision_model.post_layernorm.eps == ModelConfig.skyeye_tiny().ln_vision_eps == 1e-6

@@ -37,3 +37,16 @@ def test_inconsistent_geometry_is_refused() -> None:
         VisionConfig(image_size=450, hidden_size=32, num_layers=1, num_heads=2, mlp_hidden_size=64)
     with pytest.raises(ValidationError, match="divisible"):
         LlmConfig(hidden_size=64, num_layers=1, num_heads=3, intermediate_size=64, vocab_size=10)
+
+
+def test_ln_vision_has_its_own_eps() -> None:
+    # MiniGPT-v2's ln_vision is a plain LayerNorm; the tower's own norms use 1e-6.
+    published = ModelConfig.published()
+    assert (published.ln_vision_eps, published.vision.layer_norm_eps) == (1e-5, 1e-6)
+    assert ModelConfig.tiny().ln_vision_eps == 1e-5
+    # skyeye-tiny was trained with ln_vision at the tower's eps.
+    assert ModelConfig.skyeye_tiny().ln_vision_eps == 1e-6
+    config = ModelConfig.tiny().model_copy(update={"ln_vision_eps": 1e-3})
+    assert ModelConfig.model_validate_json(config.model_dump_json()).ln_vision_eps == 1e-3
+    with pytest.raises(ValidationError, match="ln_vision_eps"):
+        ModelConfig.model_validate({**ModelConfig.tiny().model_dump(), "ln_vision_eps": 0})

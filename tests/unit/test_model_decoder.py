@@ -5,9 +5,11 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
+from skyeye.lab.world import held_out_scenes
 from skyeye.model import TextDecoder, VisionEncoder, build_tiny_model, prompts
 from skyeye.model.answers import Box
-from skyeye.model.decoder import IMAGE_TOKEN, _common_prefix_length
+from skyeye.model.decoder import IMAGE_TOKEN, _common_prefix_length, _ReservedLayer
+from skyeye.settings import PACKAGED_MODEL
 
 INSTRUCTIONS = [
     prompts.caption(),
@@ -130,7 +132,12 @@ def test_sampling_is_seeded_by_torch(decoder: TextDecoder, frames: torch.Tensor)
     def sample() -> list[list[int]]:
         torch.manual_seed(5)
         return decoder.generate_ids(
-            frames[0], INSTRUCTIONS[:3], 8, do_sample=True, temperature=0.7, top_p=0.9
+            frames[0],
+            INSTRUCTIONS[:3],
+            max_new_tokens=8,
+            do_sample=True,
+            temperature=0.7,
+            top_p=0.9,
         )
 
     assert sample() == sample()
@@ -253,7 +260,12 @@ def test_sampling_matches_generate_and_ignores_reuse(
         torch.manual_seed(11)
         assert (
             decoder.generate_ids(
-                frames[0], INSTRUCTIONS, 8, do_sample=True, reuse_prefix=reuse, **settings
+                frames[0],
+                INSTRUCTIONS,
+                max_new_tokens=8,
+                do_sample=True,
+                reuse_prefix=reuse,
+                **settings,
             )
             == expected
         )
@@ -266,7 +278,7 @@ def test_sampling_draws_from_the_given_generator(
         return decoder.generate_ids(
             frames[0],
             INSTRUCTIONS,
-            8,
+            max_new_tokens=8,
             do_sample=True,
             repetition_penalty=1.05,
             generator=torch.Generator().manual_seed(seed),
@@ -290,8 +302,139 @@ def test_greedy_repetition_penalty_matches_generate_row_by_row(
     # Row by row: transformers 5.24's generate skips the first <left padding length> *new* tokens
     # of a padded row when it penalises (it takes them for prompt tokens), so its batched answer
     # depends on the other rows; transformers 4.30, MiniGPT-v2's pin, penalised all new tokens.
-    penalised = decoder.generate_ids(frames[0], INSTRUCTIONS, 12, repetition_penalty=1.5)
+    penalised = decoder.generate_ids(
+        frames[0], INSTRUCTIONS, max_new_tokens=12, repetition_penalty=1.5
+    )
     assert penalised == [
         _reference(decoder, frames[0], [i], 12, repetition_penalty=1.5)[0] for i in INSTRUCTIONS
     ]
-    assert penalised != decoder.generate_ids(frames[0], INSTRUCTIONS, 12)
+    assert penalised != decoder.generate_ids(frames[0], INSTRUCTIONS, max_new_tokens=12)
+
+
+def test_generate_many_decodes_items_as_each_alone(
+    decoder: TextDecoder, frames: torch.Tensor
+) -> None:
+    # Items of one and of three frames (prefixes of different lengths), different task counts,
+    # an item without tasks.
+    items = [
+        (frames[0], INSTRUCTIONS),
+        (frames[:3], [prompts.video_caption(), prompts.vqa("Is the car moving?")]),
+        (frames[1], []),
+        (frames[2], [prompts.detection("building")]),
+    ]
+    many = decoder.generate_ids_many(items, max_new_tokens=10)
+    alone = [
+        decoder.generate_ids(embeds, list(tasks), max_new_tokens=10) for embeds, tasks in items
+    ]
+    assert many == alone == [_reference(decoder, e, list(t), 10) if t else [] for e, t in items]
+    assert decoder.generate_ids_many(items, max_new_tokens=10, reuse_prefix=False) == many
+    assert decoder.generate_many(items, max_new_tokens=10) == [
+        [decoder._decode(ids) for ids in item] for item in many
+    ]
+    assert decoder.generate_many([]) == [] and decoder.generate_many([(frames[0], [])]) == [[]]
+
+
+def test_generate_many_refuses_bad_items(decoder: TextDecoder, frames: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="image_embeds"):
+        decoder.generate_many([(frames[0], ["x"]), (torch.zeros(255, 64), ["x"])])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        decoder.generate_many([(frames[0], ["x"])], max_new_tokens=0)
+
+
+def test_seeded_sampling_of_many_items_is_repeatable(
+    decoder: TextDecoder, frames: torch.Tensor
+) -> None:
+    items = [(frames[0], INSTRUCTIONS[:3]), (frames[:2], [prompts.video_caption()])]
+
+    def sample(seed: int) -> list[list[list[int]]]:
+        return decoder.generate_ids_many(
+            items, 8, do_sample=True, temperature=0.7, generator=torch.Generator().manual_seed(seed)
+        )
+
+    assert sample(2) == sample(2) != sample(3)
+
+
+def test_double_bos_starts_each_prompt_with_two_bos(model_dir: Path, frames: torch.Tensor) -> None:
+    single, double = TextDecoder.load(model_dir), TextDecoder.load(model_dir, double_bos=True)
+    bos = single.tokenizer.bos_token_id
+    instructions = [prompts.caption(), prompts.vqa("[vqa] is <s> special?")]
+    for n_frames in (1, 2):
+        one = single.prompt_batch(frames[:n_frames], instructions)
+        two = double.prompt_batch(frames[:n_frames], instructions)
+        for row in range(len(instructions)):
+            ids = one.token_ids[row][one.attention_mask[row] == 1].tolist()
+            ids2 = two.token_ids[row][two.attention_mask[row] == 1].tolist()
+            assert ids[0] == bos and ids.count(bos) == 1
+            assert ids2 == [bos, *ids]
+    assert not single.double_bos and double.double_bos
+    # Decoded from the two-BOS prompt, with the shared prefix reused as with one.
+    answers = double.generate_ids(frames[0], INSTRUCTIONS, max_new_tokens=10)
+    assert answers == _reference(double, frames[0], INSTRUCTIONS, 10)
+    assert answers != single.generate_ids(frames[0], INSTRUCTIONS, max_new_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def packaged() -> tuple[TextDecoder, torch.Tensor]:
+    """The packaged skyeye-tiny's decoder and the embeddings of four held-out world scenes."""
+    images = [scene.image for scene in held_out_scenes(4, seed=0)]
+    return TextDecoder.load(PACKAGED_MODEL), VisionEncoder.load(PACKAGED_MODEL).encode(images)
+
+
+def test_tiles_batched_give_the_answers_of_each_tile_alone(
+    packaged: tuple[TextDecoder, torch.Tensor],
+) -> None:
+    """The served model, as the LlmDecoder batches tiles: answers as one tile at a time."""
+    decoder, embeds = packaged
+    six = [
+        prompts.caption(),
+        prompts.detection("building"),
+        prompts.detection("storage tank"),
+        prompts.detection("small white boat"),
+        prompts.vqa("Is there any water in the image?"),
+        prompts.vqa("How many cars are in the parking lot?"),
+    ]
+    items = [
+        (embeds[0], [prompts.caption()]),
+        (embeds[1], six),
+        (embeds[:3], [prompts.video_caption(), prompts.vqa("Is there any water in the image?")]),
+        (embeds[3], six[1:4]),
+        (embeds[2:4], [prompts.video_caption()]),
+    ]
+    batched = decoder.generate_ids_many(items, max_new_tokens=20)
+    per_tile = [decoder.generate_ids(e, list(tasks), max_new_tokens=20) for e, tasks in items]
+    plain = [
+        decoder.generate_ids(e, list(tasks), max_new_tokens=20, reuse_prefix=False)
+        for e, tasks in items
+    ]
+    assert batched == per_tile == plain
+    assert [len(answers) for answers in batched] == [1, 6, 2, 3, 1]
+    # Real answers of different lengths (boxes, words, yes/no), not one repeated token run.
+    flat = [tuple(ids) for answers in batched for ids in answers]
+    assert len(set(flat)) > 8 and len({len(ids) for ids in flat}) > 3
+
+
+def test_reserved_cache_layer_appends_in_place_and_follows_other_changes() -> None:
+    def states(length: int, rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(rows, 1, length, 4), torch.randn(rows, 1, length, 4)
+
+    layer = _ReservedLayer()
+    keys0, values0 = states(3)
+    layer.update(keys0, values0)
+    layer.reserve(2)
+    keys1, values1 = states(1)
+    keys, values = layer.update(keys1, values1)
+    assert layer._room is not None and keys.data_ptr() == layer._room[0].data_ptr()
+    expected_keys = torch.cat([keys0, keys1], dim=-2)
+    assert torch.equal(keys, expected_keys)
+    assert torch.equal(values, torch.cat([values0, values1], dim=-2))
+    # Another change of the layer replaces its tensors: later positions follow those.
+    layer.batch_select_indices(torch.tensor([1, 1, 0]))
+    keys2, values2 = states(1, rows=3)
+    keys, _ = layer.update(keys2, values2)
+    assert torch.equal(keys, torch.cat([expected_keys[[1, 1, 0]], keys2], dim=-2))
+    # More positions than the room holds: appended all the same.
+    layer.reserve(1)
+    keys3, values3 = states(2, rows=3)
+    before = keys
+    keys, _ = layer.update(keys3, values3)
+    assert torch.equal(keys, torch.cat([before, keys3], dim=-2))

@@ -31,7 +31,7 @@ from skyeye.model.published import (
 )
 from skyeye.model.vision import preprocess
 from skyeye.model.vocabulary import tiny_tokenizer
-from tests.unit._eva_reference import eva_reference
+from tests.unit._eva_reference import eva_reference, lavis_interpolate_pos_embed
 
 LORA = LoraConfig(r=4, alpha=16)
 CONFIG = ModelConfig.tiny().model_copy(update={"lora": LORA})
@@ -486,3 +486,76 @@ def test_inspect_command_reports_problems(
     assert "problems: " in out and "LoRA rank [4]" in out and "caption" not in out
     args = _parse(_inspect_argv(sources, tmp_path / "absent.json"))
     assert args.func(args) == 2
+
+
+def _with_grid(side: int, rows: int | None = None) -> Callable[[dict], None]:
+    """Replace the EVA file's position embeddings by a side x side grid (or by ``rows`` rows)."""
+
+    def edit(state: dict) -> None:
+        g = torch.Generator().manual_seed(side)
+        n = 1 + side * side if rows is None else rows
+        state["pos_embed"] = 0.02 * torch.randn(1, n, CONFIG.vision.hidden_size, generator=g)
+
+    return edit
+
+
+@pytest.mark.parametrize(("side", "interpolated"), [(20, True), (7, True), (32, False)])
+def test_position_embeddings_from_any_square_grid(
+    sources: Sources, tmp_path: Path, side: int, interpolated: bool
+) -> None:
+    variant = _variant(sources, tmp_path, eva=_with_grid(side))
+    report = inspect_published(*variant.args(), CONFIG)
+    assert report.ok, report.problems()
+    assert report.position_embedding.model_dump() == {
+        "source_grid": side,
+        "target_grid": 32,
+        "interpolated": interpolated,
+    }
+    assert "pos_embed" in report.vision.used
+    model = load_published(*variant.args(), CONFIG, dtype=torch.float32)
+    pos = torch.load(variant.vision, weights_only=True)["pos_embed"]
+    loaded_pos = model.vision.vision_model.embeddings.position_embedding
+    torch.testing.assert_close(loaded_pos, lavis_interpolate_pos_embed(pos, 32))
+    assert torch.equal(loaded_pos, pos) is not interpolated
+    weights = {**torch.load(variant.vision, weights_only=True), **_checkpoint(2)["model"]}
+    weights |= {"ln_vision.weight": torch.ones(32), "ln_vision.bias": torch.zeros(32)}
+    pixels = preprocess(_images(1), 448)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.vision(pixels), eva_reference(weights, CONFIG, pixels), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_position_embeddings_off_a_square_grid_are_refused(
+    sources: Sources, tmp_path: Path
+) -> None:
+    variant = _variant(sources, tmp_path, eva=_with_grid(20, rows=1 + 20 * 21))
+    _fails(variant, "pos_embed [1, 421, 32] has 420 rows after the CLS row, not a square grid")
+    with pytest.raises(ValueError, match="not a square grid"):
+        interpolate_position_embedding(torch.zeros(1, 1 + 20 * 21, 4), 32)
+    with pytest.raises(ValueError, match="not a square grid"):
+        interpolate_position_embedding(torch.zeros(1, 1, 4), 32)
+
+
+def test_ln_vision_gets_minigptv2_eps_whatever_the_arch_config(
+    sources: Sources, tmp_path: Path, loaded: PublishedModel
+) -> None:
+    # MiniGPT-v2's ln_vision is a plain LayerNorm (1e-5), the tower's norms use 1e-6.
+    arch = CONFIG.model_copy(update={"ln_vision_eps": 1e-6})
+    out = tmp_path / "skyeyegpt"
+    report = convert_published(*sources.args(), out, arch, dtype=torch.float32)
+    assert report.config.ln_vision_eps == loaded.config.ln_vision_eps == 1e-5
+    assert loaded.vision.vision_model.post_layernorm.eps == 1e-5
+    assert json.loads((out / CONFIG_FILE).read_text())["config"]["ln_vision_eps"] == 1e-5
+    encoder = VisionEncoder.load(out)
+    assert encoder.config.ln_vision_eps == encoder.stage.vision_model.post_layernorm.eps == 1e-5
+    assert {layer.layer_norm1.eps for layer in encoder.stage.vision_model.encoder.layers} == {1e-6}
+
+
+def test_the_published_decoder_can_prompt_as_minigptv2_evaluates(loaded: PublishedModel) -> None:
+    bos = loaded.tokenizer.bos_token_id
+    embeds = torch.zeros(256, CONFIG.llm.hidden_size)
+    single = loaded.decoder().prompt_batch(embeds, [prompts.caption()]).token_ids[0].tolist()
+    double = loaded.decoder(double_bos=True).prompt_batch(embeds, [prompts.caption()])
+    assert single[:2] == [bos, single[1]] and single[1] != bos
+    assert double.token_ids[0].tolist() == [bos, *single]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from skyeye.model import VisionEncoder, build_tiny_model
 from skyeye.model.architecture import VisionStage, merge_patches
@@ -107,3 +108,28 @@ def test_load_respects_device_and_dtype(tmp_path: Path) -> None:
     assert encoder.stage.vision_model.post_layernorm.weight.dtype == torch.float32
     embeds = encoder.encode([_image(8)])
     assert embeds.dtype == torch.float32 and embeds.shape == (1, 256, 64)
+
+
+def test_ln_vision_normalises_with_its_own_eps() -> None:
+    # An eps far from the tower's 1e-6, so that using the wrong one shows.
+    config = ModelConfig.tiny().model_copy(update={"ln_vision_eps": 0.25})
+    torch.manual_seed(0)
+    stage = VisionStage(config).eval()
+    tower = stage.vision_model
+    assert tower.post_layernorm.eps == 0.25
+    norms = [layer.layer_norm1 for layer in tower.encoder.layers]
+    assert {norm.eps for norm in norms} == {config.vision.layer_norm_eps}
+    captured: list[torch.Tensor] = []
+    tower.encoder.register_forward_hook(
+        lambda _module, _args, out: captured.append(out.last_hidden_state)
+    )
+    ln = tower.post_layernorm
+    with torch.no_grad():
+        tokens = stage(preprocess([_image(9)], 448))
+
+        def projected(eps: float) -> torch.Tensor:
+            normed = F.layer_norm(captured[0], ln.normalized_shape, ln.weight, ln.bias, eps)
+            return stage.llama_proj(merge_patches(normed[:, 1:], config.merge))
+
+        torch.testing.assert_close(tokens, projected(0.25))
+        assert not torch.allclose(tokens, projected(config.vision.layer_norm_eps), atol=1e-3)

@@ -329,7 +329,9 @@ def test_same_seed_same_weights_and_the_folder_loads(tmp_path: Path) -> None:
     encoder = VisionEncoder.load(tmp_path / "a")
     decoder = TextDecoder.load(tmp_path / "a")
     image = render_scene(3, size=112).image
-    answers = decoder.generate(encoder.encode([image])[0], ["[vqa] Is there a ship?"], 4)
+    answers = decoder.generate(
+        encoder.encode([image])[0], ["[vqa] Is there a ship?"], max_new_tokens=4
+    )
     assert len(answers) == 1
 
 

@@ -21,7 +21,7 @@ from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.adapters.postgres import Engine
 from skyeye.catalog import stac
-from skyeye.cli import dlq, model_inspect, rules, tokens
+from skyeye.cli import bench, dlq, model_inspect, rules, tokens
 from skyeye.cli import search as search_cli
 from skyeye.cli.arguments import bounded, count, non_negative_int
 from skyeye.cli.ingest import (
@@ -728,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
     _add_model_commands(sub)
+    bench.add_parser(sub)
     return parser
 
 

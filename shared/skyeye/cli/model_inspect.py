@@ -60,6 +60,7 @@ def _caption(args: argparse.Namespace, arch: Any) -> tuple[str, str]:
     from skyeye.model import prompts
     from skyeye.model.published import load_published
     from skyeye.samples import aerial_photos
+    from skyeye.settings import Settings
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_published(args.vision, args.llm, args.checkpoint, arch, device=device)
@@ -67,7 +68,9 @@ def _caption(args: argparse.Namespace, arch: Any) -> tuple[str, str]:
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB"))
     embeds = model.encoder().encode([pixels])
-    answer = model.decoder().generate(
+    # the prompt's BOS form as the pipeline's setting has it (SKYEYE_DECODING__DOUBLE_BOS)
+    double_bos = Settings().decoding.double_bos
+    answer = model.decoder(double_bos=double_bos).generate(
         embeds[0], [prompts.caption()], max_new_tokens=args.max_new_tokens
     )[0]
     return path.name, answer

@@ -52,6 +52,9 @@ class VisionStage(nn.Module):
         super().__init__()
         self.merge = config.merge
         self.vision_model = Blip2VisionModel(blip2_vision_config(config))
+        # post_layernorm is ln_vision; BLIP-2 builds it with the tower's eps, MiniGPT-v2 with
+        # its own. Set on the module, so whatever calls it (training too) uses the same eps.
+        self.vision_model.post_layernorm.eps = config.ln_vision_eps
         self.llama_proj = nn.Linear(config.projector_in, config.llm.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:

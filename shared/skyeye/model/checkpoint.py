@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import (
@@ -34,7 +34,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from skyeye.model.architecture import VisionStage
-from skyeye.model.config import ModelConfig
+from skyeye.model.config import ModelConfig, VisionConfig
 
 # Per-load progress bars would fill every replica's and CLI's output with noise.
 hf_logging.disable_progress_bar()
@@ -89,6 +89,25 @@ class ModelManifest(BaseModel):
     format_version: int
     config: ModelConfig
     origin: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ln_vision_eps_of_older_folders(cls, data: Any) -> Any:
+        """A config written before ``ln_vision_eps`` existed gets the eps its ln_vision ran at.
+
+        That was the tower's ``layer_norm_eps`` (skyeye-tiny was trained so); the field's
+        default, MiniGPT-v2's 1e-5, would change such a model's image tokens.
+        """
+        if not isinstance(data, dict):
+            return data
+        config = data.get("config")
+        if not isinstance(config, dict) or "ln_vision_eps" in config:
+            return data
+        vision = config.get("vision")
+        eps = VisionConfig.model_fields["layer_norm_eps"].default
+        if isinstance(vision, dict):
+            eps = vision.get("layer_norm_eps", eps)
+        return {**data, "config": {**config, "ln_vision_eps": eps}}
 
 
 def read_manifest(path: Path) -> ModelManifest:

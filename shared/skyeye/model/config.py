@@ -6,11 +6,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skyeye.model.vocabulary import tiny_vocabulary
 
-__all__ = ["LlmConfig", "LoraConfig", "ModelConfig", "VisionConfig"]
+__all__ = ["MINIGPT_V2_LN_VISION_EPS", "LlmConfig", "LoraConfig", "ModelConfig", "VisionConfig"]
+
+# MiniGPT-v2 builds ln_vision as nn.LayerNorm(num_features): torch's default eps.
+MINIGPT_V2_LN_VISION_EPS = 1e-5
 
 
 class VisionConfig(BaseModel):
-    """The ViT (EVA ViT-g/14 in the published model) and its separate final LayerNorm."""
+    """The ViT (EVA ViT-g/14 in the published model); ``layer_norm_eps`` is its blocks' norms'.
+
+    ln_vision, the separate LayerNorm after it, has its own eps (:attr:`ModelConfig.ln_vision_eps`).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -83,6 +89,13 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     vision: VisionConfig
+    ln_vision_eps: float = Field(
+        MINIGPT_V2_LN_VISION_EPS,
+        gt=0,
+        description="eps of ln_vision, the LayerNorm after the tower; MiniGPT-v2's is a plain "
+        "LayerNorm (1e-5), not the tower's own norms' 1e-6. Folders saved before this field "
+        "existed ran it at the tower's layer_norm_eps, and load so (checkpoint.ModelManifest)",
+    )
     merge: int = Field(4, gt=0, description="consecutive patches of a row merged into one token")
     llm: LlmConfig
     lora: LoraConfig | None = Field(
@@ -131,10 +144,12 @@ class ModelConfig(BaseModel):
 
         A 96-wide, 3-layer tower read an object's box from its patch tokens only to within about
         2 (0-100 scale), too coarse for the world's small objects; this one reads it to within
-        0.6 and is trained alone on a GPU (docs/training-log.md, round 7).
+        0.6 and is trained alone on a GPU (docs/training-log.md, round 7). Its ln_vision was
+        trained at the tower's eps (1e-6), as every model before ``ln_vision_eps`` existed.
         """
         return cls(
             vision=VisionConfig(hidden_size=192, num_layers=6, num_heads=6, mlp_hidden_size=768),
+            ln_vision_eps=1e-6,
             llm=LlmConfig(
                 hidden_size=128,
                 num_layers=3,

@@ -1,11 +1,13 @@
 """Stage 2: image embeddings + instructions -> answers, with the Llama decoder (MiniGPT-v2 style).
 
 Each prompt is ``wrap(instruction, n_frames)`` split at ``<ImageHere>``; the text segments are
-tokenized, embedded, and the image embeddings are spliced between them. Rows of a batch (several
-instructions about the same image) share everything up to the end of the last image, so by default
-that prefix is run through the decoder once and its key/value cache is copied to every row; only
-the rows' own suffixes are batched, padded and masked so that each row is decoded exactly as it
-would be alone. The plain path (``reuse_prefix=False``) left-pads whole prompts, as MiniGPT-v2
+tokenized, embedded, and the image embeddings are spliced between them. The instructions about one
+image (or one clip's frames) share everything up to the end of the last image, so by default that
+prefix is run through the decoder once per image and its key/value cache is copied to each of its
+rows; only the rows' own suffixes are batched, padded and masked so that each row is decoded
+exactly as it would be alone. Several images are decoded together
+(:meth:`TextDecoder.generate_many`): their prefixes run as one left-padded batch, then all their
+rows as one batch. The plain path (``reuse_prefix=False``) left-pads whole prompts, as MiniGPT-v2
 does. Decoding is our own loop over ``transformers``' logits processors rather than ``generate``:
 ``generate`` cannot continue a batch from a shared cache with padding inside the sequence, and it
 fills every setting left unset from the checkpoint's own ``generation_config.json``.
@@ -14,12 +16,13 @@ fills every setting left unset from the checkpoint's own ``generation_config.jso
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict, Unpack
 
 import torch
 from transformers import (
-    DynamicCache,
     LlamaForCausalLM,
     LogitsProcessorList,
     PreTrainedTokenizerBase,
@@ -28,12 +31,13 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import Cache, DynamicLayer
 
 from skyeye.model import checkpoint
 from skyeye.model.config import ModelConfig
 from skyeye.model.prompts import IMAGE_PLACEHOLDER, wrap
 
-__all__ = ["IMAGE_TOKEN", "PromptBatch", "TextDecoder"]
+__all__ = ["IMAGE_TOKEN", "DecodeOptions", "PromptBatch", "TextDecoder"]
 
 # Marks image positions in PromptBatch.token_ids (never a real token id).
 IMAGE_TOKEN = -1
@@ -44,6 +48,89 @@ _END_OF_PROMPT = "[/INST]"
 # ones; training draws from under a hundred), and tokenizing one took about a millisecond of host
 # time (world instructions, 2-core CPU), which a GPU step would otherwise wait on.
 _CACHED_PROMPTS = 1024
+
+# One prompt, unpadded: its token ids (IMAGE_TOKEN at image positions) and input embeddings.
+_Row = tuple[list[int], torch.Tensor]
+
+
+class _ReservedLayer(DynamicLayer):
+    """transformers' growing key/value cache layer, able to reserve room for the tokens to come.
+
+    ``DynamicLayer.update`` concatenates, copying the whole cache at every decoding step. With
+    every tile of a Serve batch in one batch that copy took more than half of the batch's CPU
+    time (skyeye-tiny, 8 tiles x 6 tasks, one thread; docs/skyeye-tiny.md). With room reserved,
+    ``update`` writes the new positions in place and the keys and values are views of the room;
+    the room is dropped when anything else replaces them (every other method of the base class
+    assigns new tensors).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._room: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def reserve(self, extra: int) -> None:
+        """Make room for ``extra`` more positions after the ones held (one copy of them)."""
+        if self.keys is None or self.values is None or self.get_seq_length() == 0 or extra < 1:
+            return
+        length = self.keys.shape[-2]
+        keys, values = (
+            held.new_empty((*held.shape[:-2], length + extra, held.shape[-1]))
+            for held in (self.keys, self.values)
+        )
+        keys[..., :length, :] = self.keys
+        values[..., :length, :] = self.values
+        self._room = (keys, values)
+        self._view(length)
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new positions: into the room if it is still ours and large enough."""
+        room, views = self._room, self._views
+        if room is not None and views is not None and self.keys is views[0]:
+            start = views[0].shape[-2]
+            end = start + key_states.shape[-2]
+            if end <= room[0].shape[-2]:
+                room[0][..., start:end, :] = key_states
+                room[1][..., start:end, :] = value_states
+                return self._view(end)
+        self._room = self._views = None
+        return super().update(key_states, value_states, *args, **kwargs)
+
+    def _view(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._room is None:
+            raise RuntimeError("no room reserved")
+        keys, values = (held[..., :length, :] for held in self._room)
+        self.keys, self.values = keys, values
+        self._views = (keys, values)
+        return keys, values
+
+
+class _Cache(Cache):
+    """A growing key/value cache of :class:`_ReservedLayer`, one per decoder layer."""
+
+    def __init__(self, num_layers: int) -> None:
+        self._reserving = [_ReservedLayer() for _ in range(num_layers)]
+        super().__init__(layers=list(self._reserving))
+
+    def reserve(self, extra: int) -> None:
+        """Make room in every layer for ``extra`` more positions."""
+        for layer in self._reserving:
+            layer.reserve(extra)
+
+
+class DecodeOptions(TypedDict, total=False):
+    """How to decode, as :meth:`TextDecoder.generate_ids_many` takes it (its defaults apply)."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    generator: torch.Generator | None
+    reuse_prefix: bool
 
 
 @dataclass(frozen=True)
@@ -56,10 +143,20 @@ class PromptBatch:
 
 
 class TextDecoder:
-    """Stage 2 of the served model: decodes answers to instructions about already encoded images."""
+    """Stage 2 of the served model: decodes answers to instructions about already encoded images.
+
+    Each prompt starts with one BOS token, as Llama-2 and skyeye-tiny were trained. With
+    ``double_bos`` it starts with two, as MiniGPT-v2's evaluation prompt does (its template's
+    literal ``<s>`` after the tokenizer's own BOS): for comparing with the published figures.
+    """
 
     def __init__(
-        self, config: ModelConfig, llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase
+        self,
+        config: ModelConfig,
+        llm: LlamaForCausalLM,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        double_bos: bool = False,
     ) -> None:
         self.config = config
         self.llm = llm
@@ -67,6 +164,12 @@ class TextDecoder:
         eos_id = tokenizer.eos_token_id
         if eos_id is None:
             raise ValueError("the tokenizer has no EOS token")
+        bos_id = tokenizer.bos_token_id
+        if double_bos and bos_id is None:
+            raise ValueError("double_bos needs a tokenizer with a BOS token")
+        self.double_bos = double_bos
+        # Put in front of the tokenizer's own BOS.
+        self._extra_bos: tuple[int, ...] = (bos_id,) if double_bos and bos_id is not None else ()
         self.eos_id: int = eos_id
         # Llama-2 defines no pad token (MiniGPT-v2 borrows "$$"); padded positions are masked and
         # finished rows are cut at EOS, so the pad id only has to be a valid id.
@@ -74,12 +177,22 @@ class TextDecoder:
         self._segment_ids = functools.lru_cache(maxsize=_CACHED_PROMPTS)(self._tokenize)
 
     @classmethod
-    def load(cls, path: Path, device: str = "cpu", dtype: torch.dtype | None = None) -> TextDecoder:
-        """The language stage from a model folder, in ``dtype`` or else the device's default."""
+    def load(
+        cls,
+        path: Path,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        double_bos: bool = False,
+    ) -> TextDecoder:
+        """The language stage from a model folder, in ``dtype`` or else the device's default.
+
+        ``double_bos``: two BOS tokens per prompt, as MiniGPT-v2's evaluation (see the class).
+        """
         config, llm, tokenizer = checkpoint.load_llm(
             path, device, dtype or checkpoint.default_dtype(device)
         )
-        return cls(config, llm, tokenizer)
+        return cls(config, llm, tokenizer, double_bos=double_bos)
 
     @property
     def device(self) -> torch.device:
@@ -91,10 +204,12 @@ class TextDecoder:
         segments = wrap(instruction, n_frames).split(IMAGE_PLACEHOLDER)
         # BOS exactly once, at the start: only the first segment gets special tokens. MiniGPT-v2's
         # template text begins with a literal "<s>" *and* tokenizes that segment with
-        # add_special_tokens=True, which gives two BOS tokens with the slow Llama tokenizer; we
-        # keep one, the form Llama-2 was trained with. split_special_tokens keeps an instruction
-        # that contains "</s>" or "<s>" from injecting control tokens.
-        return tuple(
+        # add_special_tokens=True, which gives two BOS tokens with the slow Llama tokenizer of its
+        # transformers 4.30 (the text after the literal is split off and tokenized as it is
+        # here); we keep one, the form Llama-2 was trained with, unless double_bos asks for
+        # MiniGPT-v2's. split_special_tokens keeps an instruction that contains "</s>" or "<s>"
+        # from injecting control tokens, so the second BOS is added as an id, not as text.
+        first, *rest = (
             tuple(
                 self.tokenizer(
                     segment, add_special_tokens=i == 0, split_special_tokens=True
@@ -102,21 +217,20 @@ class TextDecoder:
             )
             for i, segment in enumerate(segments)
         )
+        return ((*self._extra_bos, *first), *rest)
 
     def prompt_batch(self, image_embeds: torch.Tensor, instructions: list[str]) -> PromptBatch:
         """The whole prompts, left-padded: the layout of the no-reuse path (and of MiniGPT-v2)."""
         return self._left_pad(self._rows(image_embeds, instructions))
 
-    def _rows(
-        self, image_embeds: torch.Tensor, instructions: list[str]
-    ) -> list[tuple[list[int], torch.Tensor]]:
+    def _rows(self, image_embeds: torch.Tensor, instructions: Sequence[str]) -> list[_Row]:
         """(token ids, input embeddings) of each prompt, unpadded."""
         frames = self._frames(image_embeds)
         n_frames, n_tokens, _ = frames.shape
         embed = self.llm.model.embed_tokens
         frames = frames.to(device=self.device, dtype=embed.weight.dtype)
         image_ids = [IMAGE_TOKEN] * n_tokens
-        rows: list[tuple[list[int], torch.Tensor]] = []
+        rows: list[_Row] = []
         for instruction in instructions:
             segments = self._segment_ids(instruction, n_frames)
             ids: list[int] = []
@@ -130,7 +244,7 @@ class TextDecoder:
             rows.append((ids, torch.cat(parts)))
         return rows
 
-    def _left_pad(self, rows: list[tuple[list[int], torch.Tensor]]) -> PromptBatch:
+    def _left_pad(self, rows: list[_Row]) -> PromptBatch:
         length = max(len(ids) for ids, _ in rows)
         hidden = rows[0][1].shape[1]
         token_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
@@ -159,36 +273,43 @@ class TextDecoder:
     def generate(
         self,
         image_embeds: torch.Tensor,
-        instructions: list[str],
-        max_new_tokens: int = 24,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        *,
-        top_k: int = 50,
-        repetition_penalty: float = 1.0,
-        generator: torch.Generator | None = None,
-        reuse_prefix: bool = True,
+        instructions: Sequence[str],
+        **options: Unpack[DecodeOptions],
     ) -> list[str]:
-        """One raw answer per instruction, all about the same image (or the same frames)."""
-        rows = self.generate_ids(
-            image_embeds,
-            instructions,
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            generator=generator,
-            reuse_prefix=reuse_prefix,
-        )
-        return [self._decode(ids) for ids in rows]
+        """One raw answer per instruction, all about the same image (or the same frames).
+
+        The one-item case of :meth:`generate_many`.
+        """
+        return self.generate_many([(image_embeds, instructions)], **options)[0]
 
     def generate_ids(
         self,
         image_embeds: torch.Tensor,
-        instructions: list[str],
+        instructions: Sequence[str],
+        **options: Unpack[DecodeOptions],
+    ) -> list[list[int]]:
+        """The new token ids of each row, up to (excluding) its first EOS.
+
+        The one-item case of :meth:`generate_ids_many`, which says what the options do.
+        """
+        return self.generate_ids_many([(image_embeds, instructions)], **options)[0]
+
+    def generate_many(
+        self,
+        items: Sequence[tuple[torch.Tensor, Sequence[str]]],
+        **options: Unpack[DecodeOptions],
+    ) -> list[list[str]]:
+        """The raw answers to each item's instructions, all items decoded together.
+
+        An item is one image's embeddings (or one clip's frames) and the instructions about it;
+        see :meth:`generate_ids_many`.
+        """
+        rows = self.generate_ids_many(items, **options)
+        return [[self._decode(ids) for ids in item] for item in rows]
+
+    def generate_ids_many(
+        self,
+        items: Sequence[tuple[torch.Tensor, Sequence[str]]],
         max_new_tokens: int = 24,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -198,18 +319,28 @@ class TextDecoder:
         repetition_penalty: float = 1.0,
         generator: torch.Generator | None = None,
         reuse_prefix: bool = True,
-    ) -> list[list[int]]:
-        """The new token ids of each row, up to (excluding) its first EOS.
+    ) -> list[list[list[int]]]:
+        """Per item, the new token ids of each instruction's row, up to (excluding) its first EOS.
+
+        Items may differ in their number of instructions and of frames. Every row of every item
+        is decoded in one loop. ``reuse_prefix`` computes the prompt part that an item's rows
+        share once per item (see :meth:`_prefill_shared`); without it whole prompts are
+        left-padded into one batch.
 
         Greedy unless ``do_sample``; the logits processors and the sampling draw are those of
         ``transformers`` ``generate`` (top_k 50 is its default, which MiniGPT-v2's chat inherits),
         so results match it token for token, save a repetition penalty on padded rows (see
-        :meth:`_continue`). Sampling draws from ``generator`` (on the decoder's device) if given,
-        else from torch's global RNG. ``reuse_prefix`` computes the prompt part that all rows
-        share once (see :meth:`_prefill_shared`); the answers are the same either way.
+        :meth:`_continue`). Greedy answers are the same whichever items share the call and
+        either way of ``reuse_prefix``: each row sees exactly its own prompt. Sampling draws
+        from ``generator`` (on the decoder's device) if given, else from torch's global RNG,
+        one draw per step for all rows together. So a seeded call is repeatable given the same
+        items in the same order, but a row's random numbers depend on the rows decoded beside
+        it: an instruction sampled beside other items follows the same distribution as alone,
+        not the same tokens.
         """
-        if not instructions:
-            return []
+        asked = [(embeds, instructions) for embeds, instructions in items if instructions]
+        if not asked:
+            return [[] for _ in items]
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if do_sample and not (temperature > 0 and 0 < top_p <= 1 and top_k >= 0):
@@ -221,12 +352,12 @@ class TextDecoder:
             raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
         processors = _logits_processors(do_sample, temperature, top_p, top_k, repetition_penalty)
         with torch.inference_mode():
-            rows = self._rows(image_embeds, instructions)
-            cache = DynamicCache(config=self.llm.config)
+            groups = [self._rows(embeds, instructions) for embeds, instructions in asked]
+            cache = _Cache(self.llm.config.num_hidden_layers)
             if reuse_prefix:
-                logits, attention_mask = self._prefill_shared(rows, cache)
+                logits, attention_mask = self._prefill_shared(groups, cache)
             else:
-                batch = self._left_pad(rows)
+                batch = self._left_pad([row for rows in groups for row in rows])
                 logits = self._forward(
                     cache,
                     batch.attention_mask,
@@ -238,38 +369,60 @@ class TextDecoder:
                 logits, attention_mask, cache, max_new_tokens, processors, do_sample, generator
             )
         # A finished row is filled with the pad id (which may be EOS) up to the longest row.
-        return [ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids for ids in generated]
+        answers = iter(
+            [ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids for ids in generated]
+        )
+        return [[next(answers) for _ in instructions] for _, instructions in items]
 
     def _prefill_shared(
-        self, rows: list[tuple[list[int], torch.Tensor]], cache: DynamicCache
+        self, groups: list[list[_Row]], cache: _Cache
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the shared prefix once, then every row's own suffix against copies of its cache.
+        """Run each group's shared prefix once, then every row's own suffix against its copy.
 
-        The prefix is the longest run of tokens all prompts start with: BOS, the template and every
-        frame's 256 image rows, and whatever text the instructions share. The suffixes are padded
-        on the left, i.e. *between* the prefix and each suffix; those slots are masked out and the
-        position ids skip them, so each row sees exactly the sequence it would see alone.
+        A group is the rows of one item. Its prefix is the longest run of tokens all its prompts
+        start with: BOS, the template and every frame's 256 image rows, and whatever text the
+        instructions share. The groups' prefixes run as one batch, padded on the left to the
+        longest; each group's cache row is then copied to each of its rows, and the suffixes are
+        padded on the left, i.e. *between* the prefix and each suffix. Every padding slot is
+        masked out and the position ids skip it, so each row sees exactly the sequence it would
+        see alone.
         """
-        shared = _common_prefix_length([ids for ids, _ in rows])
-        prefix = rows[0][1][:shared].unsqueeze(0)
-        prefix_mask = torch.ones((1, shared), dtype=torch.long, device=self.device)
-        self._forward(cache, prefix_mask, _positions(prefix_mask), inputs_embeds=prefix)
-        cache.batch_repeat_interleave(len(rows))
-        suffixes = self._left_pad([(ids[shared:], embeds[shared:]) for ids, embeds in rows])
+        shared = [_common_prefix_length([ids for ids, _ in rows]) for rows in groups]
+        prefixes = self._left_pad(
+            [(rows[0][0][:n], rows[0][1][:n]) for rows, n in zip(groups, shared, strict=True)]
+        )
+        self._forward(
+            cache,
+            prefixes.attention_mask,
+            _positions(prefixes.attention_mask),
+            inputs_embeds=prefixes.inputs_embeds,
+        )
+        # Which group each row belongs to; indexing with repeated indices copies a cache row.
+        owner = torch.tensor(
+            [group for group, rows in enumerate(groups) for _ in rows], device=self.device
+        )
+        cache.batch_select_indices(owner)
+        suffixes = self._left_pad(
+            [
+                (ids[n:], embeds[n:])
+                for rows, n in zip(groups, shared, strict=True)
+                for ids, embeds in rows
+            ]
+        )
         attention_mask = torch.cat(
-            [prefix_mask.expand(len(rows), -1), suffixes.attention_mask], dim=1
+            [prefixes.attention_mask.index_select(0, owner), suffixes.attention_mask], dim=1
         )
         logits = self._forward(
             cache,
             attention_mask,
-            _positions(attention_mask)[:, shared:],
+            _positions(attention_mask)[:, prefixes.attention_mask.shape[1] :],
             inputs_embeds=suffixes.inputs_embeds,
         )
         return logits, attention_mask
 
     def _forward(
         self,
-        cache: DynamicCache,
+        cache: _Cache,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         *,
@@ -292,7 +445,7 @@ class TextDecoder:
         self,
         logits: torch.Tensor,
         attention_mask: torch.Tensor,
-        cache: DynamicCache,
+        cache: _Cache,
         max_new_tokens: int,
         processors: LogitsProcessorList,
         do_sample: bool,
@@ -300,6 +453,8 @@ class TextDecoder:
     ) -> list[list[int]]:
         """The decoding loop of ``transformers`` ``generate`` (greedy or multinomial sampling)."""
         batch = logits.shape[0]
+        # Each step but the last adds one position.
+        cache.reserve(max_new_tokens - 1)
         # Only new tokens, as generate sees them when given just inputs_embeds: a repetition
         # penalty applies to every new token and never to the prompt, as with MiniGPT-v2's
         # transformers 4.30 (5.x generate also exempts a left-padded row's first new tokens).

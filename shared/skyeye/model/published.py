@@ -3,7 +3,8 @@
 MiniGPT-v2 (which SkyEyeGPT's checkpoint runs on) builds its model from:
 
 - the LAVIS/BLIP-2 ``eva_vit_g.pth``: a plain state dict of EVA ViT-g with EVA's key names, 40
-  blocks, position embeddings for the 224 px (16x16) grid;
+  blocks, position embeddings for the 224 px (16x16) grid (any square grid is accepted and
+  interpolated, as MiniGPT-v2 does);
 - a Hugging Face Llama-2-7b-chat folder;
 - the SkyEyeGPT ``.pth``, whose ``["model"]`` holds only what was trained: ``llama_proj.*`` and the
   peft-0.2 LoRA pairs of the LLM's q/v projections (and ``ln_vision.*`` if it was saved).
@@ -14,6 +15,7 @@ of the model comes from a file or is reported as initialised. :func:`inspect_pub
 names and shapes only (files memory-mapped, modules on the meta device, so the full-size model
 costs no memory); :func:`load_published` assembles the model with the LoRA merged and the
 position embeddings interpolated; :func:`convert_published` saves it as a SkyEye model folder.
+ln_vision gets MiniGPT-v2's eps (a plain ``LayerNorm``, 1e-5), whatever the arch config says.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ from skyeye.model.checkpoint import (
     load_hf_llm,
     save_model,
 )
-from skyeye.model.config import LoraConfig, ModelConfig
+from skyeye.model.config import MINIGPT_V2_LN_VISION_EPS, LoraConfig, ModelConfig
 from skyeye.model.decoder import TextDecoder
 from skyeye.model.vision import VisionEncoder
 
@@ -69,7 +71,7 @@ __all__ = [
     "load_published",
 ]
 
-# LAVIS ships the EVA ViT-g weights for 224 px images.
+# LAVIS ships the EVA ViT-g weights for 224 px images: the position grid expected by default.
 EVA_IMAGE_SIZE = 224
 # peft 0.2 wraps MiniGPT-v2's LlamaForCausalLM (attribute llama_model) as base_model.model.
 LORA_PREFIX = "llama_model.base_model.model."
@@ -131,10 +133,16 @@ def _qkv_biases(num_layers: int) -> dict[str, tuple[str, str]]:
 def interpolate_position_embedding(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
     """[1, 1 + s*s, C] -> [1, 1 + grid*grid, C] in fp32, as LAVIS' ``interpolate_pos_embed``.
 
-    The CLS row is kept and the s x s grid resized bicubically (align_corners=False).
+    The CLS row is kept and the s x s grid (any s) resized bicubically (align_corners=False).
+    Rows that do not form a square grid after the CLS row raise ``ValueError``.
     """
     pos_embed = pos_embed.float()
-    source = math.isqrt(pos_embed.shape[1] - 1)
+    source = _square_side(pos_embed.shape[1] - 1)
+    if source is None:
+        raise ValueError(
+            f"position embeddings {list(pos_embed.shape)}: {pos_embed.shape[1] - 1} rows after "
+            "the CLS row are not a square grid"
+        )
     if source == grid:
         return pos_embed
     channels = pos_embed.shape[-1]
@@ -197,8 +205,17 @@ class LoraReport(BaseModel):
     targets: list[str]
 
 
+def _square_side(positions: int) -> int | None:
+    """The side of a square grid of ``positions`` cells (at least one), or None if none is."""
+    side = math.isqrt(max(positions, 0))
+    return side if side >= 1 and side * side == positions else None
+
+
 class PositionEmbeddingReport(BaseModel):
-    """The EVA file's position grid (for 224 px) and the served one; interpolated if they differ."""
+    """The EVA file's position grid (16x16 for 224 px in LAVIS' file) and the served one.
+
+    Interpolated if they differ.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -364,9 +381,10 @@ def _llama_config(folder: Path) -> LlamaConfig:
         raise CheckpointError(f"{folder}: no readable Llama config.json: {exc}") from exc
 
 
-def _with_llm_hyperparameters(config: ModelConfig, llama: LlamaConfig) -> ModelConfig:
+def _with_source_hyperparameters(config: ModelConfig, llama: LlamaConfig) -> ModelConfig:
     # The folder's config.json is what builds the decoder (as in MiniGPT-v2); the model config
-    # records its values rather than contradict them.
+    # records its values rather than contradict them. ln_vision is MiniGPT-v2's plain LayerNorm,
+    # whose eps no source file records.
     rope = llama.rope_parameters or {}
     llm = config.llm.model_copy(
         update={
@@ -375,7 +393,7 @@ def _with_llm_hyperparameters(config: ModelConfig, llama: LlamaConfig) -> ModelC
             "max_position_embeddings": llama.max_position_embeddings,
         }
     )
-    return config.model_copy(update={"llm": llm})
+    return config.model_copy(update={"llm": llm, "ln_vision_eps": MINIGPT_V2_LN_VISION_EPS})
 
 
 def _account(
@@ -423,8 +441,37 @@ class ExpectedTensors:
 
 
 def _eva_grid(config: ModelConfig) -> int:
-    """Patches along each side of the grid the EVA file's position embeddings were trained for."""
+    """Patches along each side of the position grid LAVIS' EVA file holds (for 224 px)."""
     return EVA_IMAGE_SIZE // config.vision.patch_size
+
+
+def _source_grid(
+    vision: Path, eva: Mapping[str, torch.Tensor], expected: ExpectedTensors, config: ModelConfig
+) -> tuple[ExpectedTensors, int, list[str]]:
+    """The expected tensors with the file's own position grid, that grid's side, any error.
+
+    Any square grid is interpolated, as MiniGPT-v2 does, so a ``pos_embed`` of the expected
+    rank and width is expected at the size the file has. Without one (or with another rank or
+    width, reported mis-shaped) the side is that of LAVIS' 224 px file; rows that are not a
+    square after the CLS row are an error.
+    """
+    side = _eva_grid(config)
+    pos = eva.get(_POS_EMBED)
+    width = config.vision.hidden_size
+    if pos is None or pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[2] != width:
+        return expected, side, []
+    found = _square_side(pos.shape[1] - 1)
+    if found is None:
+        return (
+            expected,
+            side,
+            [
+                f"{vision}: {_POS_EMBED} {list(pos.shape)} has {pos.shape[1] - 1} rows after the "
+                "CLS row, not a square grid to interpolate"
+            ],
+        )
+    shapes = {**expected.vision, _POS_EMBED: list(pos.shape)}
+    return replace(expected, vision=shapes), found, []
 
 
 def _eva_tensors(
@@ -619,12 +666,13 @@ def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _
         raise CheckpointError(f"{checkpoint}: no 'model' entry (a MiniGPT-v2 checkpoint has one)")
     trained = _state_dict(saved["model"], checkpoint, "its 'model' entry")
     llama = _llama_config(llm_dir)
-    config = _with_llm_hyperparameters(arch, llama)
-    expected = expected_tensors(config, llama)
+    config = _with_source_hyperparameters(arch, llama)
+    expected, source_grid, grid_errors = _source_grid(
+        vision, eva, expected_tensors(config, llama), config
+    )
     vision_report = _vision_report(vision, eva, expected, config.vision.num_layers)
     llm_report = _llm_report(llm_dir, expected)
     checkpoint_report = _checkpoint_report(checkpoint, saved, trained, expected)
-    source_grid = _eva_grid(config)
     report = PublishedReport(
         config=config,
         vision=vision_report,
@@ -638,6 +686,7 @@ def _open(vision: Path, llm_dir: Path, checkpoint: Path, arch: ModelConfig) -> _
         lora=_lora_report(config, expected),
         parameters=expected.parameters,
         errors=llm_config_mismatches(arch, llama, "arch config")
+        + grid_errors
         + expected.errors
         + _lora_errors(expected, trained, config, checkpoint),
     )
@@ -669,9 +718,13 @@ class PublishedModel:
         """The assembled vision stage as the serving path's stage 1, sharing its weights."""
         return VisionEncoder(self.config, self.vision)
 
-    def decoder(self) -> TextDecoder:
-        """The assembled Llama and tokenizer as the serving path's stage 2, sharing its weights."""
-        return TextDecoder(self.config, self.llm, self.tokenizer)
+    def decoder(self, *, double_bos: bool = False) -> TextDecoder:
+        """The assembled Llama and tokenizer as the serving path's stage 2, sharing its weights.
+
+        ``double_bos`` starts each prompt with two BOS tokens, as MiniGPT-v2's evaluation does
+        (see :class:`TextDecoder`).
+        """
+        return TextDecoder(self.config, self.llm, self.tokenizer, double_bos=double_bos)
 
 
 def _vision_state(opened: _Opened, dtype: torch.dtype) -> dict[str, torch.Tensor]:
