@@ -81,6 +81,9 @@ def test_production_serve_args_follow_the_values(
     }
     assert (settings.encoder.max_batch_size, settings.encoder.num_gpus) == (16, 0.5)
     assert settings.decoder.batch_wait_timeout_s == 0.05
+    # an autoscaling delay set in values reaches Serve; unset ones stay Serve's defaults
+    assert settings.decoder.autoscaling_config()["downscale_delay_s"] == 900
+    assert "downscale_delay_s" not in settings.encoder.autoscaling_config()
     # the model folder the Ray pods load is the one the CPU services name in results
     data = named(production_manifests, "ConfigMap", RELEASE)["data"]
     assert str(settings.model_dir) == data["SKYEYE_MODEL_DIR"]

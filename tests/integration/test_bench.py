@@ -81,6 +81,7 @@ def test_latency_at_three_loads(figures: dict[str, Any]) -> None:
 def test_autoscaling_timeline_and_workers(figures: dict[str, Any]) -> None:
     scaling = figures["autoscaling"]
     assert scaling["timeline"]
+    assert isinstance(scaling["at_minimum_before"], bool)
     for stage in ("VisionEncoder", "LlmDecoder"):
         landmarks = scaling["stages"][stage]
         assert 1 <= landmarks["start"] <= landmarks["peak"]

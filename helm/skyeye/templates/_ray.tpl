@@ -8,6 +8,16 @@ max_replicas: {{ .maxReplicas }}
 target_ongoing_requests: {{ .targetOngoingRequests }}
 max_batch_size: {{ .maxBatchSize }}
 batch_wait_timeout_s: {{ .batchWaitTimeoutS }}
+{{- /* Serve's own defaults where unset; 0 is a valid delay, hence hasKey */}}
+{{- if hasKey . "upscaleDelayS" }}
+upscale_delay_s: {{ .upscaleDelayS }}
+{{- end }}
+{{- if hasKey . "downscaleDelayS" }}
+downscale_delay_s: {{ .downscaleDelayS }}
+{{- end }}
+{{- if hasKey . "lookBackPeriodS" }}
+look_back_period_s: {{ .lookBackPeriodS }}
+{{- end }}
 {{- end -}}
 
 {{- define "skyeye.rayVolumes" -}}

@@ -53,28 +53,45 @@ def burst(
     timeout_s: float,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Land ``paths`` at once; each scaled stage's replicas from min to peak and back."""
+    """Land ``paths`` at once; each scaled stage's replicas from min to peak and back.
+
+    The burst waits (up to ``settle_s``) for the stages to be back at their minimum after the
+    earlier phases, so its timeline starts there; ``at_minimum_before`` says whether they were.
+    """
     settings = scratch.settings
     sizing = {stage: getattr(settings, field) for stage, field in SCALED.items()}
     watch = ReplicaWatch(settings)
+
+    def settled() -> bool:
+        """Wait up to ``settle_s`` for every scaled stage at its minimum; whether it came."""
+        deadline = time.monotonic() + settle_s
+        while any(
+            stage not in watch.latest() or watch.latest()[stage].kept > size.min_replicas
+            for stage, size in sizing.items()
+        ):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL_S)
+        return True
+
     try:
         if not watch.wait_first(timeout_s=60):
             raise StackError("Serve's status could not be read from the bench's cluster in 60 s")
+        progress(f"waiting up to {settle_s:g} s for the model stages at their minimum")
+        at_minimum_before = settled()
         started = time.time()
         landed = scratch.upload_all(paths, "burst")
         done_at = scratch.wait_done([item.asset_id for item in landed], timeout_s)
         progress(
             f"burst done in {done_at - started:.1f} s; waiting up to {settle_s:g} s for the minimum"
         )
-        deadline = time.monotonic() + settle_s
-        while time.monotonic() < deadline and any(
-            stage not in watch.latest() or watch.latest()[stage].kept > size.min_replicas
-            for stage, size in sizing.items()
-        ):
-            time.sleep(_POLL_S)
+        settled()
     finally:
         samples = watch.stop()
-    timeline = [(t - started, replicas) for t, replicas in samples]
+    timeline = [(round(t - started, 1), replicas) for t, replicas in samples]
+    # from the last sample before the burst: the wait for the minimum is not the burst's
+    before = [n for n, (t, _) in enumerate(timeline) if t <= 0]
+    timeline = timeline[before[-1] if before else 0 :]
     kept = [(t, {stage: r.kept for stage, r in replicas.items()}) for t, replicas in timeline]
     stages = {
         stage: {
@@ -88,6 +105,7 @@ def burst(
         "assets": len(landed),
         "burst_done_s": round(done_at - started, 1),
         "settle_wait_s": settle_s,
+        "at_minimum_before": at_minimum_before,
         "samples": len(samples),
         "unanswered_samples": watch.unanswered,
         "stages": stages,
