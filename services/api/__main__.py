@@ -1,7 +1,7 @@
 """Results API: STAC, search, ask, rules, alerts, the live feed and the dashboard, over HTTP.
 
 Served by uvicorn on ``SKYEYE_API__HOST:SKYEYE_API__PORT``, one process (the supervisor or
-Kubernetes runs more).
+Kubernetes runs more); ``skyeye api`` runs the same in the foreground.
 """
 
 from __future__ import annotations
