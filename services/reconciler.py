@@ -74,7 +74,7 @@ from skyeye import catalog, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.postgres import Engine
 from skyeye.adapters.s3 import ListedObject, ObjectStore, StoredObject
-from skyeye.contracts import asset_id_for, minio_created_event, object_key_problem
+from skyeye.contracts import asset_id_for, object_key_problem
 from skyeye.imagery import clips
 from skyeye.settings import Settings
 
@@ -367,16 +367,7 @@ class Reconciler:
             if stored is None or (obj.version_id is None and stored.etag != obj.etag):
                 # deleted or replaced since the listing: a later pass sees what is there now
                 continue
-            event = minio_created_event(
-                bucket=self._bucket,
-                key=obj.key,
-                size=stored.size,
-                etag=stored.etag,
-                content_type=stored.content_type,
-                metadata=stored.metadata,
-                version_id=stored.version_id,
-                principal=PRINCIPAL,
-            )
+            event = stored.created_event(PRINCIPAL)
             # the asset's trace starts here, as it starts in `skyeye ingest` for its uploads
             with tracer.start_as_current_span("reconcile") as span:
                 span.set_attributes({"s3.key": obj.key, "skyeye.asset_id": str(asset_id)})

@@ -10,7 +10,7 @@ import pytest
 
 from skyeye.benchmark import PHASES, images, prometheus, report, stats
 from skyeye.benchmark.runner import FULL, QUICK, bench_settings
-from skyeye.cli.main import build_parser
+from skyeye.cli.main import build_parser, main
 from skyeye.settings import Settings
 
 
@@ -251,3 +251,10 @@ def test_the_cli_loads_no_torch_until_a_bench_runs() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert loaded.stdout.strip() == "False"
+
+
+def test_a_folder_that_is_no_model_is_refused_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", "--quick", "--model-dir", str(tmp_path)]) == 2
+    assert "is not a SkyEye model folder" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def _stub_services(
     def put_file(self: object, path: Path, bucket: str, key: str, metadata: Any = None) -> Any:
         if path.name == put_fails_on:
             raise s3.ObjectStoreUnavailable("the object store did not answer")
-        return SimpleNamespace(
+        return s3.StoredObject(
             bucket=bucket,
             key=key,
             etag="e",

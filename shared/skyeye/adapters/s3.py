@@ -21,6 +21,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
+from skyeye.contracts import minio_created_event
 from skyeye.settings import Settings
 
 
@@ -151,6 +152,19 @@ class StoredObject:
     size: int
     content_type: str
     metadata: dict[str, str]  # user metadata, names without the x-amz-meta- prefix
+
+    def created_event(self, principal: str = "skyeye-ingest") -> dict[str, object]:
+        """The ``s3:ObjectCreated:Put`` notification MinIO's Kafka target sends for this version."""
+        return minio_created_event(
+            bucket=self.bucket,
+            key=self.key,
+            size=self.size,
+            etag=self.etag,
+            content_type=self.content_type,
+            metadata=self.metadata,
+            version_id=self.version_id,
+            principal=principal,
+        )
 
 
 @dataclass(frozen=True)

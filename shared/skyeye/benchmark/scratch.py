@@ -26,7 +26,7 @@ from skyeye.adapters.s3 import ObjectStore
 from skyeye.alerts import RuleSpec
 from skyeye.alerts.registry import register
 from skyeye.catalog import alerts as alert_store
-from skyeye.contracts import asset_id_for, minio_created_event
+from skyeye.contracts import asset_id_for
 from skyeye.settings import Settings
 from skyeye.stack import Stack, StackError, resolve
 from skyeye.stack.launcher import launch, service_env
@@ -104,15 +104,7 @@ class ScratchStack:
         """Put one file in the ingest bucket and announce it, as ``skyeye ingest`` does."""
         stored = self._store.put_file(path, self.settings.bucket, key)
         landed_at = time.time()
-        event = minio_created_event(
-            bucket=stored.bucket,
-            key=stored.key,
-            size=stored.size,
-            etag=stored.etag,
-            content_type=stored.content_type,
-            metadata=stored.metadata,
-            version_id=stored.version_id,
-        )
+        event = stored.created_event()
         kafka.publish_json(
             self._producer, self.settings.topic_events, f"{stored.bucket}/{key}", event
         )

@@ -77,10 +77,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``skyeye bench``: run the phases, print the table or the JSON."""
     # torch and the model load with the runner: no other command pays for them
     from skyeye.benchmark import runner
+    from skyeye.model.checkpoint import CheckpointError, read_manifest
 
     base = Settings()
     if args.model_dir is not None:
         base = base.model_copy(update={"model_dir": args.model_dir})
+    try:
+        # before anything is written or started: a wrong folder is one line, at once
+        read_manifest(base.resolved_model_dir)
+    except CheckpointError as exc:
+        _say(f"error: {exc} (give --model-dir a model folder)")
+        return 2
     plan = runner.QUICK if args.quick else runner.FULL
     figures = runner.run(base, plan, args.only or PHASES, _say)
     print(json.dumps(figures) if args.json else render(figures))

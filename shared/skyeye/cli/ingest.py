@@ -20,7 +20,7 @@ from skyeye import catalog, telemetry
 from skyeye.adapters import kafka, postgres, s3
 from skyeye.adapters.postgres import Engine
 from skyeye.adapters.s3 import ObjectStore
-from skyeye.contracts import asset_id_for, minio_created_event, object_key_problem
+from skyeye.contracts import asset_id_for, object_key_problem
 from skyeye.imagery import clips
 from skyeye.settings import Settings
 
@@ -250,15 +250,7 @@ def _ingest_one(
         stored = store.put_file(path, settings.bucket, key, metadata)
     except Exception as exc:
         _raise_failure(exc, settings, f"uploading {printable(str(path))}", done)
-    event = minio_created_event(
-        bucket=stored.bucket,
-        key=stored.key,
-        size=stored.size,
-        etag=stored.etag,
-        content_type=stored.content_type,
-        metadata=stored.metadata,
-        version_id=stored.version_id,
-    )
+    event = stored.created_event()
     try:
         kafka.publish_json(producer, settings.topic_events, f"{stored.bucket}/{key}", event)
     except Exception as exc:

@@ -115,7 +115,7 @@ def read_manifest(path: Path) -> ModelManifest:
     file = path / CONFIG_FILE
     try:
         manifest = ModelManifest.model_validate_json(file.read_bytes())
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise CheckpointError(f"{path} is not a SkyEye model folder: no {CONFIG_FILE}") from exc
     except ValidationError as exc:
         raise CheckpointError(f"{file} is invalid: {exc}") from exc
