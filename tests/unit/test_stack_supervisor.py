@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from skyeye.stack import (
 )
 from skyeye.stack import components as c
 from skyeye.stack.paths import StackPaths
-from skyeye.stack.process import ManagedProcess
+from skyeye.stack.process import ManagedProcess, run_as
 from skyeye.stack.state import process_create_time, write_state
 
 EXTERNAL = {
@@ -234,6 +235,35 @@ def test_leftovers_of_a_killed_supervisor_are_stopped(tmp_path: Path) -> None:
             assert orphan.poll() == -signal.SIGTERM
         finally:
             stack.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
+def test_process_runs_as_its_user_with_only_its_group(tmp_path: Path) -> None:
+    account = pwd.getpwnam("nobody")
+    out = tmp_path / "ids.log"
+    proc = ManagedProcess(
+        "ids",
+        [sys.executable, "-c", "import os; print(os.getuid(), os.getgid(), os.getgroups())"],
+        log_path=out,
+        kind="service",
+        user="nobody",
+        cwd=tmp_path,
+    )
+    proc.start()
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert proc.poll() == 0
+    assert proc.log_tail(1) == f"{account.pw_uid} {account.pw_gid} []"
+
+
+def test_user_switch_keeps_popen_on_vfork() -> None:
+    """No Popen ``user=``: with it Python forks and runs gRPC's fork handlers in the child."""
+    argv = run_as("nobody", ["postgres", "-D", "x"])
+    assert argv[-4:] == ["--", "postgres", "-D", "x"]
+    assert "--clear-groups" in argv
+    assert run_as(None, ["postgres"]) == ["postgres"]
 
 
 def test_run_forever_stops_everything_on_sigterm(tmp_path: Path) -> None:

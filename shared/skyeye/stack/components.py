@@ -184,11 +184,10 @@ def prepare_postgres(paths: StackPaths) -> str | None:
     ]  # fmt: skip
     with open(log_path, "ab") as out:
         result = subprocess.run(
-            argv,
+            run_as(user, argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            **run_as(user),
             # initdb fails when it cannot read its working directory (e.g. /root).
             cwd=paths.pg_dir,
             check=False,

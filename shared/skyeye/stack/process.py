@@ -6,6 +6,7 @@ import logging
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -13,10 +14,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from skyeye.stack.errors import StackError
 from skyeye.stack.ports import LOOPBACK
 from skyeye.stack.state import ComponentKind, ComponentState
 
@@ -44,15 +45,33 @@ def describe_exit(code: int) -> str:
         return f"killed by signal {-code}"
 
 
-def run_as(user: str | None) -> dict[str, Any]:
-    """Popen arguments that drop to ``user`` with its own primary group and no other groups.
+def run_as(user: str | None, argv: Sequence[str]) -> list[str]:
+    """``argv`` run as ``user`` with its own primary group and no other groups (None: as we are).
 
-    ``user=`` alone only changes the uid: the child would keep root's groups and hit group
-    permission bits (often 0) on root's folders instead of the world bits.
+    The switch is made by util-linux's ``setpriv`` rather than Popen's ``user=``: with ``user=``
+    Python forks instead of vforking, and a fork runs the ``pthread_atfork`` handlers of the
+    libraries loaded here. gRPC's (Ray's client) then crashed the child with SIGABRT before it
+    could exec, now and then, when the supervisor restarted PostgreSQL.
     """
     if user is None:
-        return {}
-    return {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []}
+        return list(argv)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise StackError(
+            f"running as root, the stack starts PostgreSQL as the user {user}, which needs "
+            "setpriv (util-linux): install it, or run the stack as a user other than root"
+        )
+    account = pwd.getpwnam(user)
+    # The primary group only: root's other groups would let group permission bits (often 0) on
+    # root's folders apply instead of the world bits.
+    return [
+        setpriv,
+        f"--reuid={account.pw_uid}",
+        f"--regid={account.pw_gid}",
+        "--clear-groups",
+        "--",
+        *argv,
+    ]
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -193,13 +212,12 @@ class ManagedProcess:
             env = dict(self.env if self.env is not None else os.environ)
             env[TREE_MARKER] = self._tree_id
             self._popen = subprocess.Popen(
-                self.argv,
+                run_as(self.user, self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.cwd,
-                **run_as(self.user),
                 start_new_session=True,
             )
         self.started_at = datetime.now(UTC)
