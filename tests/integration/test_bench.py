@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from skyeye.settings import Settings
+
 SKYEYE = Path(sys.executable).parent / "skyeye"
 # a guard against a hang, not a figure: the quick run takes a few minutes at most
 HANG_S = 1200
@@ -38,8 +40,11 @@ def test_it_says_what_it_ran_on(figures: dict[str, Any]) -> None:
     assert machine["platform"] and "gpu" in machine
     assert figures["mode"] == "quick" and figures["model"] == "skyeye-tiny"
     settings = figures["settings"]
-    assert settings["encoder"]["max_replicas"] > settings["encoder"]["min_replicas"]
     assert settings["tasks"] and settings["standing_question"]
+    # the throughput stack keeps the stages as configured; the burst's autoscale
+    assert settings["encoder"] == Settings().encoder.model_dump()
+    burst = figures["autoscaling"]["stages"]["VisionEncoder"]["autoscaling_config"]
+    assert burst["max_replicas"] > burst["min_replicas"]
 
 
 def test_raw_and_pipeline_on_the_same_tiles(figures: dict[str, Any]) -> None:
@@ -50,6 +55,10 @@ def test_raw_and_pipeline_on_the_same_tiles(figures: dict[str, Any]) -> None:
     assert figures["pipeline_raw_ratio"] == pytest.approx(
         pipeline["tiles_per_s"] / raw["tiles_per_s"], rel=0.01
     )
+    used = pipeline["cpu"]
+    assert used["cores_busy"] > 0 and used["total_ms_per_tile"] > 0
+    # every model stage and the worker did work in the run, named by role
+    assert {"VisionEncoder", "LlmDecoder", "worker"} <= set(used["ms_per_tile"])
 
 
 def test_the_encoder_runs_once_per_tile_with_a_standing_question(figures: dict[str, Any]) -> None:

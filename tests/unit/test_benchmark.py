@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skyeye.benchmark import PHASES, images, prometheus, report, stats
+from skyeye.benchmark import PHASES, cpu, images, prometheus, report, stats
 from skyeye.benchmark.runner import FULL, QUICK, bench_settings
 from skyeye.cli.main import build_parser, main
 from skyeye.settings import Settings
@@ -97,11 +97,13 @@ def test_the_bench_stack_is_embedded_whatever_the_environment_names(
     # what the user asks of the model is kept
     assert settings.vqa_questions == ["How many ships?"]
     assert settings.decoding == base.decoding
-    # a partition per worker process, and model stages that may double
+    # a partition per worker process; the model stages as configured, except for the burst
     assert settings.topic_partitions >= max(FULL.worker_counts)
-    for stage in (settings.encoder, settings.decoder):
+    assert (settings.encoder, settings.decoder) == (base.encoder, base.decoder)
+    burst = bench_settings(base, tmp_path / "burst", FULL, autoscaling=True)
+    for stage in (burst.encoder, burst.decoder):
         assert (stage.min_replicas, stage.max_replicas) == (1, 2)
-    assert settings.encoder.max_batch_size == base.encoder.max_batch_size
+    assert burst.encoder.max_batch_size == base.encoder.max_batch_size
     assert bench_settings(base, tmp_path, QUICK).topic_partitions >= max(QUICK.worker_counts)
 
 
@@ -164,7 +166,18 @@ def _figures() -> dict:
             },
             **load,
         },
-        "pipeline": {"tiles_per_s": 2.0, "tiles": 8, "encoder_calls": 8.0, **load},
+        "pipeline": {
+            "tiles_per_s": 2.0,
+            "tiles": 8,
+            "encoder_calls": 8.0,
+            "cpu": {
+                "cores": 2,
+                "cores_busy": 0.83,
+                "total_ms_per_tile": 647.0,
+                "ms_per_tile": {"VisionEncoder": 178.0, "TextEmbedder": 133.0, "other": 336.0},
+            },
+            **load,
+        },
         "pipeline_raw_ratio": 0.5,
         "encoder_calls_per_tile": 1.0,
         "latency": [
@@ -221,6 +234,7 @@ def test_the_report_words_every_figure() -> None:
     values = dict((name, value) for name, value, _ in rows)
     assert values["VisionEncoder replicas in a burst"] == "1 -> 2 -> 1"
     assert values["encoder_calls_per_tile"] == "1.00"
+    assert values["pipeline CPU ms/tile, cores busy"] == "647, 83 %"
     assert "no GPU" in report.heading(_figures())
 
 
@@ -258,3 +272,43 @@ def test_a_folder_that_is_no_model_is_refused_before_anything_starts(
 ) -> None:
     assert main(["bench", "--quick", "--model-dir", str(tmp_path)]) == 2
     assert "is not a SkyEye model folder" in capsys.readouterr().err
+
+
+def test_cpu_usage_by_role_per_tile() -> None:
+    before = cpu.CpuSnapshot(10.0, {(1, 1.0): ("VisionEncoder", 5.0), (2, 1.0): ("worker", 1.0)})
+    after = cpu.CpuSnapshot(
+        12.0,
+        {
+            (1, 1.0): ("VisionEncoder", 6.0),
+            (2, 1.0): ("worker", 1.5),
+            # started during the run: counted from zero
+            (3, 11.0): ("VisionEncoder", 0.5),
+            # too small a share to name
+            (4, 1.0): ("kworker", 0.0),
+        },
+    )
+    used = cpu.usage(before, after, tiles=4)
+    assert used["ms_per_tile"] == {"VisionEncoder": 375.0, "worker": 125.0, "other": 0.0}
+    assert used["total_ms_per_tile"] == 500.0
+    assert used["cores_busy"] == pytest.approx(2.0 / (2.0 * used["cores"]), abs=1e-3)
+    with pytest.raises(ValueError, match="at least one tile"):
+        cpu.usage(before, after, tiles=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "cmdline", "expected"),
+    [
+        ("ray::ServeRepl", ["ray::ServeReplica:skyeye:VisionEncoder"], "VisionEncoder"),
+        (
+            "ray::ServeCont",
+            ["ray::ServeController.listen_for_change"],
+            "ray::ServeController.listen_for_change",
+        ),
+        ("python", ["/venv/bin/python", "-m", "skyeye.services.worker"], "worker"),
+        ("postgres", ["postgres: checkpointer"], "postgres"),
+        ("tansu", ["/usr/bin/tansu", "broker"], "tansu"),
+        ("python", ["python", "-m"], "python"),
+    ],
+)
+def test_process_roles(name: str, cmdline: list[str], expected: str) -> None:
+    assert cpu.role(name, cmdline, pid=-1) == expected

@@ -4,7 +4,8 @@ Throughput runs from the first upload to the moment the last asset is done in th
 (upload and event, planner, worker, Serve, PostgreSQL, the finisher). Tiles are counted as the
 catalog counts them (``tiles_planned``), which for these images is one per image, as the raw
 model counts them. The encoder's calls are Ray Serve's own request counter of the
-VisionEncoder deployment, read from the Ray head's metrics port before and after the run.
+VisionEncoder deployment, read from the Ray head's metrics port before and after the run. And
+where the machine's CPU went meanwhile, by process role (:mod:`skyeye.benchmark.cpu`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from skyeye.stack import StackError
 
+from . import cpu
 from .scratch import ScratchStack
 from .stats import rate
 
@@ -65,7 +67,9 @@ def run(
     with scratch.standing_question(question, fires_on):
         warm_up(scratch, warm, timeout_s)
         before = scratch.serve_requests(ENCODER)
+        cpu_before = cpu.snapshot()
         figure = throughput(scratch, paths, "pipeline", timeout_s)
+        cpu_after = cpu.snapshot()
         after = scratch.serve_requests(ENCODER)
     calls = after - before
     if figure["tiles"] < 1:
@@ -73,4 +77,5 @@ def run(
     figure["standing_question"] = question
     figure["encoder_calls"] = calls
     figure["encoder_calls_per_tile"] = round(calls / figure["tiles"], 2)
+    figure["cpu"] = cpu.usage(cpu_before, cpu_after, figure["tiles"])
     return figure

@@ -93,6 +93,16 @@ def _stack_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"{p['encoder_calls']:.0f} VisionEncoder requests, with a standing question",
             )
         )
+        if "cpu" in p:
+            c = p["cpu"]
+            top = ", ".join(f"{name} {ms:.0f}" for name, ms in list(c["ms_per_tile"].items())[:6])
+            out.append(
+                (
+                    "pipeline CPU ms/tile, cores busy",
+                    f"{_f(c['total_ms_per_tile'], 0)}, {_f(c['cores_busy'] * 100, 0, ' %')}",
+                    f"of {c['cores']} cores; most: {top}",
+                )
+            )
     for run in report.get("latency", []):
         out.append(
             (

@@ -7,9 +7,11 @@ Phases, in the order they run (``--only`` picks some):
 - ``pipeline``: the embedded pipeline's tiles/s and the encoder's calls per tile;
 - ``latency``: landing-to-last-result latency at three offered loads;
 - ``workers``: throughput with 1, 2 (full: 3) worker processes;
-- ``autoscaling``: Serve's replicas through a burst, every worker process still running.
+- ``autoscaling``: Serve's replicas through a burst, on a stack of its own whose model stages
+  autoscale between 1 and 2 small replicas.
 
-The phases without the stack run first, so nothing else of the bench competes with them.
+The phases without the stack run first, so nothing else of the bench competes with them; the
+pipeline, latency and workers phases share one stack, with the model stages as configured.
 """
 
 from __future__ import annotations
@@ -74,16 +76,20 @@ QUICK = Plan("quick", 8, 2, 4, 4.0, (3, 8), 24, 15.0, (1, 2), 6, 2048)
 FULL = Plan("full", 40, 3, 8, 40.0, (10, 40), 60, 120.0, (1, 2, 3), 24, 5000)
 
 
-def bench_settings(base: Settings, home: Path, plan: Plan) -> Settings:
-    """``base`` on a scratch embedded stack in ``home``, with autoscaling model stages.
+def bench_settings(
+    base: Settings, home: Path, plan: Plan, *, autoscaling: bool = False
+) -> Settings:
+    """``base`` on a scratch embedded stack in ``home``; ``autoscaling``: small model replicas.
 
     Every endpoint is left to the embedded stack, whatever the environment names, so the bench
     never runs against a user's services; the work topic has a partition per worker process.
+    The model stages are the user's, except on the burst's stack (``autoscaling``): there they
+    scale between 1 and 2 small replicas with short delays.
     """
-    # DeploymentSettings ignores fields it does not define (the delays, before they exist)
     scaled = {
         name: DeploymentSettings.model_validate({**getattr(base, name).model_dump(), **_SCALING})
         for name in ("encoder", "decoder")
+        if autoscaling
     }
     return base.model_copy(
         update={
@@ -175,42 +181,21 @@ def _stack_phases(
     warm: list[Path],
     progress: Callable[[str], None],
 ) -> None:
-    """The phases on the bench's own stack, started once for all of them."""
+    """The phases on the bench's own stacks: the model stages as configured, then the burst's.
+
+    Throughput and latency are measured on the stages as the user configured them (one replica
+    each by default): a replica that the autoscaler starts during a run loads the model on the
+    cores the run is measured on. The burst gets a stack of its own, whose stages autoscale.
+    """
     timeout_s = 60 + 30 * plan.pool
-    with ScratchStack.running(settings, progress) as scratch:
-        if "pipeline" in phases or "latency" in phases:
-            report["pipeline"] = _measured(
-                progress,
-                "the pipeline",
-                lambda: pipeline.run(scratch, paths[: plan.images], warm, timeout_s),
-            )
-            report["encoder_calls_per_tile"] = report["pipeline"]["encoder_calls_per_tile"]
-            if "raw" in report:
-                ratio = report["pipeline"]["tiles_per_s"] / report["raw"]["tiles_per_s"]
-                report["pipeline_raw_ratio"] = round(ratio, 3)
-        if "latency" in phases:
-            measured = report["pipeline"]["tiles_per_s"]
-            low, high = plan.latency_assets
-            report["latency"] = []
-            for load in LOADS:
-                offered = load * measured
-                count = min(high, max(low, round(offered * plan.latency_window_s)))
-                chosen = [paths[n % len(paths)] for n in range(count)]
-                work = functools.partial(
-                    latency.at_load, scratch, chosen, f"latency-{load:.2f}", offered, timeout_s
-                )
-                what = f"latency at {load:.0%} of the pipeline's throughput"
-                report["latency"].append({"load": load, **_measured(progress, what, work)})
-        if "workers" in phases:
-            report["workers"] = _measured(
-                progress,
-                "throughput per worker process count",
-                lambda: autoscaling.workers(
-                    scratch, paths[: plan.worker_images], plan.worker_counts, timeout_s, progress
-                ),
-            )
-        # last, with every worker process running: the most load the pipeline can offer Serve
-        if "autoscaling" in phases:
+    if {"pipeline", "latency", "workers"} & set(phases):
+        with ScratchStack.running(settings, progress) as scratch:
+            _configured_phases(report, scratch, plan, phases, paths, warm, timeout_s, progress)
+    if "autoscaling" in phases:
+        burst_settings = bench_settings(
+            settings, settings.home.with_name("home-burst"), plan, autoscaling=True
+        )
+        with ScratchStack.running(burst_settings, progress) as scratch:
             report["autoscaling"] = _measured(
                 progress,
                 f"autoscaling through a burst of {plan.burst} images",
@@ -218,6 +203,50 @@ def _stack_phases(
                     scratch, paths[: plan.burst], plan.settle_s, timeout_s, progress
                 ),
             )
+
+
+def _configured_phases(
+    report: dict[str, Any],
+    scratch: ScratchStack,
+    plan: Plan,
+    phases: Collection[str],
+    paths: list[Path],
+    warm: list[Path],
+    timeout_s: float,
+    progress: Callable[[str], None],
+) -> None:
+    """Pipeline, latency and worker phases on one stack."""
+    if "pipeline" in phases or "latency" in phases:
+        report["pipeline"] = _measured(
+            progress,
+            "the pipeline",
+            lambda: pipeline.run(scratch, paths[: plan.images], warm, timeout_s),
+        )
+        report["encoder_calls_per_tile"] = report["pipeline"]["encoder_calls_per_tile"]
+        if "raw" in report:
+            ratio = report["pipeline"]["tiles_per_s"] / report["raw"]["tiles_per_s"]
+            report["pipeline_raw_ratio"] = round(ratio, 3)
+    if "latency" in phases:
+        measured = report["pipeline"]["tiles_per_s"]
+        low, high = plan.latency_assets
+        report["latency"] = []
+        for load in LOADS:
+            offered = load * measured
+            count = min(high, max(low, round(offered * plan.latency_window_s)))
+            chosen = [paths[n % len(paths)] for n in range(count)]
+            work = functools.partial(
+                latency.at_load, scratch, chosen, f"latency-{load:.2f}", offered, timeout_s
+            )
+            what = f"latency at {load:.0%} of the pipeline's throughput"
+            report["latency"].append({"load": load, **_measured(progress, what, work)})
+    if "workers" in phases:
+        report["workers"] = _measured(
+            progress,
+            "throughput per worker process count",
+            lambda: autoscaling.workers(
+                scratch, paths[: plan.worker_images], plan.worker_counts, timeout_s, progress
+            ),
+        )
 
 
 def run(
