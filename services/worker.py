@@ -8,7 +8,7 @@ decoder can batch across tiles; each item's results are then written in one tran
 Kafka offsets are committed only after every item of the poll is stored (or recorded as failed).
 
 When an asset's last item is stored the asset is *finishing*: its duplicate scene detections are
-flagged and its preview PNG is written with the remaining boxes drawn, then it is done (or
+flagged and its preview JPEG is written with the remaining boxes drawn, then it is done (or
 error, if an item failed). The worker that stored the last item finishes it at once; every
 worker also sweeps for finishing assets between polls, so an asset whose finisher died (or
 whose last item ended in a dead letter) is finished by another within seconds.
@@ -35,7 +35,14 @@ from skyeye.adapters.kafka import Record
 from skyeye.adapters.postgres import Connection, Engine
 from skyeye.adapters.s3 import ObjectStore, ObjectTooLarge
 from skyeye.catalog import alerts as alert_store
-from skyeye.contracts import AlertMessage, Tile, WorkItem, first_error, preview_key_for
+from skyeye.contracts import (
+    PREVIEW_MEDIA_TYPE,
+    AlertMessage,
+    Tile,
+    WorkItem,
+    first_error,
+    preview_key_for,
+)
 from skyeye.imagery import geo, previews, scenes, work_items
 from skyeye.model import tasks
 from skyeye.settings import Settings
@@ -395,9 +402,9 @@ class Finisher:
             detections = catalog.kept_detections(conn, target.asset_id)
             if image is None:
                 image = self._read_image(target.bucket, target.object_key, whole)
-        png = previews.render(image, (target.width, target.height), detections, max_side)
+        jpeg = previews.render(image, (target.width, target.height), detections, max_side)
         key = preview_key_for(target.asset_id)
-        self._store.put_bytes(png, self._settings.derived_bucket, key, "image/png")
+        self._store.put_bytes(jpeg, self._settings.derived_bucket, key, PREVIEW_MEDIA_TYPE)
         return key
 
     def _read_image(self, bucket: str, key: str, tile: Tile) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Asset detail: what the asset is, its tiles or frames, every result, detections, errors, preview.
 
-The preview PNG is proxied by the API (``/assets/{id}/preview``): the object store is not
+The preview JPEG is proxied by the API (``/assets/{id}/preview``): the object store is not
 reachable from clients in the embedded stack, and a proxied image needs no presigned URL that
 would leak the store's address.
 """
@@ -18,6 +18,7 @@ from skyeye import catalog
 from skyeye.adapters.postgres import Connection
 from skyeye.adapters.s3 import ObjectMissing
 from skyeye.catalog import search, stac
+from skyeye.contracts import PREVIEW_MEDIA_TYPE, preview_media_type
 
 from .errors import problem, responses
 from .features import Reader, State, asset_items
@@ -26,7 +27,7 @@ from .state import ApiState
 
 router = APIRouter(tags=["Assets"], responses=responses(401, 403, 404, 429, 503))
 
-# a preview is at most preview_max_side square, 4 bytes a pixel, PNG-compressed: far below this
+# a preview is at most preview_max_side square, 4 bytes a pixel, compressed: far below this
 _MAX_PREVIEW_BYTES = 64 * 1024**2
 
 
@@ -69,7 +70,8 @@ def _detail(
         *("height", "status", "tiles_planned", "crs", "duration_s", "fps", "frame_count"),
         *("video_codec", "start_time", "end_time", "created_at", "updated_at"),
     ]
-    preview = href(request, f"/assets/{asset_id}/preview") if row.get("preview_key") else None
+    preview_key = row.get("preview_key")
+    preview = href(request, f"/assets/{asset_id}/preview") if preview_key else None
     return {
         **{key: row.get(key) for key in fields},
         "bbox": None if row["lon_lat_bounds"] is None else list(row["lon_lat_bounds"]),
@@ -83,7 +85,11 @@ def _detail(
             link("self", href(request, f"/assets/{asset_id}")),
             link("item", href(request, f"/collections/assets/items/{asset_id}"), GEOJSON),
             link("labels", href(request, f"/assets/{asset_id}/detections"), GEOJSON),
-            *([link("preview", preview, "image/png")] if preview else []),
+            *(
+                [link("preview", preview, preview_media_type(preview_key) or "image/jpeg")]
+                if preview and preview_key
+                else []
+            ),
             link("ask", href(request, f"/assets/{asset_id}/ask"), JSON, "POST a new question"),
         ],
     }
@@ -106,9 +112,14 @@ def detections(asset_id: str, _: Reader, state: State) -> GeoJSONResponse:
 
 @router.get(
     "/assets/{asset_id}/preview",
-    summary="The asset's preview PNG, boxes drawn",
+    summary="The asset's preview image, boxes drawn",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the preview image"}},
+    responses={
+        200: {
+            "content": {PREVIEW_MEDIA_TYPE: {}, "image/png": {}},
+            "description": "the preview: a JPEG (a PNG for assets finished by older versions)",
+        }
+    },
 )
 def preview(asset_id: str, _: Reader, state: State) -> Response:
     """The preview's bytes, proxied from the object store; 404 until the asset is finished."""
@@ -126,4 +137,8 @@ def preview(asset_id: str, _: Reader, state: State) -> Response:
         raise problem(
             404, "not_found", f"the preview of asset {found} is gone from the store"
         ) from None
-    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+    return Response(
+        data,
+        media_type=preview_media_type(key) or "application/octet-stream",
+        headers={"Cache-Control": "private, max-age=60"},
+    )

@@ -6,7 +6,8 @@ Two Kafka contracts:
 - :class:`WorkItem`: one tile of one asset (or the overview of a whole scene, or sampled frames
   of a clip), produced by the planner and consumed by the worker.
 
-And one S3 contract: where an asset's preview PNG is stored (:func:`preview_key_for`).
+And one S3 contract: where an asset's preview JPEG is stored (:func:`preview_key_for`), and
+what a stored preview's media type is (:func:`preview_media_type`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Literal
 from urllib.parse import quote, unquote_plus
 
@@ -342,12 +344,27 @@ def work_item_id_for(
     return uuid.uuid5(asset_id, f"{kind}/{tile_index}")
 
 
+# Previews are photographs with boxes drawn: JPEG is 50x faster to write than PNG and a tenth
+# of its size. Assets finished before previews were JPEG keep their PNG, under its own suffix.
+PREVIEW_MEDIA_TYPE = "image/jpeg"
+_PREVIEW_MEDIA_TYPES = {
+    ".jpg": PREVIEW_MEDIA_TYPE,
+    ".jpeg": PREVIEW_MEDIA_TYPE,
+    ".png": "image/png",
+}
+
+
 def preview_key_for(asset_id: uuid.UUID) -> str:
-    """Object key of an asset's preview PNG in the derived bucket (beside the clip frames).
+    """Object key of an asset's preview JPEG in the derived bucket (beside the clip frames).
 
     Built only from the asset id (a UUID), so no part of the user's object key reaches it.
     """
-    return f"previews/{asset_id}.png"
+    return f"previews/{asset_id}.jpg"
+
+
+def preview_media_type(key: str) -> str | None:
+    """The media type of a stored preview, from its key's suffix; None for an unknown one."""
+    return _PREVIEW_MEDIA_TYPES.get(PurePosixPath(key).suffix.lower())
 
 
 def minio_created_event(

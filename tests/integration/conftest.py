@@ -184,7 +184,7 @@ def plan_forged(
 
 
 def preview(pipeline: Pipeline, asset_id: uuid.UUID) -> Image.Image:
-    """The asset's preview PNG from S3, once the worker that finished the asset has written it."""
+    """The asset's preview JPEG from S3, once the worker that finished the asset has written it."""
     deadline = time.monotonic() + 60
     while True:
         with pipeline.engine.connect() as conn:
@@ -194,12 +194,12 @@ def preview(pipeline: Pipeline, asset_id: uuid.UUID) -> Image.Image:
         if asset["preview_key"] or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert asset["preview_key"] == f"previews/{asset_id}.png"
+    assert asset["preview_key"] == f"previews/{asset_id}.jpg"
     store = ObjectStore(pipeline.settings)
     derived = pipeline.settings.derived_bucket
-    assert store.content_type(derived, asset["preview_key"]) == "image/png"
+    assert store.content_type(derived, asset["preview_key"]) == "image/jpeg"
     data = store.read(derived, asset["preview_key"], max_bytes=16 * 1024**2)
     image = Image.open(io.BytesIO(data))
     image.load()
-    assert image.format == "PNG"
+    assert image.format == "JPEG"
     return image

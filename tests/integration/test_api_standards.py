@@ -312,8 +312,9 @@ def test_assets_items_and_item_validate(api: httpx.Client, corpus: Corpus, base_
         labels = _ok(api.get(item["assets"]["labels"]["href"]), GEOJSON)
         validate_feature_collection(labels)
         picture = api.get(item["assets"]["preview"]["href"])
-        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
-        assert picture.content.startswith(b"\x89PNG")
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
+        assert picture.content.startswith(b"\xff\xd8\xff")  # a JPEG's start of image
+        assert item["assets"]["preview"]["type"] == "image/jpeg"
 
     _refused(api.get(f"/collections/assets/items/{uuid.uuid4()}"), 404, "no asset")
     _refused(api.get("/collections/assets/items/not-a-uuid"), 404, "not-a-uuid")

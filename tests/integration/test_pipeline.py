@@ -263,7 +263,7 @@ def test_cli_ingest_wait_json_then_results_and_status(pipeline: Pipeline, tmp_pa
         check=True,
     ).stdout
     assert (
-        f"preview: s3://{pipeline.settings.derived_bucket}/previews/{row['asset_id']}.png" in text
+        f"preview: s3://{pipeline.settings.derived_bucket}/previews/{row['asset_id']}.jpg" in text
     )
     status = json.loads(
         subprocess.run(

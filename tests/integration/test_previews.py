@@ -1,4 +1,4 @@
-"""The worker's last step on an asset: its preview PNG, drawn from the stored detections.
+"""The worker's last step on an asset: its preview JPEG, drawn from the stored detections.
 
 The model is stubbed with fixed answers so the boxes are known; S3 and PostgreSQL are the real
 ones of the session's pipeline.
@@ -95,13 +95,18 @@ def test_the_finished_asset_gets_a_preview_with_its_boxes(
     s = pipeline.settings
     item, asset, errors = _finish(pipeline, tmp_path, "drawn", ObjectStore(s))
     assert asset["status"] == "done" and errors == []
-    assert asset["preview_key"] == f"previews/{item.asset_id}.png"
+    assert asset["preview_key"] == f"previews/{item.asset_id}.jpg"
     data = ObjectStore(s).read(s.derived_bucket, asset["preview_key"], max_bytes=1024**2)
     image = np.asarray(Image.open(io.BytesIO(data)))
     color = previews.label_color("building")
     assert image.shape == (100, 200, 3)
-    assert tuple(image[40, 20]) == color and tuple(image[40, 100]) == color
-    assert tuple(image[40, 60]) == (90, 90, 90)
+
+    # JPEG is lossy: within a few levels of each colour
+    def near(pixel: np.ndarray, rgb: tuple[int, int, int]) -> bool:
+        return int(np.abs(pixel.astype(int) - np.array(rgb)).max()) <= 40
+
+    assert near(image[40, 20], color) and near(image[40, 100], color)
+    assert near(image[40, 60], (90, 90, 90)) and not near(image[40, 60], color)
 
 
 def test_a_failed_preview_is_an_error_row_and_the_asset_stays_done(

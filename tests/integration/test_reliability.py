@@ -71,7 +71,7 @@ def _assert_complete(pipeline: Pipeline, ids: list[uuid.UUID]) -> None:
             [asset] = catalog.assets(conn, asset_id)
             assert asset["status"] == "done", (asset, catalog.errors(conn, asset_id))
             assert len(catalog.results(conn, asset_id)) == n_tasks, asset
-            assert asset["preview_key"] == f"previews/{asset_id}.png", asset
+            assert asset["preview_key"] == f"previews/{asset_id}.jpg", asset
             assert store.size(pipeline.settings.derived_bucket, asset["preview_key"]) > 0
 
 

@@ -103,7 +103,7 @@ def test_a_scene_item_and_its_label_geojson_validate(
     assert {b["data_type"] for b in data["bands"]} == {"uint8"}
     assert item["assets"]["labels"]["href"] == f"./{asset_id}-detections.geojson"
     derived = pipeline.settings.derived_bucket
-    assert item["assets"]["preview"]["href"] == f"s3://{derived}/previews/{asset_id}.png"
+    assert item["assets"]["preview"]["href"] == f"s3://{derived}/previews/{asset_id}.jpg"
 
     with pipeline.engine.connect() as conn:
         stored = catalog.asset_detections(conn, scene.asset_id)

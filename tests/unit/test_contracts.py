@@ -17,6 +17,7 @@ from skyeye.contracts import (
     asset_id_for,
     minio_created_event,
     preview_key_for,
+    preview_media_type,
     work_item_id_for,
 )
 
@@ -149,7 +150,11 @@ def test_overview_items_have_their_own_ids_and_tile_ids_are_unchanged() -> None:
 
 def test_preview_keys_come_from_the_asset_id_alone() -> None:
     a = asset_id_for("incoming", "../../odd key?.tif", "v1")
-    assert preview_key_for(a) == f"previews/{a}.png"
+    assert preview_key_for(a) == f"previews/{a}.jpg"
+    assert preview_media_type(preview_key_for(a)) == "image/jpeg"
+    # previews written before they were JPEG keep their PNG
+    assert preview_media_type(f"previews/{a}.png") == "image/png"
+    assert preview_media_type("previews/x.gif") is None
 
 
 def test_the_schema_allows_every_work_item_kind() -> None:

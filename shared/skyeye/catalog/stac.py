@@ -36,6 +36,8 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from skyeye.contracts import preview_media_type
+
 __all__ = [
     "EO_EXTENSION",
     "GEOJSON_MEDIA_TYPE",
@@ -64,7 +66,6 @@ _MEDIA_TYPES = {
     "jpeg": "image/jpeg",
     "webp": "image/webp",
 }
-_PREVIEW_MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 # proj:code takes "AUTHORITY:CODE"; a CRS stored as WKT or a PROJ string has no such code.
 _AUTHORITY_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_]*:[A-Za-z0-9_.]+")
 
@@ -232,7 +233,7 @@ def _data_asset(asset: Row, projection: Mapping[str, Any]) -> dict[str, Any]:
 
 def _preview_asset(bucket: str, key: str) -> dict[str, Any]:
     preview: dict[str, Any] = {"href": _s3_href(bucket, key)}
-    media_type = _PREVIEW_MEDIA_TYPES.get(PurePosixPath(key).suffix.lower())
+    media_type = preview_media_type(key)
     if media_type:
         preview["type"] = media_type
     preview["title"] = "Preview with the detections drawn"

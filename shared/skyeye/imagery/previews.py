@@ -1,7 +1,7 @@
-"""Preview PNGs for dashboards: an asset's image, bounded in size, with its detections drawn.
+"""Preview JPEGs for dashboards: an asset's image, bounded in size, with its detections drawn.
 
 Pure drawing: the worker hands in pixels (a plain image, or a scene read decimated by
-:func:`skyeye.imagery.scenes.read_preview`) and the detections to draw; storing the PNG is its
+  :func:`skyeye.imagery.scenes.read_preview`) and the detections to draw; storing the JPEG is its
 business.
 """
 
@@ -33,6 +33,7 @@ LINE_WIDTH = 2
 FONT_SIZE = 12
 # A model may answer with a whole sentence as its phrase; the box matters more than the text.
 MAX_LABEL_CHARS = 32
+JPEG_QUALITY = 90
 
 
 def label_color(label: str) -> tuple[int, int, int]:
@@ -46,7 +47,7 @@ def render(
     detections: Iterable[Detection],
     max_side: int,
 ) -> bytes:
-    """The image with each detection's box and label drawn, as PNG bytes.
+    """The image with each detection's box and label drawn, as JPEG bytes.
 
     ``image``: H x W x 3 uint8 of the whole asset at any resolution (downscaled here to at most
     ``max_side`` on its long side); ``source_size``: the asset's (width, height) in the pixels
@@ -72,7 +73,8 @@ def render(
         draw.rectangle(box, outline=color, width=LINE_WIDTH)
         _draw_label(draw, font, det.label, box, color, canvas.size)
     out = io.BytesIO()
-    canvas.save(out, format="PNG")
+    # full-resolution colour (no 4:2:0 subsampling) keeps the thin coloured box lines crisp
+    canvas.save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return out.getvalue()
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from skyeye.adapters import postgres
 from skyeye.catalog.synthetic import load
-from skyeye.contracts import Task, TaskKind
+from skyeye.contracts import Task, TaskKind, preview_key_for
 
 __all__ = [
     "REGIONS",
@@ -663,9 +663,8 @@ class _Builder:
         a["video_codec"].append("h264" if clip else None)
         a["start_time"].append(start)
         a["end_time"].append(start + duration if start is not None and duration else None)
-        a["preview_key"].append(
-            f"previews/{asset.asset_id}.png" if asset.status == "done" else None
-        )
+        done = asset.status == "done"
+        a["preview_key"].append(preview_key_for(uuid.UUID(asset.asset_id)) if done else None)
 
     def _plan(self, asset: _Asset, tiles: int) -> None:
         """The asset's work items and their results."""

@@ -90,10 +90,10 @@ export async function check(candidate) {
 // asset id -> Promise of a blob: URL of its preview; dropped when the asset changes
 const previews = new Map();
 
-/** A blob: URL of an asset's preview PNG (fetched with the token), cached per page load. */
+/** A blob: URL of an asset's preview image (fetched with the token), cached per page load. */
 export function previewUrl(assetId) {
   if (!previews.has(assetId)) {
-    const made = fetch(url(`assets/${assetId}/preview`), { headers: headers({ Accept: "image/png" }) }).then(
+    const made = fetch(url(`assets/${assetId}/preview`), { headers: headers({ Accept: "image/jpeg, image/png" }) }).then(
       async (response) => {
         if (!response.ok) throw await failure(response);
         return URL.createObjectURL(await response.blob());
