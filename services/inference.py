@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
@@ -27,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from skyeye import telemetry
 from skyeye.adapters import serve as serve_adapter
 from skyeye.adapters.serve import Answers
-from skyeye.model import TextDecoder, VisionEncoder
+from skyeye.model import TextDecoder, VisionEncoder, prompts
 from skyeye.model.embedding_cache import EmbeddingCache
 from skyeye.model.sentences import SentenceEncoder
 from skyeye.settings import DecodingSettings, DeploymentSettings, Settings
@@ -195,6 +196,7 @@ class Ingress:
         self._decoder = decoder
         self._embedder = embedder
         self._cache = _cache(settings, str(settings.resolved_model_dir))
+        self._memo = _VectorMemo()
 
     async def infer(
         self,
@@ -213,7 +215,7 @@ class Ingress:
             raise ValueError("no images to answer about")
         embeds = self._encoder.encode.remote(images, cache_key, trace)
         texts = await self._decoder.generate.remote(embeds, instructions, trace)
-        return await self._answers(texts)
+        return await self._answers(instructions, texts)
 
     async def cached(
         self, cache_key: str, instructions: list[str], trace: dict[str, str] | None = None
@@ -229,7 +231,7 @@ class Ingress:
         if embeds is None:
             return None
         texts = await self._decoder.generate.remote(embeds, instructions, trace)
-        return await self._answers(texts)
+        return await self._answers(instructions, texts)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One unit-length 384-value sentence embedding per text (search queries)."""
@@ -238,15 +240,56 @@ class Ingress:
         vectors: list[list[float]] = await self._embedder.embed.remote(texts)
         return vectors
 
-    async def _answers(self, texts: list[str]) -> Answers:
-        """The raw answers with the sentence embedding of each one that holds any text."""
-        worded = [i for i, text in enumerate(texts) if text.strip()]
-        vectors: list[list[float] | None] = [None] * len(texts)
-        if worded:
-            found = await self._embedder.embed.remote([texts[i] for i in worded])
-            for i, vector in zip(worded, found, strict=True):
-                vectors[i] = vector
+    async def _answers(self, instructions: list[str], texts: list[str]) -> Answers:
+        """The raw answers, each with the sentence embedding search matches it by.
+
+        What is embedded is :func:`skyeye.model.prompts.search_text` of the answer (a box
+        answer's phrases); an answer without text gets none. Short texts recur (phrases, "yes",
+        counts) and are embedded once per replica.
+        """
+        wanted = [prompts.search_text(i, t) for i, t in zip(instructions, texts, strict=True)]
+        known: dict[str, list[float]] = {}
+        for text in wanted:
+            if text.strip() and text not in known and (vector := self._memo.get(text)) is not None:
+                known[text] = vector
+        missing = list(dict.fromkeys(t for t in wanted if t.strip() and t not in known))
+        if missing:
+            found: list[list[float]] = await self._embedder.embed.remote(missing)
+            for text, vector in zip(missing, found, strict=True):
+                self._memo.put(text, vector)
+                known[text] = vector
+        vectors = [known[t] if t.strip() else None for t in wanted]
         return Answers(texts=texts, vectors=vectors)
+
+
+class _VectorMemo:
+    """Sentence embeddings of recent short texts, the least recently used dropped first.
+
+    Only short texts are kept: they are the ones that recur, where a long caption is seldom
+    seen twice. Vectors are kept as float32 arrays, a tenth of a list's memory.
+    """
+
+    def __init__(self, size: int = 4096, max_chars: int = 80) -> None:
+        self._size = size
+        self._max_chars = max_chars
+        self._kept: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, text: str) -> list[float] | None:
+        """The kept vector of ``text``, or None."""
+        vector = self._kept.get(text)
+        if vector is None:
+            return None
+        self._kept.move_to_end(text)
+        return cast(list[float], vector.tolist())
+
+    def put(self, text: str, vector: list[float]) -> None:
+        """Keep the vector of a short ``text``; a long one is not kept."""
+        if len(text) > self._max_chars:
+            return
+        self._kept[text] = np.asarray(vector, dtype=np.float32)
+        self._kept.move_to_end(text)
+        if len(self._kept) > self._size:
+            self._kept.popitem(last=False)
 
 
 def _cache(settings: Settings, model_dir: str) -> EmbeddingCache | None:

@@ -19,6 +19,7 @@ from skyeye import catalog, samples
 from skyeye.adapters.s3 import ObjectStore
 from skyeye.cli.ingest import Ingested, ingest, wait_for
 from skyeye.contracts import Task, TaskKind, Tile, WorkItem, work_item_id_for
+from skyeye.model import prompts
 from skyeye.model.sentences import SentenceEncoder
 from skyeye.services.api import create_app
 
@@ -75,16 +76,20 @@ def test_stored_answers_carry_their_sentence_embedding(
     with pipeline.engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT raw_text, embedding::text AS embedding FROM results WHERE asset_id = :id"
+                "SELECT prompt, raw_text, embedding::text AS embedding FROM results"
+                " WHERE asset_id = :id"
             ),
             {"id": photo.asset_id},
         ).all()
     assert rows
-    for row in rows:
-        assert (row.embedding is None) == (not row.raw_text.strip()), row
-    worded = [r for r in rows if r.embedding is not None]
-    stored = np.array([[float(v) for v in r.embedding.strip("[]").split(",")] for r in worded])
-    expected = SentenceEncoder().encode([r.raw_text for r in worded])
+    # each answer is embedded by what search matches it by: a box answer by its phrases
+    searched = [prompts.search_text(r.prompt, r.raw_text) for r in rows]
+    assert any(text != r.raw_text for text, r in zip(searched, rows, strict=True))
+    for row, text in zip(rows, searched, strict=True):
+        assert (row.embedding is None) == (not text.strip()), row
+    worded = [(r, t) for r, t in zip(rows, searched, strict=True) if r.embedding is not None]
+    stored = np.array([[float(v) for v in r.embedding.strip("[]").split(",")] for r, _ in worded])
+    expected = SentenceEncoder().encode([text for _, text in worded])
     np.testing.assert_allclose(stored, expected, atol=1e-5)
 
 

@@ -95,3 +95,45 @@ def test_the_decoder_decodes_a_serve_batch_in_one_call(
     answers = asyncio.run(handler(deployment, requests, instructions, [None] * 3))
     assert calls == [3]
     assert answers == one_at_a_time
+
+
+class _Embedder:
+    """Stands in for the TextEmbedder's handle: records each call, returns one vector per text."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    @property
+    def embed(self) -> "_Embedder":
+        return self
+
+    def remote(self, texts: list[str]) -> object:
+        self.calls.append(list(texts))
+
+        async def vectors() -> list[list[float]]:
+            return [[float(len(t)), 1.0] for t in texts]
+
+        return vectors()
+
+
+def test_answers_are_embedded_by_what_search_matches_and_short_texts_once() -> None:
+    """The Ingress's answer step, called directly: the encoder, decoder and embedder handles
+    are stand-ins (no Serve)."""
+    embedder = _Embedder()
+    ingress = inference.Ingress.func_or_class(None, None, embedder, Settings(s3_endpoint=None))
+    instructions = [prompts.detection("vehicle"), prompts.vqa("Is there water?"), prompts.caption()]
+    texts = ["<p>car</p>{<1><2><3><4>}<p>car</p>{<5><6><7><8>}", "yes", " "]
+    first = asyncio.run(ingress._answers(instructions, texts))
+    assert first.texts == texts
+    # the box answer by its phrase, the empty answer not at all
+    assert embedder.calls == [["car", "yes"]]
+    assert first.vectors == [[3.0, 1.0], [3.0, 1.0], None]
+    long_caption = "a long caption " * 10
+    second = asyncio.run(
+        ingress._answers(instructions, ["<p>car</p>{<1><2><3><4>}", "yes", long_caption])
+    )
+    # "car" and "yes" were kept from the first call; a long caption is embedded every time
+    assert embedder.calls[1:] == [[long_caption]]
+    assert second.vectors == [[3.0, 1.0], [3.0, 1.0], [float(len(long_caption)), 1.0]]
+    asyncio.run(ingress._answers([prompts.caption()], [long_caption]))
+    assert embedder.calls[2:] == [[long_caption]]

@@ -50,3 +50,27 @@ def test_prompts_and_answers_import_without_torch() -> None:
         "sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("instruction", "answer", "searched_by"),
+    [
+        # a box answer: its phrases, each once, in order; the asked phrase where none is clean
+        (
+            prompts.detection("vehicle"),
+            "<p>car</p>{<1><2><3><4>}<p>truck</p>{<1><2><3><4>}<p>car</p>{<5><6><7><8>}",
+            "car, truck",
+        ),
+        (prompts.detection("building"), "<p><16></p> {<30><12><51><23>}", "building"),
+        (prompts.refer("the red roof"), "{<1><2><3><4>}", "the red roof"),
+        # no box: the answer's own text
+        (prompts.detection("ship"), "there is no ship", "there is no ship"),
+        (prompts.refer("the red roof"), "<p>roof", "<p>roof"),
+        (prompts.vqa("Is there water?"), "Yes, a lake", "Yes, a lake"),
+        (prompts.caption(), "<p>a harbour</p>{<1><2><3><4>}", "<p>a harbour</p>{<1><2><3><4>}"),
+    ],
+)
+def test_answers_are_searched_by_their_phrases_or_their_text(
+    instruction: str, answer: str, searched_by: str
+) -> None:
+    assert prompts.search_text(instruction, answer) == searched_by

@@ -2,13 +2,15 @@
 
 An instruction is what follows the image in the prompt (task tag + text); :func:`wrap` places it
 in ``[INST] <Img><ImageHere></Img> {instruction} [/INST]``. BOS is not part of the text: the
-decoder adds it as a token (see :mod:`skyeye.model.decoder`).
+decoder adds it as a token (see :mod:`skyeye.model.decoder`). :func:`search_text` says what
+an answer to an instruction is found by in semantic search.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from skyeye.model import answers
 from skyeye.model.answers import Box
 
 __all__ = [
@@ -43,14 +45,18 @@ def video_caption() -> str:
     return caption("briefly describe the video frame image")
 
 
+_REFER = "[refer] give me the location of "
+_DETECTION = "[detection] "
+
+
 def refer(expression: str) -> str:
     """Ask for the box of the one object a referring expression describes (``[refer]``)."""
-    return f"[refer] give me the location of {expression}"
+    return f"{_REFER}{expression}"
 
 
 def detection(phrase: str) -> str:
     """Ask for a box around every object the phrase names (``[detection]``, grounding)."""
-    return f"[detection] {phrase}"
+    return f"{_DETECTION}{phrase}"
 
 
 def identify(box: Box) -> str:
@@ -78,3 +84,21 @@ def wrap(instruction: str, n_images: int = 1) -> str:
     if IMAGE_PLACEHOLDER in instruction:
         raise ValueError(f"an instruction may not contain {IMAGE_PLACEHOLDER}")
     return f"[INST] {_IMAGE_SLOT * n_images} {instruction} [/INST]"
+
+
+def search_text(instruction: str, text: str) -> str:
+    """What semantic search matches an answer by: a box answer's phrases, else its text.
+
+    Box coordinates are noise to a sentence embedding, so an answer with boxes is matched by
+    what it boxes: a :func:`refer` answer by its expression (the row's label), a
+    :func:`detection` answer by the distinct phrases its boxes get as labels
+    (:func:`~skyeye.model.answers.parse_detection`). Every other answer, and a box answer
+    without a box, by its own text.
+    """
+    if instruction.startswith(_REFER):
+        return instruction.removeprefix(_REFER) if answers.parse_boxes(text) else text
+    if instruction.startswith(_DETECTION):
+        asked = instruction.removeprefix(_DETECTION)
+        phrases = dict.fromkeys(label for label, _ in answers.parse_detection(text, asked))
+        return ", ".join(phrases) if phrases else text
+    return text
