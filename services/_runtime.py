@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from skyeye import catalog, telemetry
 from skyeye.adapters import kafka
@@ -46,6 +46,8 @@ from ._observability import serve as serve_health
 log = logging.getLogger("skyeye.consumer")
 
 TransientReason = Callable[[BaseException], str | None]
+# How long a poll waits for messages while a batch is in flight (which it must not hold up).
+_IN_FLIGHT_POLL_MS = 20
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,30 @@ class Handler(Protocol):
 
     def idle(self) -> None:
         """Periodic work between polls (e.g. finishing assets a crashed worker left)."""
+
+
+@runtime_checkable
+class PipelinedHandler(Handler, Protocol):
+    """A handler whose batches wait on another service (the model), started before completed.
+
+    The loop polls and starts the next batch while this one is still being answered, so that
+    service never waits while this process stores, commits and polls.
+    """
+
+    def submit_batch(self, records: Sequence[Record]) -> Callable[[], None]:
+        """Start handling every record; returns what completes the batch.
+
+        ``handle_batch(records)`` must be the same as ``submit_batch(records)()``: the loop
+        falls back to it when either step fails.
+        """
+
+
+@dataclass
+class _InFlight:
+    """A pipelined batch started and not yet completed."""
+
+    records: list[Record]
+    complete: Callable[[], None]
 
 
 class InjectedFault(Exception):
@@ -199,19 +225,55 @@ class ConsumerLoop:
         self._last_idle = 0.0
 
     def run(self, poll_timeout_ms: int = 500) -> None:
-        """Until ``stop`` is set; the batch in hand is finished and committed first."""
-        while not self._stop.is_set():
-            if self._health is not None:
-                self._health.beat()
-            records = self._poll(poll_timeout_ms)
-            if records:
-                try:
+        """Until ``stop`` is set; the batch in hand is finished and committed first.
+
+        A :class:`PipelinedHandler`'s batch is started as soon as it is polled and completed
+        after the next poll has been started, each batch committed once it is complete, in
+        order; the other handlers' batches are handled one after the other.
+        """
+        in_flight: _InFlight | None = None
+        try:
+            while not self._stop.is_set():
+                if self._health is not None:
+                    self._health.beat()
+                # with a batch in flight, take only what is already fetched: it must not wait
+                records = self._poll(_IN_FLIGHT_POLL_MS if in_flight else poll_timeout_ms)
+                started = self._start(records) if records else None
+                if in_flight is not None:
+                    self._complete(in_flight)
+                in_flight = started
+                if records and started is None:
                     self._handle(records, self._settings.retry.attempts)
-                except _Stopping:
-                    return  # nothing committed: the batch is delivered again
-                self._commit()
-            if time.monotonic() - self._last_idle >= self._settings.finish_sweep_s:
-                self._idle()
+                    self._commit(records)
+                if time.monotonic() - self._last_idle >= self._settings.finish_sweep_s:
+                    self._idle()
+            if in_flight is not None:
+                self._complete(in_flight)
+        except _Stopping:
+            return  # the batches in hand are not committed: they are delivered again
+
+    def _start(self, records: list[Record]) -> _InFlight | None:
+        """Start a pipelined batch; None to handle it one step at a time instead."""
+        if not isinstance(self._handler, PipelinedHandler):
+            return None
+        try:
+            self._reopen_replays(records)
+            return _InFlight(records, self._handler.submit_batch(records))
+        except Exception as exc:
+            log.info("starting %d message(s) failed (%s); handling them again, one step at a "
+                     "time", len(records), _describe(exc))  # fmt: skip
+            return None
+
+    def _complete(self, batch: _InFlight) -> None:
+        """Complete a started batch and commit it; what failed is handled the safe way again."""
+        try:
+            batch.complete()
+        except Exception as exc:
+            # retried, taken apart, dead-lettered as any batch; what was stored is not again
+            log.info("completing %d message(s) failed (%s); handling them again",
+                     len(batch.records), _describe(exc))  # fmt: skip
+            self._handle(batch.records, self._settings.retry.attempts)
+        self._commit(batch.records)
 
     # --- polling and committing -----------------------------------------------------------
 
@@ -231,9 +293,10 @@ class ConsumerLoop:
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
 
-    def _commit(self) -> None:
+    def _commit(self, records: list[Record]) -> None:
+        """Commit through ``records``: a later batch may be in flight, and is not yet done."""
         try:
-            kafka.commit(self._consumer)
+            kafka.commit(self._consumer, records)
         except kafka.CommitFailed as exc:
             # the group rebalanced meanwhile: the new owner gets these messages again, and
             # handling them again writes nothing twice

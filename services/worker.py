@@ -6,6 +6,8 @@ clip caption's frames go to the model together, one image slot each.
 All items of one poll are decoded and submitted to the Serve app together, so the encoder and
 decoder can batch across tiles; each item's results are then written in one transaction, and the
 Kafka offsets are committed only after every item of the poll is stored (or recorded as failed).
+The next poll is read and submitted while the model still answers this one (the consumer loop's
+pipelined handling), so the model never waits while the worker stores, commits and polls.
 
 When an asset's last item is stored the asset is *finishing*: its duplicate scene detections are
 flagged and its preview JPEG is written with the remaining boxes drawn, then it is done (or
@@ -100,7 +102,20 @@ class Worker:
 
     def handle_batch(self, records: Sequence[Record]) -> None:
         """Submit every item of the poll to the model first, then store each item's answers."""
-        pending, spans = [], []
+        self.submit_batch(records)()
+
+    def submit_batch(self, records: Sequence[Record]) -> Callable[[], None]:
+        """Read every item of the poll and submit it to the model; returns what stores them.
+
+        Items that fail before the model is called are recorded as errors here.
+        """
+        pending: list[_Pending] = []
+        spans: list[trace.Span] = []
+
+        def end_spans() -> None:
+            for span in spans:
+                span.end()
+
         try:
             for record in records:
                 # one span per work item, from its read to its stored results, in the asset's
@@ -113,12 +128,19 @@ class Worker:
                     job = self._submit_record(record, span)
                 if job is not None:
                     pending.append(job)
-            for job in pending:
-                with trace.use_span(job.span, end_on_exit=False):
-                    self._finish(job)
-        finally:
-            for span in spans:
-                span.end()
+        except BaseException:
+            end_spans()
+            raise
+
+        def store() -> None:
+            try:
+                for job in pending:
+                    with trace.use_span(job.span, end_on_exit=False):
+                        self._finish(job)
+            finally:
+                end_spans()
+
+        return store
 
     def subject(self, record: Record) -> Subject:
         """The work item a message is, when it can be read as one."""

@@ -11,7 +11,7 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -51,6 +51,7 @@ class _Consumer:
         self._polls = list(polls)
         self._stop = stop
         self.commits = 0
+        self.committed: list[dict[int, int]] = []
         self.commit_error: Exception | None = None
 
     def poll(self, timeout_ms: int) -> dict[str, list[SimpleNamespace]]:
@@ -59,10 +60,12 @@ class _Consumer:
             return {}
         return {"tp": self._polls.pop(0)}
 
-    def commit(self) -> None:
+    def commit(self, offsets: dict[Any, Any] | None = None) -> None:
         if self.commit_error is not None:
             raise self.commit_error
         self.commits += 1
+        # partition -> the next offset to read, as committed
+        self.committed.append({tp.partition: o.offset for tp, o in (offsets or {}).items()})
 
 
 class _Handler:
@@ -314,3 +317,77 @@ def test_a_copy_the_broker_refuses_still_leaves_a_dead_letter(
         None,
     )
     assert rows["error"]["kind"] == "internal_error"
+
+
+class _PipelinedHandler(_Handler):
+    """A handler the loop pipelines; ``events`` logs each batch's start and completion.
+
+    Its completion is ``handle_batch`` (scripted failures included); ``start_failures`` are
+    offsets whose batch fails to start, once.
+    """
+
+    def __init__(
+        self,
+        failures: dict[int, list[Exception | None]] | None = None,
+        start_failures: set[int] | None = None,
+    ) -> None:
+        super().__init__(failures)
+        self.events: list[tuple[str, list[int]]] = []
+        self.start_failures = set(start_failures or ())
+
+    def submit_batch(self, records: Sequence[Any]) -> Callable[[], None]:
+        offsets = [r.offset for r in records]
+        if self.start_failures & set(offsets):
+            self.start_failures -= set(offsets)
+            raise _outage()
+        self.events.append(("start", offsets))
+
+        def complete() -> None:
+            self.events.append(("complete", offsets))
+            self.handle_batch(records)
+
+        return complete
+
+
+def test_a_pipelined_batch_starts_before_the_previous_one_completes() -> None:
+    handler = _PipelinedHandler()
+    loop, consumer, letters = _loop(handler, [[_record(0), _record(1)], [_record(2)], [_record(3)]])
+    loop.run()
+    assert handler.events == [
+        ("start", [0, 1]),
+        ("start", [2]),
+        ("complete", [0, 1]),
+        ("start", [3]),
+        ("complete", [2]),
+        # the loop stops once the polls run out: the batch in flight is completed first
+        ("complete", [3]),
+    ]
+    # each batch committed once complete, through its own last message only, in order
+    assert consumer.committed == [{0: 2}, {0: 3}, {0: 4}]
+    assert handler.handled == [0, 1, 2, 3] and letters == []
+
+
+def test_a_pipelined_batch_that_fails_to_complete_is_handled_again_the_safe_way() -> None:
+    handler = _PipelinedHandler({1: [ZeroDivisionError("bug")]})
+    loop, consumer, letters = _loop(handler, [[_record(0), _record(1)], [_record(2)]])
+    loop.run()
+    # completing fails, the batch fails again as a whole, then message by message
+    assert handler.calls == [[0, 1], [0, 1], [0], [1], [2]]
+    assert letters == [(1, "ZeroDivisionError")]
+    assert handler.handled == [0, 2]
+    assert consumer.committed == [{0: 2}, {0: 3}]
+
+
+def test_a_batch_that_fails_to_start_is_handled_after_the_one_in_flight() -> None:
+    handler = _PipelinedHandler(start_failures={2})
+    loop, consumer, letters = _loop(handler, [[_record(0)], [_record(2)], [_record(3)]])
+    loop.run()
+    assert handler.events == [
+        ("start", [0]),
+        ("complete", [0]),
+        ("start", [3]),
+        ("complete", [3]),
+    ]
+    # offset 2 was handled in order, one step at a time, between the two pipelined batches
+    assert handler.handled == [0, 2, 3] and letters == []
+    assert consumer.committed == [{0: 1}, {0: 3}, {0: 4}]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeAlias
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -17,6 +17,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata, RecordMetadata
+from kafka.structs import OffsetAndMetadata
 
 from skyeye import telemetry
 from skyeye.settings import Settings
@@ -141,13 +142,23 @@ def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) 
     )
 
 
-def commit(consumer_: Consumer) -> None:
-    """Commit the offsets of every message polled so far.
+def commit(consumer_: Consumer, through: Sequence[Record] | None = None) -> None:
+    """Commit the offsets of every message polled so far, or only ``through`` these messages.
 
-    Raises :class:`CommitFailed` when the group rebalanced meanwhile.
+    ``through``: a batch handled while a later poll's messages are still in hand; each of its
+    partitions is committed up to its last message there. Raises :class:`CommitFailed` when the
+    group rebalanced meanwhile.
     """
     try:
-        consumer_.commit()
+        if through is None:
+            consumer_.commit()
+            return
+        last: dict[TopicPartition, int] = {}
+        for record in through:
+            tp = TopicPartition(record.topic, record.partition)
+            last[tp] = max(last.get(tp, -1), record.offset)
+        # the committed offset is the next message to read; no metadata, leader epoch unknown
+        consumer_.commit({tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()})
     except CommitFailedError as exc:
         raise CommitFailed(str(exc)) from exc
 
