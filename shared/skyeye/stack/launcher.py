@@ -49,23 +49,39 @@ def _migrate(url: str) -> None:
 
 def _deploy(settings: Settings, env: dict[str, str]) -> None:
     """Deploy the Serve application on the stack's Ray; StackError names the log on failure."""
+    _deployed(settings, _start_deploy(settings, env))
+
+
+def _start_deploy(settings: Settings, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start deploying the Serve application, in a child process with its own log."""
     log_path = settings.home / "logs" / "deploy.log"
     with log_path.open("ab") as log_file:
-        try:
-            deployed = subprocess.run(
-                [sys.executable, "-m", "skyeye.services.inference"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                timeout=settings.inference_timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(
-                f"Serve application not deployed within {settings.inference_timeout_s:g} s; "
-                f"log: {log_path}"
-            ) from None
-    if deployed.returncode != 0:
+        return subprocess.Popen(
+            [sys.executable, "-m", "skyeye.services.inference"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _deployed(settings: Settings, deploying: subprocess.Popen[bytes]) -> None:
+    """Wait for a deploy :func:`_start_deploy` started; StackError names the log on failure.
+
+    A deploy still running at the timeout, or when waiting is interrupted, is killed.
+    """
+    log_path = settings.home / "logs" / "deploy.log"
+    try:
+        code = deploying.wait(timeout=settings.inference_timeout_s)
+    except subprocess.TimeoutExpired:
+        raise StackError(
+            f"Serve application not deployed within {settings.inference_timeout_s:g} s; "
+            f"log: {log_path}"
+        ) from None
+    finally:
+        if deploying.poll() is None:
+            deploying.kill()
+            deploying.wait()
+    if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         raise StackError(f"Serve application failed to deploy; log: {log_path}\n" + "\n".join(tail))
 
@@ -83,6 +99,24 @@ def _follow_restart(stack: Stack, settings: Settings, name: str) -> None:
     _deploy(settings, service_env(settings, stack.endpoints()))
     for service in RAY_CLIENTS:
         stack.restart_process(service, "stopped to reconnect to the restarted Ray head")
+
+
+def _start_service(
+    stack: Stack,
+    settings: Settings,
+    env: dict[str, str],
+    name: str,
+    port: int,
+    progress: Callable[[str], None],
+) -> None:
+    """One consumer service, its health probes and metrics on ``port``."""
+    progress(f"starting {name}")
+    stack.add_process(
+        name,
+        [sys.executable, "-m", f"skyeye.services.{name}"],
+        {**env, "SKYEYE_OBSERVABILITY__PORT": str(port)},
+        metrics=f"http://{settings.observability.host}:{port}/metrics",
+    )
 
 
 def _start_api(
@@ -120,17 +154,25 @@ def launch(settings: Settings, progress: Callable[[str], None] = lambda _: None)
     try:
         env = service_env(settings, stack.endpoints())
         progress("deploying the Serve application (VisionEncoder, LlmDecoder, TextEmbedder)")
-        _deploy(settings, env)
-        # each service's health probes and metrics on a free loopback port, kept across restarts
-        for name, port in zip(SERVICES, pick_ports(len(SERVICES)), strict=True):
-            progress(f"starting {name}")
-            stack.add_process(
-                name,
-                [sys.executable, "-m", f"skyeye.services.{name}"],
-                {**env, "SKYEYE_OBSERVABILITY__PORT": str(port)},
-                metrics=f"http://{settings.observability.host}:{port}/metrics",
-            )
-        _start_api(stack, settings, env, progress)
+        deploying = _start_deploy(settings, env)
+        try:
+            # each service's health probes and metrics on a free loopback port, kept across
+            # restarts
+            ports = dict(zip(SERVICES, pick_ports(len(SERVICES)), strict=True))
+            # what needs no Serve handle at start starts while the application deploys (the
+            # API joins the cluster at its first question)
+            for name in SERVICES:
+                if name not in RAY_CLIENTS:
+                    _start_service(stack, settings, env, name, ports[name], progress)
+            _start_api(stack, settings, env, progress)
+        except BaseException:
+            deploying.kill()
+            deploying.wait()
+            raise
+        _deployed(settings, deploying)
+        for name in SERVICES:
+            if name in RAY_CLIENTS:
+                _start_service(stack, settings, env, name, ports[name], progress)
     except BaseException:
         stack.stop()
         raise
