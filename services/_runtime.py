@@ -214,6 +214,8 @@ class ConsumerLoop:
         lag: ConsumerLag | None = None,
     ) -> None:
         self._handler = handler
+        # the handler as the loop pipelines it, when it can start a batch and complete it later
+        self._pipelined = handler if isinstance(handler, PipelinedHandler) else None
         self._health = health
         self._lag = lag
         self._settings = settings
@@ -254,11 +256,11 @@ class ConsumerLoop:
 
     def _start(self, records: list[Record]) -> _InFlight | None:
         """Start a pipelined batch; None to handle it one step at a time instead."""
-        if not isinstance(self._handler, PipelinedHandler):
+        if self._pipelined is None:
             return None
         try:
             self._reopen_replays(records)
-            return _InFlight(records, self._handler.submit_batch(records))
+            return _InFlight(records, self._pipelined.submit_batch(records))
         except Exception as exc:
             log.info("starting %d message(s) failed (%s); handling them again, one step at a "
                      "time", len(records), _describe(exc))  # fmt: skip

@@ -31,6 +31,11 @@ router = APIRouter(tags=["Assets"], responses=responses(401, 403, 404, 429, 503)
 _MAX_PREVIEW_BYTES = 64 * 1024**2
 
 
+def _preview_type(key: str) -> str:
+    """The media type a stored preview is served with (JPEG, or an older asset's PNG)."""
+    return preview_media_type(key) or "application/octet-stream"
+
+
 def _asset_id(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
@@ -86,7 +91,7 @@ def _detail(
             link("item", href(request, f"/collections/assets/items/{asset_id}"), GEOJSON),
             link("labels", href(request, f"/assets/{asset_id}/detections"), GEOJSON),
             *(
-                [link("preview", preview, preview_media_type(preview_key) or "image/jpeg")]
+                [link("preview", preview, _preview_type(preview_key))]
                 if preview and preview_key
                 else []
             ),
@@ -139,6 +144,6 @@ def preview(asset_id: str, _: Reader, state: State) -> Response:
         ) from None
     return Response(
         data,
-        media_type=preview_media_type(key) or "application/octet-stream",
+        media_type=_preview_type(key),
         headers={"Cache-Control": "private, max-age=60"},
     )

@@ -166,12 +166,29 @@ def test_a_commit_the_group_rebalanced_away_is_our_commit_failed() -> None:
     rebalance."""
 
     class Consumer:
-        def commit(self) -> None:
+        def commit(self, offsets: object) -> None:
             raise CommitFailedError("rebalanced")
 
+    record = SimpleNamespace(topic="t", partition=0, offset=4)
     with pytest.raises(kafka.CommitFailed) as failed:
-        kafka.commit(Consumer())
+        kafka.commit(Consumer(), [record])  # type: ignore[arg-type]
     assert isinstance(failed.value.__cause__, CommitFailedError)
+
+
+def test_a_commit_goes_through_each_partitions_last_message_only() -> None:
+    """The consumer is a stand-in that keeps the offsets it was asked to commit."""
+    committed: list[dict] = []
+
+    class Consumer:
+        def commit(self, offsets: dict) -> None:
+            committed.append({(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
+
+    records = [
+        SimpleNamespace(topic="t", partition=p, offset=o) for p, o in [(0, 4), (1, 9), (0, 5)]
+    ]
+    kafka.commit(Consumer(), records)  # type: ignore[arg-type]
+    # the committed offset is the next one to read
+    assert committed == [{("t", 0): 6, ("t", 1): 10}]
 
 
 def test_publish_sends_the_message_as_given_and_waits_for_the_ack() -> None:

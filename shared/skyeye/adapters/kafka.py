@@ -142,23 +142,20 @@ def consumer(settings: Settings, topic: str, group: str, max_poll_records: int) 
     )
 
 
-def commit(consumer_: Consumer, through: Sequence[Record] | None = None) -> None:
-    """Commit the offsets of every message polled so far, or only ``through`` these messages.
+def commit(consumer_: Consumer, through: Sequence[Record]) -> None:
+    """Commit each partition of ``through`` up to its last message there.
 
-    ``through``: a batch handled while a later poll's messages are still in hand; each of its
-    partitions is committed up to its last message there. Raises :class:`CommitFailed` when the
-    group rebalanced meanwhile.
+    Only that far: a later poll's messages may be in hand, not yet handled. Raises
+    :class:`CommitFailed` when the group rebalanced meanwhile.
     """
+    last: dict[TopicPartition, int] = {}
+    for record in through:
+        tp = TopicPartition(record.topic, record.partition)
+        last[tp] = max(last.get(tp, -1), record.offset)
+    # the committed offset is the next message to read; no metadata, leader epoch unknown
+    offsets = {tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()}
     try:
-        if through is None:
-            consumer_.commit()
-            return
-        last: dict[TopicPartition, int] = {}
-        for record in through:
-            tp = TopicPartition(record.topic, record.partition)
-            last[tp] = max(last.get(tp, -1), record.offset)
-        # the committed offset is the next message to read; no metadata, leader epoch unknown
-        consumer_.commit({tp: OffsetAndMetadata(offset + 1, "", -1) for tp, offset in last.items()})
+        consumer_.commit(offsets)
     except CommitFailedError as exc:
         raise CommitFailed(str(exc)) from exc
 

@@ -34,7 +34,9 @@ from .scratch import RAY_ENV, ScratchStack
 
 __all__ = ["FULL", "LOADS", "QUICK", "Plan", "bench_settings", "run"]
 
-_STACK_PHASES = {"pipeline", "latency", "autoscaling", "workers"}
+# on the stack with the model stages as configured; the burst has a stack of its own
+_CONFIGURED_PHASES = {"pipeline", "latency", "workers"}
+_STACK_PHASES = _CONFIGURED_PHASES | {"autoscaling"}
 # offered loads, as fractions of the pipeline's measured throughput
 LOADS = (0.25, 0.5, 0.9)
 # Small CPU replicas that may double under load; the delays let a burst of a minute show the
@@ -188,7 +190,7 @@ def _stack_phases(
     cores the run is measured on. The burst gets a stack of its own, whose stages autoscale.
     """
     timeout_s = 60 + 30 * plan.pool
-    if {"pipeline", "latency", "workers"} & set(phases):
+    if _CONFIGURED_PHASES & set(phases):
         with ScratchStack.running(settings, progress) as scratch:
             _configured_phases(report, scratch, plan, phases, paths, warm, timeout_s, progress)
     if "autoscaling" in phases:

@@ -28,10 +28,9 @@ def pick_ports(count: int) -> list[int]:
     """
     low, high = _ephemeral_range()
     outside = [p for p in range(_FIRST_PORT, 65536) if not low <= p <= high]
-    rng = random.Random()
     with contextlib.ExitStack() as held:
         ports: list[int] = []
-        for candidate in rng.sample(outside, min(len(outside), _TRIES)):
+        for candidate in random.sample(outside, min(len(outside), _TRIES)):
             if len(ports) == count:
                 break
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
