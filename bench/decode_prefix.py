@@ -9,6 +9,7 @@ whose answers stop at EOS as served) and decodes each tile's six tasks (caption,
 phrases, two questions) all three ways, checking that the answers agree.
 
     .venv/bin/python bench/decode_prefix.py --tiles 8 --json
+    .venv/bin/python bench/decode_prefix.py --steps compiled   # the decoding steps compiled
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ TASKS = [
 Mode = Callable[[TextDecoder, list[torch.Tensor], int], list[list[list[int]]]]
 MODES: dict[str, Mode] = {
     "no_reuse": lambda decoder, tiles, n: [
-        decoder.generate_ids(embeds, TASKS, n, reuse_prefix=False) for embeds in tiles
+        decoder.generate_ids(embeds, TASKS, max_new_tokens=n, reuse_prefix=False)
+        for embeds in tiles
     ],
-    "reuse": lambda decoder, tiles, n: [decoder.generate_ids(embeds, TASKS, n) for embeds in tiles],
+    "reuse": lambda decoder, tiles, n: [
+        decoder.generate_ids(embeds, TASKS, max_new_tokens=n) for embeds in tiles
+    ],
     "batched": lambda decoder, tiles, n: decoder.generate_ids_many(
         [(embeds, TASKS) for embeds in tiles], n
     ),
@@ -74,13 +78,19 @@ def main(argv: list[str] | None = None) -> None:
         "--model", type=Path, default=PACKAGED_MODEL, help="model folder (default: skyeye-tiny)"
     )
     parser.add_argument("--seed", type=int, default=0, help="held-out scene seed (default 0)")
+    parser.add_argument(
+        "--steps",
+        choices=["eager", "static", "compiled"],
+        default="eager",
+        help="how the steps after the prompt run, as SKYEYE_DECODING__STEPS (default eager)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     images = [scene.image for scene in held_out_scenes(args.images, args.seed)]
     embeds = VisionEncoder.load(args.model).encode(images)
-    decoder = TextDecoder.load(args.model)
+    decoder = TextDecoder.load(args.model, steps=args.steps)
     tiles = [embeds[i % len(images)] for i in range(args.tiles)]
 
     seconds: dict[str, float] = {}
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         "tasks_per_tile": len(TASKS),
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
+        "steps": args.steps,
         "no_reuse_tasks_per_s": rates["no_reuse"],
         "reuse_tasks_per_s": rates["reuse"],
         "batched_tasks_per_s": rates["batched"],
@@ -110,7 +121,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{args.tiles} tiles x {len(TASKS)} tasks, {args.max_new_tokens} new tokens")
+        print(
+            f"{args.tiles} tiles x {len(TASKS)} tasks, {args.max_new_tokens} new tokens, "
+            f"{args.steps} steps"
+        )
         print(f"{'mode':<20}{'tasks/s':>10}")
         for name in MODES:
             print(f"{LABELS[name]:<20}{rates[name]:>10.1f}")

@@ -2,9 +2,11 @@
 
 EVA ViT-g/14 at 448 px + ln_vision + 1x4 merge + llama_proj, and a Llama-2-7B-shaped decoder,
 built directly on the device in bf16 (random weights: throughput does not depend on the values).
-Prints, at each batch size: encoder images/s; decoder tokens/s over the tasks of one tile, with
-the shared image prefix computed once (the serving path) and without (every row prefilled in
-full); the time to the first token; and the peak device memory of that batch.
+Prints, at each batch size: encoder images/s and its share of the card's peak; decoder tokens/s
+over the tasks of one tile, with the shared image prefix computed once (the serving path), each
+way of stepping asked for (``--steps``: the growing cache, or the static one compiled with CUDA
+graphs), against the memory-bandwidth bound (every step reads all the weights), and without the
+prefix reused; the time to the first token; and the peak device memory of that batch.
 
     python bench/gpu_model.py                 # on a CUDA machine, the published dimensions
     python bench/gpu_model.py --tiny --device cpu --batches 1 2   # a quick check anywhere
@@ -21,12 +23,18 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import LlamaForCausalLM
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from skyeye.model import TextDecoder, prompts
 from skyeye.model.architecture import VisionStage, llama_config
 from skyeye.model.config import ModelConfig
 from skyeye.model.vocabulary import tiny_tokenizer
+from skyeye.settings import DecodeSteps
+
+# The issue's figures: usable bf16 dense TFLOP/s, and memory bandwidth in TB/s, by card.
+PEAK_TFLOPS = 790.0
+BANDWIDTH_TBS = {"H100": 3.35, "H200": 4.8}
 
 TASKS = [
     prompts.caption(),
@@ -60,7 +68,9 @@ def _decode(
     produced: list[int],
 ) -> None:
     # random weights may stop a row early at EOS: count what was really decoded
-    ids = decoder.generate_ids(embeds, instructions, new_tokens, reuse_prefix=reuse_prefix)
+    ids = decoder.generate_ids(
+        embeds, instructions, max_new_tokens=new_tokens, reuse_prefix=reuse_prefix
+    )
     produced.append(sum(len(row) for row in ids))
 
 
@@ -72,7 +82,7 @@ def _peak_gib(device: torch.device) -> float | None:
 
 def _build(
     config: ModelConfig, device: torch.device, dtype: torch.dtype
-) -> tuple[VisionStage, LlamaForCausalLM, TextDecoder, float]:
+) -> tuple[VisionStage, LlamaForCausalLM, PreTrainedTokenizerBase, float]:
     """Build the encoder and decoder with random weights; returns them and the seconds taken."""
     tokenizer = tiny_tokenizer()  # ids fit any vocabulary; the text is irrelevant here
     torch.manual_seed(0)
@@ -91,12 +101,12 @@ def _build(
         llm = LlamaForCausalLM(llm_cfg).eval()
     torch.set_default_dtype(torch.float32)
     built = time.perf_counter() - built
-    return vision, llm, TextDecoder(config, llm, tokenizer), built
+    return vision, llm, tokenizer, built
 
 
 def _measure(
     vision: VisionStage,
-    decoder: TextDecoder,
+    decoders: dict[DecodeSteps, TextDecoder],
     batch: int,
     *,
     size: int,
@@ -104,29 +114,52 @@ def _measure(
     dtype: torch.dtype,
     new_tokens: int,
     repeats: int,
+    bound_steps_per_s: float | None,
+    image_flops: int,
 ) -> dict[str, float | int | None]:
-    """One row of the report: encoder and decoder speed at ``batch``, and the peak memory."""
+    """One row of the report: encoder and decoder speed at ``batch``, and the peak memory.
+
+    ``bound_steps_per_s``: decoding steps a second if each only read the weights at the card's
+    bandwidth; ``image_flops``: one image's encoder FLOPs.
+    """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
     with torch.inference_mode():
-        enc_s = _timed(lambda p=pixels: vision(p), device, repeats)
+        enc_s = _timed(functools.partial(vision, pixels), device, repeats)
         embeds = vision(pixels[:1])[0]
     instructions = [TASKS[i % len(TASKS)] for i in range(batch)]
     row: dict[str, float | int | None] = {
         "batch": batch,
         "encoder_images_per_s": round(batch / enc_s, 2),
+        "encoder_share_of_peak": round(batch * image_flops / enc_s / (PEAK_TFLOPS * 1e12), 3),
+        "decoder_bound_tokens_per_s": (
+            None if bound_steps_per_s is None else round(batch * bound_steps_per_s, 1)
+        ),
     }
-    for reuse in (True, False):
+    eager = decoders["eager"]
+    runs = [(steps, True, decoder) for steps, decoder in decoders.items()]
+    for steps, reuse, decoder in [*runs, ("eager", False, eager)]:
         produced: list[int] = []
         decode = functools.partial(
             _decode, decoder, embeds, instructions, new_tokens, reuse, produced
         )
+        first_s = time.perf_counter()
+        decode()  # the first call of a shape: compiles, for compiled steps
+        _sync(device)
+        first_s = time.perf_counter() - first_s
         dec_s = _timed(decode, device, repeats)
         key = "decoder_tokens_per_s" + ("" if reuse else "_no_reuse")
+        if steps != "eager":
+            key += f"_{steps}"
+            row[f"decoder_first_call_s_{steps}"] = round(first_s, 1)
         row[key] = round(produced[-1] / dec_s, 1)
+        if reuse and bound_steps_per_s is not None:
+            row[key.replace("tokens_per_s", "share_of_bound")] = round(
+                produced[-1] / dec_s / (batch * bound_steps_per_s), 3
+            )
     row["decoder_tokens_per_call"] = produced[-1]
-    first = functools.partial(_decode, decoder, embeds, instructions, 1, True, [])
+    first = functools.partial(_decode, eager, embeds, instructions, 1, True, [])
     row["first_token_ms"] = round(1000 * _timed(first, device, repeats), 1)
     row["peak_memory_gib"] = _peak_gib(device)
     return row
@@ -137,13 +170,25 @@ def _print_table(report: dict[str, Any], dtype: str) -> None:
     print(
         f"{report['config']} model on {report['device']} ({dtype}, attention "
         f"{report['attention']}), built in {report['build_s']} s, weights "
-        f"{report['weights_gib']} GiB; torch {report['torch']}, "
-        f"transformers {report['transformers']}"
+        f"{report['weights_gib']} GiB ({report['llm_weight_bytes'] / 1e9:.2f} GB of Llama "
+        f"weights read per step); bandwidth {report['bandwidth_tbs']} TB/s, peak {PEAK_TFLOPS} "
+        f"TFLOP/s; torch {report['torch']}, transformers {report['transformers']}"
     )
     columns = [
         ("batch", "batch"),
         ("encoder img/s", "encoder_images_per_s"),
-        ("decoder tok/s", "decoder_tokens_per_s"),
+        ("of peak", "encoder_share_of_peak"),
+        ("bound tok/s", "decoder_bound_tokens_per_s"),
+    ]
+    for steps in report["steps"]:
+        suffix = "" if steps == "eager" else f"_{steps}"
+        columns += [
+            (f"{steps} tok/s", f"decoder_tokens_per_s{suffix}"),
+            ("of bound", f"decoder_share_of_bound{suffix}"),
+        ]
+        if steps != "eager":
+            columns.append(("first call s", f"decoder_first_call_s{suffix}"))
+    columns += [
         ("no reuse tok/s", "decoder_tokens_per_s_no_reuse"),
         ("tokens/call", "decoder_tokens_per_call"),
         ("first token ms", "first_token_ms"),
@@ -151,7 +196,15 @@ def _print_table(report: dict[str, Any], dtype: str) -> None:
     ]
     print("  ".join(f"{title:>{len(title)}}" for title, _ in columns))
     for r in report["rows"]:
-        print("  ".join(f"{r[key]!s:>{len(title)}}" for title, key in columns))
+        print("  ".join(f"{r.get(key)!s:>{len(title)}}" for title, key in columns))
+
+
+def _bandwidth_tbs(device: torch.device, given: float | None) -> float | None:
+    """The card's memory bandwidth: as given, else the issue's figure for its name."""
+    if given is not None or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((tbs for card, tbs in BANDWIDTH_TBS.items() if card in name), None)
 
 
 def main() -> None:
@@ -163,25 +216,46 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per row")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--steps",
+        nargs="+",
+        default=["eager", "compiled"],
+        choices=["eager", "static", "compiled"],
+        help="ways of stepping the decoder to time (SKYEYE_DECODING__STEPS); eager always runs",
+    )
+    parser.add_argument(
+        "--bandwidth-tbs",
+        type=float,
+        help="the card's memory bandwidth for the bound (default: 3.35 on an H100, 4.8 on an "
+        "H200, none elsewhere)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     config = ModelConfig.tiny() if args.tiny else ModelConfig.published()
-    vision, llm, decoder, built = _build(config, device, dtype)
+    vision, llm, tokenizer, built = _build(config, device, dtype)
     weights_gib = _peak_gib(device)
     size = config.vision.image_size
+    steps: list[DecodeSteps] = ["eager", *(s for s in args.steps if s != "eager")]
+    decoders = {s: TextDecoder(config, llm, tokenizer, steps=s) for s in steps}
+    llm_bytes = sum(p.numel() * p.element_size() for p in llm.parameters())
+    bandwidth = _bandwidth_tbs(device, args.bandwidth_tbs)
+    with torch.inference_mode(), FlopCounterMode(display=False) as flops:
+        vision(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
     rows = [
         _measure(
             vision,
-            decoder,
+            decoders,
             batch,
             size=size,
             device=device,
             dtype=dtype,
             new_tokens=args.new_tokens,
             repeats=args.repeats,
+            bound_steps_per_s=None if bandwidth is None else bandwidth * 1e12 / llm_bytes,
+            image_flops=flops.get_total_flops(),
         )
         for batch in args.batches
     ]
@@ -197,6 +271,10 @@ def main() -> None:
         },
         "build_s": round(built, 1),
         "weights_gib": weights_gib,
+        "llm_weight_bytes": llm_bytes,
+        "encoder_flop_per_image": flops.get_total_flops(),
+        "bandwidth_tbs": bandwidth,
+        "steps": steps,
         "rows": rows,
     }
     if args.json:

@@ -136,10 +136,9 @@ class LlmDecoderDeployment:
         _configure_threads(stage)
         telemetry.setup("skyeye-decoder", home)
         self._decoder = TextDecoder.load(
-            Path(model_dir), device=device, double_bos=decoding.double_bos
+            Path(model_dir), device=device, double_bos=decoding.double_bos, steps=decoding.steps
         )
-        # The prompt's form is the decoder's own; the rest is how each call decodes.
-        self._decoding = decoding.model_dump(exclude={"double_bos"})
+        self._decoding = decoding.call_options()
         self.generate.set_max_batch_size(stage.max_batch_size)
         self.generate.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 

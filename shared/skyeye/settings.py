@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -19,6 +19,18 @@ from skyeye.contracts import MAX_CLIP_FRAMES
 
 # skyeye-tiny, trained by `skyeye model train` and shipped in the package (docs/skyeye-tiny.md).
 PACKAGED_MODEL = Path(__file__).parent / "model" / "weights" / "skyeye-tiny"
+
+
+DecodeSteps = Literal["eager", "static", "compiled"]
+"""How the decoding steps after the prompt run.
+
+``eager``: on a key/value cache that grows with the answer, one eager forward per step.
+``static``: on a preallocated cache of fixed shapes (rows rounded up to a multiple of 8, length
+up to a multiple of 128), still eager: the same answers, in the layout compiling needs.
+``compiled``: ``static`` with each step's forward through ``torch.compile`` (``reduce-overhead``:
+CUDA graphs on a GPU, so a step is one launch instead of hundreds). Each new shape compiles once,
+tens of seconds; later batches of that shape reuse it. See ``skyeye.model.decoder``.
+"""
 
 
 class DeploymentSettings(BaseModel):
@@ -87,6 +99,18 @@ class DecodingSettings(BaseModel):
         "published figures; off: one BOS, as Llama-2 and skyeye-tiny were trained "
         "(docs/published-model.md)",
     )
+    steps: DecodeSteps = Field(
+        "eager",
+        description="how the steps after the prompt run: eager, on a key/value cache that "
+        "grows; static, on a preallocated cache of fixed shapes; compiled, static through "
+        "torch.compile (CUDA graphs on a GPU; each new batch shape compiles once, tens of "
+        "seconds). The answers are the same; compiled is meant for GPUs (on 2 CPU cores it "
+        "gains nothing: bench/README.md)",
+    )
+
+    def call_options(self) -> dict[str, Any]:
+        """What each decoding call takes: all but the decoder's own ``double_bos`` and ``steps``."""
+        return self.model_dump(exclude={"double_bos", "steps"})
 
 
 class ClipSettings(BaseModel):

@@ -66,12 +66,13 @@ def test_the_decoder_decodes_a_serve_batch_in_one_call(
     build_tiny_model(tmp_path / "model", seed=0)
     monkeypatch.setattr(inference.telemetry, "setup", lambda *_: None)
     deployment_class = inference.LlmDecoderDeployment.func_or_class
-    decoding = DecodingSettings(max_new_tokens=6, double_bos=True)
+    decoding = DecodingSettings(max_new_tokens=6, double_bos=True, steps="static")
     deployment = deployment_class(
         str(tmp_path / "model"), "cpu", DeploymentSettings(), decoding, tmp_path
     )
     decoder: TextDecoder = deployment._decoder
-    assert decoder.double_bos  # the prompt's form reaches the decoder, not each call
+    # the prompt's form and the way of stepping reach the decoder, not each call
+    assert decoder.double_bos and decoder.steps == "static"
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(3)]
     embeds = VisionEncoder.load(tmp_path / "model").encode(images)

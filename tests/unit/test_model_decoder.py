@@ -8,7 +8,12 @@ from transformers import GenerationConfig
 from skyeye.lab.world import held_out_scenes
 from skyeye.model import TextDecoder, VisionEncoder, build_tiny_model, prompts
 from skyeye.model.answers import Box
-from skyeye.model.decoder import IMAGE_TOKEN, _common_prefix_length, _ReservedLayer
+from skyeye.model.decoder import (
+    IMAGE_TOKEN,
+    DecodeOptions,
+    _common_prefix_length,
+    _ReservedLayer,
+)
 from skyeye.settings import PACKAGED_MODEL
 
 INSTRUCTIONS = [
@@ -438,3 +443,48 @@ def test_reserved_cache_layer_appends_in_place_and_follows_other_changes() -> No
     before = keys
     keys, _ = layer.update(keys3, values3)
     assert torch.equal(keys, torch.cat([before, keys3], dim=-2))
+
+
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_static_steps_give_the_answers_of_growing_steps(
+    model_dir: Path, frames: torch.Tensor, reuse_prefix: bool
+) -> None:
+    """Static caches of several shapes (8 and 16 rows, two lengths), grown and reused."""
+    growing, static = TextDecoder.load(model_dir), TextDecoder.load(model_dir, steps="static")
+    calls = [
+        # 6 rows (8 with the spares), then 1 row (8), then 12 rows: the 8-row buffer grows to 16
+        [(frames[0], INSTRUCTIONS)],
+        [(frames[1], [prompts.caption()])],
+        [(frames[0], INSTRUCTIONS), (frames[2], INSTRUCTIONS)],
+        # three frames and more new tokens: a longer static cache
+        [(frames, [prompts.video_caption(), prompts.vqa("Is the car moving?")])],
+        # the first shape again, other images: its cache is reused
+        [(frames[2], INSTRUCTIONS)],
+    ]
+    for items in calls:
+        options: DecodeOptions = {"max_new_tokens": 10, "reuse_prefix": reuse_prefix}
+        if len(items[0][1]) == 2:
+            options["max_new_tokens"] = 140
+        assert static.generate_ids_many(items, **options) == growing.generate_ids_many(
+            items, **options
+        )
+    assert static._static is not None
+    # growing the 384 buffer to 16 rows dropped the caches viewing the old one; 8 rows came back
+    assert sorted(static._static._caches) == [(8, 384), (8, 1024), (16, 384)]
+    assert static._static._buffers[384][0][0].shape[0] == 16
+    with_penalty: DecodeOptions = {"max_new_tokens": 12, "repetition_penalty": 1.5}
+    assert static.generate_ids(frames[0], INSTRUCTIONS, **with_penalty) == growing.generate_ids(
+        frames[0], INSTRUCTIONS, **with_penalty
+    )
+
+
+def test_compiled_steps_give_the_same_answers_and_compile_once_per_shape(
+    model_dir: Path, frames: torch.Tensor
+) -> None:
+    """torch.compile's CPU backend (inductor): a shape's second batch recompiles nothing."""
+    growing, compiled = TextDecoder.load(model_dir), TextDecoder.load(model_dir, steps="compiled")
+    first = [(frames[0], INSTRUCTIONS[:3])]
+    assert compiled.generate_ids_many(first) == growing.generate_ids_many(first)
+    other = [(frames[1], INSTRUCTIONS[3:]), (frames[2], [prompts.caption()])]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert compiled.generate_ids_many(other) == growing.generate_ids_many(other)

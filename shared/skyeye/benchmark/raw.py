@@ -43,9 +43,10 @@ class BareModel:
         decoding = settings.decoding
         return cls(
             VisionEncoder.load(path, device=device),
-            TextDecoder.load(path, device=device, double_bos=decoding.double_bos),
-            # the prompt's form is the decoder's own; the rest is how each call decodes
-            decoding.model_dump(exclude={"double_bos"}),
+            TextDecoder.load(
+                path, device=device, double_bos=decoding.double_bos, steps=decoding.steps
+            ),
+            decoding.call_options(),
         )
 
     def encode(self, images: list[np.ndarray], batch: int) -> list[torch.Tensor]:

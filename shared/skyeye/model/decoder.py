@@ -8,15 +8,19 @@ rows; only the rows' own suffixes are batched, padded and masked so that each ro
 exactly as it would be alone. Several images are decoded together
 (:meth:`TextDecoder.generate_many`): their prefixes run as one left-padded batch, then all their
 rows as one batch. The plain path (``reuse_prefix=False``) left-pads whole prompts, as MiniGPT-v2
-does. Decoding is our own loop over ``transformers``' logits processors rather than ``generate``:
-``generate`` cannot continue a batch from a shared cache with padding inside the sequence, and it
-fills every setting left unset from the checkpoint's own ``generation_config.json``.
+does. The steps after the prompt run on a growing key/value cache by default, or on a static one
+of fixed shapes, optionally compiled with ``torch.compile`` (CUDA graphs on a GPU): see
+:data:`~skyeye.settings.DecodeSteps`. Decoding is our own loop over ``transformers``' logits
+processors rather than ``generate``: ``generate`` cannot continue a batch from a shared cache with
+padding inside the sequence, and it fills every setting left unset from the checkpoint's own
+``generation_config.json``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
@@ -31,13 +35,15 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from skyeye.model import checkpoint
 from skyeye.model.config import ModelConfig
 from skyeye.model.prompts import IMAGE_PLACEHOLDER, wrap
+from skyeye.settings import DecodeSteps
 
 __all__ = ["IMAGE_TOKEN", "DecodeOptions", "PromptBatch", "TextDecoder"]
+
 
 # Marks image positions in PromptBatch.token_ids (never a real token id).
 IMAGE_TOKEN = -1
@@ -48,6 +54,22 @@ _END_OF_PROMPT = "[/INST]"
 # ones; training draws from under a hundred), and tokenizing one took about a millisecond of host
 # time (world instructions, 2-core CPU), which a GPU step would otherwise wait on.
 _CACHED_PROMPTS = 1024
+
+# A static cache's length is the prompt and the answer rounded up to a multiple of this, so
+# prompts of similar length share one compiled step.
+_LENGTH_STEP = 128
+
+# And its rows to a multiple of this: few spare rows (powers of two left up to a third of a
+# 48-row batch spare, which cost a third more time on the CPU) and few shapes.
+_ROWS_STEP = 8
+
+# Shapes a compiled step may compile for (each rows x length bucket is one): more than a
+# deployment's batches take (16 row counts up to 128 rows, times a few lengths); dynamo's
+# limit over all code is 256 as well.
+_SHAPES_COMPILED = 256
+
+# A static cache layer, and the keys and values it views.
+_Viewed = tuple[StaticLayer, torch.Tensor, torch.Tensor]
 
 # One prompt, unpadded: its token ids (IMAGE_TOKEN at image positions) and input embeddings.
 _Row = tuple[list[int], torch.Tensor]
@@ -119,6 +141,112 @@ class _Cache(Cache):
         for layer in self._reserving:
             layer.reserve(extra)
 
+    def held(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys and values, (rows, heads, positions, head size)."""
+        held = []
+        for layer in self._reserving:
+            if layer.keys is None or layer.values is None:
+                raise RuntimeError("the cache holds nothing yet")
+            held.append((layer.keys, layer.values))
+        return held
+
+
+class _StaticSteps:
+    """Decoding steps on preallocated key/value caches of fixed shapes, optionally compiled.
+
+    A call's rows are rounded up to a multiple of :data:`_ROWS_STEP` and its length (prompt and
+    answer) to a multiple of :data:`_LENGTH_STEP`. Each such shape has a cache that lives as long
+    as the decoder, so a compiled step (and its CUDA graphs) sees the same tensors every time. The
+    caches of one length are views of one buffer, sized for the most rows asked so far: a smaller
+    shape's rows are its first rows. Spare rows repeat row 0's attention; their logits are
+    dropped.
+    """
+
+    def __init__(self, llm: LlamaForCausalLM, *, compiled: bool) -> None:
+        self._llm = llm
+        self._step: Callable[..., torch.Tensor] = (
+            torch.compile(_next_logits, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            if compiled
+            else _next_logits
+        )
+        # by length: each layer's keys and values buffer
+        self._buffers: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # by (rows, length): the cache, and each layer with the keys and values it views
+        self._caches: dict[tuple[int, int], tuple[Cache, list[_Viewed]]] = {}
+
+    def start(
+        self, prompt: _Cache, attention_mask: torch.Tensor, max_new_tokens: int, pad_id: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Copy the prompt's cache into the static cache of its shape; the step function.
+
+        The step takes each row's new token id and returns each row's next logits, in fp32.
+        """
+        rows, length = attention_mask.shape
+        padded = -(-rows // _ROWS_STEP) * _ROWS_STEP
+        room = -(-(length + max_new_tokens) // _LENGTH_STEP) * _LENGTH_STEP
+        held = prompt.held()
+        cache, layers = self._cache(padded, room, held[0][0])
+        for (keys, values), (layer, keys_room, values_room) in zip(held, layers, strict=True):
+            keys_room[:rows, :, :length] = keys
+            values_room[:rows, :, :length] = values
+            layer.cumulative_length.fill_(length)
+        mask = attention_mask.new_zeros((padded, room))
+        mask[:, :length] = attention_mask[0]
+        mask[:rows, :length] = attention_mask
+        positions = _positions(mask[:, :length])[:, -1:].clone()
+        ids = torch.full((padded, 1), pad_id, dtype=torch.long, device=attention_mask.device)
+        written = length
+
+        def step(next_ids: torch.Tensor) -> torch.Tensor:
+            nonlocal written
+            mask[:, written] = 1
+            positions.add_(1)
+            ids[:rows, 0] = next_ids
+            written += 1
+            # A new run of the CUDA graphs, which reuses their outputs: the last step's logits
+            # are used up, and these are copied out.
+            torch.compiler.cudagraph_mark_step_begin()
+            # every shape is one more compilation of the same code, past dynamo's default
+            # limit of 8 (beyond which it would fall back to eager for good)
+            with torch._dynamo.config.patch(recompile_limit=_SHAPES_COMPILED):
+                logits = self._step(self._llm, cache, mask, positions, input_ids=ids)
+            return logits[:rows].clone()
+
+        return step
+
+    def _cache(self, rows: int, room: int, like: torch.Tensor) -> tuple[Cache, list[_Viewed]]:
+        """The static cache of ``rows`` x ``room``; its length's buffer grows to ``rows``."""
+        buffers = self._buffers.get(room)
+        if buffers is None or buffers[0][0].shape[0] < rows:
+            shape = (rows, like.shape[1], room, like.shape[3])
+            buffers = [
+                (like.new_zeros(shape), like.new_zeros(shape))
+                for _ in range(self._llm.config.num_hidden_layers)
+            ]
+            self._buffers[room] = buffers
+            # the caches of this length viewed the old buffer: made again when next asked for
+            self._caches = {key: c for key, c in self._caches.items() if key[1] != room}
+        if (rows, room) not in self._caches:
+            layers = [
+                (_view_layer(keys[:rows], values[:rows]), keys[:rows], values[:rows])
+                for keys, values in buffers
+            ]
+            self._caches[(rows, room)] = (Cache(layers=[layer for layer, _, _ in layers]), layers)
+        return self._caches[(rows, room)]
+
+
+def _view_layer(keys: torch.Tensor, values: torch.Tensor) -> StaticLayer:
+    """A transformers static cache layer over the given tensors instead of its own."""
+    layer = StaticLayer(max_cache_len=keys.shape[2])
+    # sets the layer's device, sizes and position counter (allocating a buffer of its own,
+    # which the views replace)
+    layer.lazy_initialization(keys[:, :, :0], values[:, :, :0])
+    layer.keys, layer.values = keys, values
+    # a compiled step's CUDA graphs read and write them in place
+    torch._dynamo.mark_static_address(keys)
+    torch._dynamo.mark_static_address(values)
+    return layer
+
 
 class DecodeOptions(TypedDict, total=False):
     """How to decode, as :meth:`TextDecoder.generate_ids_many` takes it (its defaults apply)."""
@@ -148,6 +276,9 @@ class TextDecoder:
     Each prompt starts with one BOS token, as Llama-2 and skyeye-tiny were trained. With
     ``double_bos`` it starts with two, as MiniGPT-v2's evaluation prompt does (its template's
     literal ``<s>`` after the tokenizer's own BOS): for comparing with the published figures.
+    ``steps`` says how the steps after the prompt run (:data:`~skyeye.settings.DecodeSteps`);
+    whichever way, the answers are the same. A decoder decodes one call at a time; concurrent
+    calls wait their turn.
     """
 
     def __init__(
@@ -157,6 +288,7 @@ class TextDecoder:
         tokenizer: PreTrainedTokenizerBase,
         *,
         double_bos: bool = False,
+        steps: DecodeSteps = "eager",
     ) -> None:
         self.config = config
         self.llm = llm
@@ -175,6 +307,10 @@ class TextDecoder:
         # finished rows are cut at EOS, so the pad id only has to be a valid id.
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
         self._segment_ids = functools.lru_cache(maxsize=_CACHED_PROMPTS)(self._tokenize)
+        self.steps: DecodeSteps = steps
+        self._static = None if steps == "eager" else _StaticSteps(llm, compiled=steps == "compiled")
+        # the static caches are shared by every call
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -184,15 +320,17 @@ class TextDecoder:
         dtype: torch.dtype | None = None,
         *,
         double_bos: bool = False,
+        steps: DecodeSteps = "eager",
     ) -> TextDecoder:
         """The language stage from a model folder, in ``dtype`` or else the device's default.
 
-        ``double_bos``: two BOS tokens per prompt, as MiniGPT-v2's evaluation (see the class).
+        ``double_bos``: two BOS tokens per prompt, as MiniGPT-v2's evaluation (see the class);
+        ``steps``: how the steps after the prompt run (:data:`~skyeye.settings.DecodeSteps`).
         """
         config, llm, tokenizer = checkpoint.load_llm(
             path, device, dtype or checkpoint.default_dtype(device)
         )
-        return cls(config, llm, tokenizer, double_bos=double_bos)
+        return cls(config, llm, tokenizer, double_bos=double_bos, steps=steps)
 
     @property
     def device(self) -> torch.device:
@@ -351,22 +489,28 @@ class TextDecoder:
         if repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
         processors = _logits_processors(do_sample, temperature, top_p, top_k, repetition_penalty)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             groups = [self._rows(embeds, instructions) for embeds, instructions in asked]
             cache = _Cache(self.llm.config.num_hidden_layers)
             if reuse_prefix:
                 logits, attention_mask = self._prefill_shared(groups, cache)
             else:
                 batch = self._left_pad([row for rows in groups for row in rows])
-                logits = self._forward(
+                logits = _next_logits(
+                    self.llm,
                     cache,
                     batch.attention_mask,
                     _positions(batch.attention_mask),
                     inputs_embeds=batch.inputs_embeds,
                 )
                 attention_mask = batch.attention_mask
+            if self._static is None:
+                step = self._growing_steps(attention_mask, cache, max_new_tokens)
+            else:
+                step = self._static.start(cache, attention_mask, max_new_tokens, self.pad_id)
+                del cache  # copied: the prompt's own cache is not needed any more
             generated = self._continue(
-                logits, attention_mask, cache, max_new_tokens, processors, do_sample, generator
+                logits, step, max_new_tokens, processors, do_sample, generator
             )
         # A finished row is filled with the pad id (which may be EOS) up to the longest row.
         answers = iter(
@@ -391,7 +535,8 @@ class TextDecoder:
         prefixes = self._left_pad(
             [(rows[0][0][:n], rows[0][1][:n]) for rows, n in zip(groups, shared, strict=True)]
         )
-        self._forward(
+        _next_logits(
+            self.llm,
             cache,
             prefixes.attention_mask,
             _positions(prefixes.attention_mask),
@@ -412,7 +557,8 @@ class TextDecoder:
         attention_mask = torch.cat(
             [prefixes.attention_mask.index_select(0, owner), suffixes.attention_mask], dim=1
         )
-        logits = self._forward(
+        logits = _next_logits(
+            self.llm,
             cache,
             attention_mask,
             _positions(attention_mask)[:, prefixes.attention_mask.shape[1] :],
@@ -420,47 +566,44 @@ class TextDecoder:
         )
         return logits, attention_mask
 
-    def _forward(
-        self,
-        cache: _Cache,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        *,
-        inputs_embeds: torch.Tensor | None = None,
-        input_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Extend the cache by the given positions; the next-token logits of each row, in fp32."""
-        output = self.llm(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        return output.logits[:, -1].to(dtype=torch.float32)
+    def _growing_steps(
+        self, attention_mask: torch.Tensor, cache: _Cache, max_new_tokens: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The step function of the ``eager`` way: each row's new token id -> its next logits."""
+        # Each step but the last adds one position.
+        cache.reserve(max_new_tokens - 1)
+        mask = attention_mask
+
+        def step(next_ids: torch.Tensor) -> torch.Tensor:
+            nonlocal mask
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            return _next_logits(
+                self.llm, cache, mask, _positions(mask)[:, -1:], input_ids=next_ids[:, None]
+            )
+
+        return step
 
     def _continue(
         self,
         logits: torch.Tensor,
-        attention_mask: torch.Tensor,
-        cache: _Cache,
+        step: Callable[[torch.Tensor], torch.Tensor],
         max_new_tokens: int,
         processors: LogitsProcessorList,
         do_sample: bool,
         generator: torch.Generator | None,
     ) -> list[list[int]]:
-        """The decoding loop of ``transformers`` ``generate`` (greedy or multinomial sampling)."""
+        """The decoding loop of ``transformers`` ``generate`` (greedy or multinomial sampling).
+
+        ``logits`` are each row's first; ``step`` takes each row's new token id and returns its
+        next logits.
+        """
         batch = logits.shape[0]
-        # Each step but the last adds one position.
-        cache.reserve(max_new_tokens - 1)
         # Only new tokens, as generate sees them when given just inputs_embeds: a repetition
         # penalty applies to every new token and never to the prompt, as with MiniGPT-v2's
         # transformers 4.30 (5.x generate also exempts a left-padded row's first new tokens).
         generated = torch.empty((batch, 0), dtype=torch.long, device=self.device)
         unfinished = torch.ones(batch, dtype=torch.bool, device=self.device)
-        for step in range(max_new_tokens):
+        for done in range(max_new_tokens):
             # transformers annotates input_ids as the legacy torch.LongTensor class, which no
             # tensor has statically; ``generated`` is a long tensor
             scores = processors(generated, logits)  # type: ignore[arg-type]
@@ -472,15 +615,9 @@ class TextDecoder:
             next_ids = torch.where(unfinished, next_ids, self.pad_id)
             generated = torch.cat([generated, next_ids[:, None]], dim=1)
             unfinished &= next_ids != self.eos_id
-            if step + 1 == max_new_tokens or not bool(unfinished.any()):
+            if done + 1 == max_new_tokens or not bool(unfinished.any()):
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=1)
-            logits = self._forward(
-                cache,
-                attention_mask,
-                _positions(attention_mask)[:, -1:],
-                input_ids=next_ids[:, None],
-            )
+            logits = step(next_ids)
         return generated.tolist()
 
     def _decode(self, ids: list[int]) -> str:
@@ -488,6 +625,28 @@ class TextDecoder:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)  # type: ignore[assignment]
         # As MiniGPT-v2: an answer that restates the prompt keeps only what follows it.
         return text.split(_END_OF_PROMPT)[-1].strip()
+
+
+def _next_logits(
+    llm: LlamaForCausalLM,
+    cache: Cache,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    inputs_embeds: torch.Tensor | None = None,
+    input_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Extend the cache by the given positions; the next-token logits of each row, in fp32."""
+    output = llm(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return output.logits[:, -1].to(dtype=torch.float32)
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
