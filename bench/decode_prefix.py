@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     images = [scene.image for scene in held_out_scenes(args.images, args.seed)]
     embeds = VisionEncoder.load(args.model).encode(images)
     decoder = TextDecoder.load(args.model, steps=args.steps)
+    decoder.warm_up()  # compiled steps: compiles for every shape, as a replica does at start
     tiles = [embeds[i % len(images)] for i in range(args.tiles)]
 
     seconds: dict[str, float] = {}

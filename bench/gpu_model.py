@@ -145,7 +145,7 @@ def _measure(
             _decode, decoder, embeds, instructions, new_tokens, reuse, produced
         )
         first_s = time.perf_counter()
-        decode()  # the first call of a shape: compiles, for compiled steps
+        decode()  # the first call of a shape: records its CUDA graphs, for compiled steps
         _sync(device)
         first_s = time.perf_counter() - first_s
         dec_s = _timed(decode, device, repeats)
@@ -172,7 +172,8 @@ def _print_table(report: dict[str, Any], dtype: str) -> None:
         f"{report['attention']}), built in {report['build_s']} s, weights "
         f"{report['weights_gib']} GiB ({report['llm_weight_bytes'] / 1e9:.2f} GB of Llama "
         f"weights read per step); bandwidth {report['bandwidth_tbs']} TB/s, peak {PEAK_TFLOPS} "
-        f"TFLOP/s; torch {report['torch']}, transformers {report['transformers']}"
+        f"TFLOP/s; torch {report['torch']}, transformers {report['transformers']}; decoder "
+        f"warm-up (compiling) s: {report['warm_up_s']}"
     )
     columns = [
         ("batch", "batch"),
@@ -240,6 +241,12 @@ def main() -> None:
     size = config.vision.image_size
     steps: list[DecodeSteps] = ["eager", *(s for s in args.steps if s != "eager")]
     decoders = {s: TextDecoder(config, llm, tokenizer, steps=s) for s in steps}
+    warm_up_s = {}
+    for s, decoder in decoders.items():
+        started = time.perf_counter()
+        decoder.warm_up()  # compiles, for compiled steps, as a replica does when it starts
+        _sync(device)
+        warm_up_s[s] = round(time.perf_counter() - started, 1)
     llm_bytes = sum(p.numel() * p.element_size() for p in llm.parameters())
     bandwidth = _bandwidth_tbs(device, args.bandwidth_tbs)
     with torch.inference_mode(), FlopCounterMode(display=False) as flops:
@@ -275,6 +282,7 @@ def main() -> None:
         "encoder_flop_per_image": flops.get_total_flops(),
         "bandwidth_tbs": bandwidth,
         "steps": steps,
+        "warm_up_s": warm_up_s,
         "rows": rows,
     }
     if args.json:

@@ -139,6 +139,8 @@ class LlmDecoderDeployment:
             Path(model_dir), device=device, double_bos=decoding.double_bos, steps=decoding.steps
         )
         self._decoding = decoding.call_options()
+        # compiled steps compile here, before Serve sends this replica a batch
+        self._decoder.warm_up()
         self.generate.set_max_batch_size(stage.max_batch_size)
         self.generate.set_batch_wait_timeout_s(stage.batch_wait_timeout_s)
 

@@ -28,8 +28,9 @@ DecodeSteps = Literal["eager", "static", "compiled"]
 ``static``: on a preallocated cache of fixed shapes (rows rounded up to a multiple of 8, length
 up to a multiple of 128), still eager: the same answers, in the layout compiling needs.
 ``compiled``: ``static`` with each step's forward through ``torch.compile`` (``reduce-overhead``:
-CUDA graphs on a GPU, so a step is one launch instead of hundreds). Each new shape compiles once,
-tens of seconds; later batches of that shape reuse it. See ``skyeye.model.decoder``.
+CUDA graphs on a GPU, so a step is one launch instead of hundreds). It compiles at most three
+times (tens of seconds each): on the first batch, and when the rows and the length of a batch
+first differ from the first's. See ``skyeye.model.decoder``.
 """
 
 
@@ -103,9 +104,9 @@ class DecodingSettings(BaseModel):
         "eager",
         description="how the steps after the prompt run: eager, on a key/value cache that "
         "grows; static, on a preallocated cache of fixed shapes; compiled, static through "
-        "torch.compile (CUDA graphs on a GPU; each new batch shape compiles once, tens of "
-        "seconds). The answers are the same; compiled is meant for GPUs (on 2 CPU cores it "
-        "gains nothing: bench/README.md)",
+        "torch.compile (CUDA graphs on a GPU; compiles at most three times, tens of seconds "
+        "each, on the first batches). The answers are the same; compiled is meant for GPUs "
+        "(docs/published-model.md)",
     )
 
     def call_options(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ def test_the_gpu_model_bench_reports_every_figure_at_tiny_size() -> None:
     )
     report = json.loads(run.stdout)
     assert report["steps"] == ["eager", "static"] and report["bandwidth_tbs"] == 0.01
+    assert set(report["warm_up_s"]) == {"eager", "static"}
     assert report["llm_weight_bytes"] > 0 and report["encoder_flop_per_image"] > 0
     assert [row["batch"] for row in report["rows"]] == [1, 3]
     weights_read_s = report["llm_weight_bytes"] / 0.01e12

@@ -478,13 +478,20 @@ def test_static_steps_give_the_answers_of_growing_steps(
     )
 
 
-def test_compiled_steps_give_the_same_answers_and_compile_once_per_shape(
+def test_compiled_steps_warmed_up_give_the_same_answers_and_never_compile_again(
     model_dir: Path, frames: torch.Tensor
 ) -> None:
-    """torch.compile's CPU backend (inductor): a shape's second batch recompiles nothing."""
+    """torch.compile's CPU backend (inductor): after warm_up, no batch's shape compiles."""
     growing, compiled = TextDecoder.load(model_dir), TextDecoder.load(model_dir, steps="compiled")
-    first = [(frames[0], INSTRUCTIONS[:3])]
-    assert compiled.generate_ids_many(first) == growing.generate_ids_many(first)
-    other = [(frames[1], INSTRUCTIONS[3:]), (frames[2], [prompts.caption()])]
+    compiled.warm_up()
+    calls = [
+        [(frames[0], INSTRUCTIONS[:3])],  # 8 rows with the spares
+        [(frames[1], INSTRUCTIONS), (frames[2], INSTRUCTIONS[:5])],  # 16
+        # 24 rows and a three-frame item: a longer cache than any warm_up made
+        [(frames[2], INSTRUCTIONS), (frames[0], INSTRUCTIONS), (frames, [prompts.caption()])],
+        [(frames[:2], INSTRUCTIONS[:2]), (frames[0], INSTRUCTIONS)],  # two frames, 8 rows
+    ]
     with torch._dynamo.config.patch(error_on_recompile=True):
-        assert compiled.generate_ids_many(other) == growing.generate_ids_many(other)
+        for items in calls:
+            assert compiled.generate_ids_many(items) == growing.generate_ids_many(items)
+        TextDecoder.load(model_dir, steps="static").warm_up()  # nothing to compile

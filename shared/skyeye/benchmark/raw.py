@@ -41,13 +41,11 @@ class BareModel:
         """The configured model on the configured device, decoding as the deployment does."""
         path, device = settings.resolved_model_dir, settings.device
         decoding = settings.decoding
-        return cls(
-            VisionEncoder.load(path, device=device),
-            TextDecoder.load(
-                path, device=device, double_bos=decoding.double_bos, steps=decoding.steps
-            ),
-            decoding.call_options(),
+        decoder = TextDecoder.load(
+            path, device=device, double_bos=decoding.double_bos, steps=decoding.steps
         )
+        decoder.warm_up()  # as the deployment's replica does before its first batch
+        return cls(VisionEncoder.load(path, device=device), decoder, decoding.call_options())
 
     def encode(self, images: list[np.ndarray], batch: int) -> list[torch.Tensor]:
         """Each image's embeddings, from forward passes of at most ``batch`` images."""

@@ -39,7 +39,7 @@ from transformers.cache_utils import Cache, DynamicLayer, StaticLayer
 
 from skyeye.model import checkpoint
 from skyeye.model.config import ModelConfig
-from skyeye.model.prompts import IMAGE_PLACEHOLDER, wrap
+from skyeye.model.prompts import IMAGE_PLACEHOLDER, caption, wrap
 from skyeye.settings import DecodeSteps
 
 __all__ = ["IMAGE_TOKEN", "DecodeOptions", "PromptBatch", "TextDecoder"]
@@ -56,17 +56,12 @@ _END_OF_PROMPT = "[/INST]"
 _CACHED_PROMPTS = 1024
 
 # A static cache's length is the prompt and the answer rounded up to a multiple of this, so
-# prompts of similar length share one compiled step.
+# prompts of similar length share one cache (and, on a GPU, one recorded CUDA graph per rows).
 _LENGTH_STEP = 128
 
 # And its rows to a multiple of this: few spare rows (powers of two left up to a third of a
 # 48-row batch spare, which cost a third more time on the CPU) and few shapes.
 _ROWS_STEP = 8
-
-# Shapes a compiled step may compile for (each rows x length bucket is one): more than a
-# deployment's batches take (16 row counts up to 128 rows, times a few lengths); dynamo's
-# limit over all code is 256 as well.
-_SHAPES_COMPILED = 256
 
 # A static cache layer, and the keys and values it views.
 _Viewed = tuple[StaticLayer, torch.Tensor, torch.Tensor]
@@ -156,7 +151,10 @@ class _StaticSteps:
 
     A call's rows are rounded up to a multiple of :data:`_ROWS_STEP` and its length (prompt and
     answer) to a multiple of :data:`_LENGTH_STEP`. Each such shape has a cache that lives as long
-    as the decoder, so a compiled step (and its CUDA graphs) sees the same tensors every time. The
+    as the decoder, so a compiled step (and its CUDA graph for that shape) sees the same tensors
+    every time. The first shape compiles the step, the first other row count and the first other
+    length compile it again for any (three compilations at most); on a GPU each shape records
+    its own CUDA graph on its first batch (a few steps' time). The
     caches of one length are views of one buffer, sized for the most rows asked so far: a smaller
     shape's rows are its first rows. Spare rows repeat row 0's attention; their logits are
     dropped.
@@ -165,7 +163,9 @@ class _StaticSteps:
     def __init__(self, llm: LlamaForCausalLM, *, compiled: bool) -> None:
         self._llm = llm
         self._step: Callable[..., torch.Tensor] = (
-            torch.compile(_next_logits, mode="reduce-overhead", fullgraph=True, dynamic=False)
+            # dynamic shapes as torch decides: a shape whose rows or length differ from the
+            # first's compiles once more with that size left symbolic, for every later value
+            torch.compile(_next_logits, mode="reduce-overhead", fullgraph=True)
             if compiled
             else _next_logits
         )
@@ -206,11 +206,7 @@ class _StaticSteps:
             # A new run of the CUDA graphs, which reuses their outputs: the last step's logits
             # are used up, and these are copied out.
             torch.compiler.cudagraph_mark_step_begin()
-            # every shape is one more compilation of the same code, past dynamo's default
-            # limit of 8 (beyond which it would fall back to eager for good)
-            with torch._dynamo.config.patch(recompile_limit=_SHAPES_COMPILED):
-                logits = self._step(self._llm, cache, mask, positions, input_ids=ids)
-            return logits[:rows].clone()
+            return self._step(self._llm, cache, mask, positions, input_ids=ids)[:rows].clone()
 
         return step
 
@@ -356,6 +352,26 @@ class TextDecoder:
             for i, segment in enumerate(segments)
         )
         return ((*self._extra_bos, *first), *rest)
+
+    def warm_up(self) -> None:
+        """Compile the decoding steps for every batch to come; nothing unless ``compiled``.
+
+        Compiling takes tens of seconds, three times: for a first shape, for any number of
+        rows and for any length. Called where a replica starts, it keeps that wait off the
+        first batches. Runs one step on three dummy batches: one row (8 with the spares), 9 rows
+        (16), and one two-frame row (a longer cache).
+        """
+        if self._static is None or self.steps != "compiled":
+            return
+        frames = torch.zeros(
+            (2, self.config.max_image_tokens, self.config.llm.hidden_size), device=self.device
+        )
+        with self._lock, torch.inference_mode():
+            for embeds, rows in ((frames[0], 1), (frames[0], _ROWS_STEP + 1), (frames, 1)):
+                cache = _Cache(self.llm.config.num_hidden_layers)
+                logits, mask = self._prefill_shared([self._rows(embeds, [caption()] * rows)], cache)
+                step = self._static.start(cache, mask, 2, self.pad_id)
+                step(torch.argmax(logits, dim=-1))
 
     def prompt_batch(self, image_embeds: torch.Tensor, instructions: list[str]) -> PromptBatch:
         """The whole prompts, left-padded: the layout of the no-reuse path (and of MiniGPT-v2)."""
