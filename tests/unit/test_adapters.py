@@ -8,6 +8,7 @@ folder that does not exist. The real services are exercised by tests/integration
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -246,6 +247,17 @@ def test_serve_health_of_a_cluster_that_does_not_answer_is_unknown_and_leaves_no
     health = serve.app_health(Settings(ray_address="127.0.0.1:9"), timeout_s=5)
     assert (health.status, health.message) == ("unknown", "Ray did not answer within 5 s")
     # asked from a child process: this one never joined a cluster
+    assert not ray.is_initialized()
+
+
+def test_serve_health_stream_of_a_cluster_that_does_not_answer_ends_when_closed() -> None:
+    """Nothing listens at the address: no sample comes, and close() ends the wait for one."""
+    stream = serve.HealthStream(Settings(ray_address="127.0.0.1:9"), every_s=0.5)
+    closer = threading.Timer(2, stream.close)
+    closer.start()
+    assert list(stream) == []
+    closer.join()
+    stream.close()  # again: nothing left to stop
     assert not ray.is_initialized()
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import ray
 import ray.exceptions
@@ -161,16 +164,67 @@ def app_health(settings: Settings, timeout_s: float = 15.0) -> AppHealth:
         said = done.stderr.strip().splitlines() or [f"the asker exited with {done.returncode}"]
         log.info("serve status failed: %s", done.stderr.strip())
         return AppHealth("unknown", " ".join(said[-1].split())[:200])
-    answer = json.loads(lines[-1])
+    return _parsed(json.loads(lines[-1]))
+
+
+class HealthStream:
+    """Serve's view of the application every ``every_s`` seconds, for as long as it is read.
+
+    One child process joins the cluster once and asks Serve at each interval, so a sample costs
+    one call to Serve's controller, not a join (which takes seconds on a busy machine); this
+    process never becomes a driver, as with :func:`app_health`. Iterating gives (epoch seconds
+    when asked, health) until the child ends (it could not join, or the cluster went away) or
+    :meth:`close` is called, from any thread.
+    """
+
+    def __init__(self, settings: Settings, every_s: float) -> None:
+        if settings.ray_address is None:
+            raise ValueError("ray_address is unset; resolve the settings first")
+        command = [sys.executable, "-m", __name__, settings.ray_address, settings.serve_app]
+        # Ray's notices on joining and leaving are noise to the reader of the samples
+        self._child = subprocess.Popen(
+            [*command, str(every_s)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def __iter__(self) -> Iterator[tuple[float, AppHealth]]:
+        if self._child.stdout is None:
+            raise RuntimeError("the health child has no output")
+        with self._child.stdout as lines:
+            for line in lines:
+                answer = json.loads(line)
+                yield answer.pop("at"), _parsed(answer)
+        log.info("serve status stream ended (exit status %s)", self._child.wait())
+
+    def close(self) -> None:
+        """Stop the child (idempotent): its output ends, and so does the iteration."""
+        self._child.kill()
+        self._child.wait()
+
+
+def _parsed(answer: dict[str, Any]) -> AppHealth:
     deployments = [DeploymentHealth(**d) for d in answer.pop("deployments")]
     return AppHealth(**answer, deployments=deployments)
 
 
-def _report_health(address: str, app: str) -> None:
-    """The child of :func:`app_health`: join, print the health as one JSON line, leave."""
+def _report_health(address: str, app: str, every_s: float | None = None) -> None:
+    """The child of :func:`app_health` and :class:`HealthStream`: join, print, leave.
+
+    It prints the health as one JSON line, or with ``every_s`` one line every ``every_s``
+    seconds, with the time it was asked, until the parent goes away.
+    """
+    parent = os.getppid()
     _join(address)
     try:
-        print(json.dumps(asdict(_health(serve.status(), app))), flush=True)
+        while True:
+            asked = time.time()
+            health = asdict(_health(serve.status(), app))
+            print(json.dumps(health if every_s is None else {"at": asked, **health}), flush=True)
+            if every_s is None or os.getppid() != parent:
+                return
+            time.sleep(every_s)
     finally:
         ray.shutdown()
 
@@ -224,4 +278,4 @@ class Answers:
 
 
 if __name__ == "__main__":
-    _report_health(*sys.argv[1:3])
+    _report_health(sys.argv[1], sys.argv[2], float(sys.argv[3]) if sys.argv[3:] else None)

@@ -1,9 +1,10 @@
 """Serve's running replicas per deployment over time, sampled while the bench runs.
 
-Each sample is :func:`skyeye.adapters.serve.app_health`, which asks Serve from a child process
-(the bench, a CLI process, never becomes a Ray driver), as ``skyeye status`` does. Samples are
-taken back to back on a thread; one costs a child's start and its join of the cluster, so they
-come every few seconds on a busy 2-core machine, and the timeline says when each was taken.
+Samples come from :class:`skyeye.adapters.serve.HealthStream`: one child process (the bench, a
+CLI process, never becomes a Ray driver) joins the cluster once and asks Serve every
+:data:`_EVERY_S` seconds, read on a thread. (A child per sample, as ``skyeye status`` asks, cost
+a start and a join each: on a busy 2-core machine one sample came every 10-14 s, and a burst
+could pass between two.) A stream that ends (the cluster did not answer) is started again.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ __all__ = ["ReplicaWatch", "Replicas"]
 # going away)
 _STARTING = ("STARTING", "UPDATING", "RECOVERING")
 
-# a sample that takes longer is dropped: the cluster is too busy to answer, not a replica count
-_SAMPLE_TIMEOUT_S = 20.0
+# seconds between samples: finer than Serve's own autoscaling steps (its metrics come every
+# second in the bench, its delays are seconds)
+_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -47,32 +49,39 @@ class ReplicaWatch:
         self._samples: list[tuple[float, dict[str, Replicas]]] = []
         self._first = threading.Event()
         self._stop = threading.Event()
-        #: samples Serve did not answer, and what the last of them said
+        self._stream: serve_adapter.HealthStream | None = None
+        #: streams that ended without being stopped (the cluster did not answer)
         self.unanswered = 0
-        self.last_unanswered = ""
         self._thread = threading.Thread(target=self._run, name="replica-watch", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            asked = time.time()
-            health = serve_adapter.app_health(self._settings, timeout_s=_SAMPLE_TIMEOUT_S)
-            if health.status == "unknown":
-                self.unanswered += 1
-                self.last_unanswered = health.message
-                continue
-            # the status is read somewhere within the call: its middle is the best guess
-            taken = (asked + time.time()) / 2
-            replicas = {
-                d.name: Replicas(
-                    running=d.replicas.get("RUNNING", 0),
-                    starting=sum(d.replicas.get(state, 0) for state in _STARTING),
-                )
-                for d in health.deployments
-            }
+        while True:
             with self._lock:
-                self._samples.append((taken, replicas))
-            self._first.set()
+                # under the lock that stop() takes to close the stream: never one left running
+                if self._stop.is_set():
+                    return
+                stream = self._stream = serve_adapter.HealthStream(self._settings, _EVERY_S)
+            try:
+                for taken, health in stream:
+                    self._record(taken, health)
+                if not self._stop.is_set():
+                    self.unanswered += 1
+                    time.sleep(_EVERY_S)
+            finally:
+                stream.close()
+
+    def _record(self, taken: float, health: serve_adapter.AppHealth) -> None:
+        replicas = {
+            d.name: Replicas(
+                running=d.replicas.get("RUNNING", 0),
+                starting=sum(d.replicas.get(state, 0) for state in _STARTING),
+            )
+            for d in health.deployments
+        }
+        with self._lock:
+            self._samples.append((taken, replicas))
+        self._first.set()
 
     def wait_first(self, timeout_s: float) -> bool:
         """Whether a first sample came within ``timeout_s``."""
@@ -84,8 +93,11 @@ class ReplicaWatch:
             return dict(self._samples[-1][1]) if self._samples else {}
 
     def stop(self) -> list[tuple[float, dict[str, Replicas]]]:
-        """Stop sampling (the sample in flight is waited for); every sample taken."""
+        """Stop sampling; every sample taken."""
         self._stop.set()
-        self._thread.join(timeout=_SAMPLE_TIMEOUT_S + 5)
+        with self._lock:
+            if self._stream is not None:
+                self._stream.close()  # ends the thread's wait for the next line
+        self._thread.join(timeout=10)
         with self._lock:
             return list(self._samples)
