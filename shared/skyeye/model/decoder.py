@@ -154,10 +154,9 @@ class _StaticSteps:
     as the decoder, so a compiled step (and its CUDA graph for that shape) sees the same tensors
     every time. The first shape compiles the step, the first other row count and the first other
     length compile it again for any (three compilations at most); on a GPU each shape records
-    its own CUDA graph on its first batch (a few steps' time). The
-    caches of one length are views of one buffer, sized for the most rows asked so far: a smaller
-    shape's rows are its first rows. Spare rows repeat row 0's attention; their logits are
-    dropped.
+    its own CUDA graph on its first batch (a few steps' time). The caches of one length are
+    views of one buffer, sized for the most rows asked so far: a smaller shape's rows are its
+    first rows. Spare rows repeat row 0's attention; their logits are dropped.
     """
 
     def __init__(self, llm: LlamaForCausalLM, *, compiled: bool) -> None:
