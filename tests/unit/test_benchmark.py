@@ -122,6 +122,7 @@ def _figures() -> dict:
     return {
         "mode": "quick",
         "model": "skyeye-tiny",
+        "settings": {"decoding": {"steps": "compiled"}},
         "machine": {
             "platform": "Linux-x",
             "cpu_count": 2,
@@ -235,7 +236,8 @@ def test_the_report_words_every_figure() -> None:
     assert values["VisionEncoder replicas in a burst"] == "1 -> 2 -> 1"
     assert values["encoder_calls_per_tile"] == "1.00"
     assert values["pipeline CPU ms/tile, cores busy"] == "647, 83 %"
-    assert "no GPU" in report.heading(_figures())
+    heading = report.heading(_figures())
+    assert "no GPU" in heading and "skyeye-tiny (compiled decoding steps)" in heading
 
 
 def test_the_report_leaves_out_what_was_not_measured() -> None:

@@ -15,8 +15,10 @@ def heading(report: dict[str, Any]) -> str:
     """What ran on what: mode, model, machine and how busy it was."""
     m = report["machine"]
     gpu = m["gpu"] or "no GPU"
+    steps = report["settings"]["decoding"]["steps"]
     return (
-        f"skyeye bench ({report['mode']}): {report['model']} on {m['platform']}, "
+        f"skyeye bench ({report['mode']}): {report['model']} ({steps} decoding steps) on "
+        f"{m['platform']}, "
         f"{m['cpu_count']} CPUs, {m['memory_gib']} GiB, torch {m['torch']} "
         f"({m['torch_threads']} threads), {gpu}; 1-min load at start {m['load_1m_at_start']}"
     )
