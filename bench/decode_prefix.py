@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
+from skyeye.cli.arguments import count
 from skyeye.lab.world import held_out_scenes
 from skyeye.model import TextDecoder, VisionEncoder, prompts
+from skyeye.model.checkpoint import CheckpointError
 from skyeye.settings import PACKAGED_MODEL
 
 TASKS = [
@@ -67,13 +69,17 @@ def _run(
 def main(argv: list[str] | None = None) -> None:
     """Time decoding three ways (best of --repeats each); print tasks/s, speed-ups, agreement."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tiles", type=int, default=8, help="tiles per timed run (default 8)")
-    parser.add_argument("--images", type=int, default=3, help="distinct images, cycled (default 3)")
+    parser.add_argument("--tiles", type=count, default=8, help="tiles per timed run (default 8)")
     parser.add_argument(
-        "--max-new-tokens", type=int, default=20, help="tokens per answer (default 20)"
+        "--images", type=count, default=3, help="distinct images, cycled (default 3)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; best kept (default 3)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--max-new-tokens", type=count, default=20, help="tokens per answer (default 20)"
+    )
+    parser.add_argument(
+        "--repeats", type=count, default=3, help="timed runs; best kept (default 3)"
+    )
+    parser.add_argument("--threads", type=count, default=2, help="torch CPU threads (default 2)")
     parser.add_argument(
         "--model", type=Path, default=PACKAGED_MODEL, help="model folder (default: skyeye-tiny)"
     )
@@ -88,9 +94,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    try:
+        encoder = VisionEncoder.load(args.model)
+        decoder = TextDecoder.load(args.model, steps=args.steps)
+    except CheckpointError as exc:
+        parser.error(f"--model: {exc}")
     images = [scene.image for scene in held_out_scenes(args.images, args.seed)]
-    embeds = VisionEncoder.load(args.model).encode(images)
-    decoder = TextDecoder.load(args.model, steps=args.steps)
+    embeds = encoder.encode(images)
     decoder.warm_up()  # compiled steps: compiles for every shape, as a replica does at start
     tiles = [embeds[i % len(images)] for i in range(args.tiles)]
 

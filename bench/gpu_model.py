@@ -26,6 +26,7 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
+from skyeye.cli.arguments import bounded, count
 from skyeye.model import TextDecoder, prompts
 from skyeye.model.architecture import VisionStage, llama_config
 from skyeye.model.config import ModelConfig
@@ -214,9 +215,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny dimensions (a smoke check)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--new-tokens", type=int, default=64, help="decoded tokens per row")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=count, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new-tokens", type=count, default=64, help="decoded tokens per row")
+    parser.add_argument("--repeats", type=count, default=3)
     parser.add_argument(
         "--steps",
         nargs="+",
@@ -226,7 +227,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--bandwidth-tbs",
-        type=float,
+        type=bounded(float, 1e-9),
         help="the card's memory bandwidth for the bound (default: 3.35 on an H100, 4.8 on an "
         "H200, none elsewhere)",
     )

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from skyeye.contracts import MAX_CLIP_FRAMES
@@ -463,3 +470,21 @@ class Settings(BaseSettings):
             text = value if isinstance(value, str) else json.dumps(value)
             env[f"SKYEYE_{name.upper()}"] = text
         return env
+
+
+def invalid_settings(error: ValidationError) -> str | None:
+    """What is wrong with the settings, naming each environment variable; None for another model.
+
+    For example ``SKYEYE_DECODING__STEPS='bogus': Input should be 'eager', 'static' or
+    'compiled'``: a user sets these in the environment, not in Python.
+    """
+    if error.title != Settings.__name__:
+        return None
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    delimiter = str(Settings.model_config.get("env_nested_delimiter", "__"))
+    said = []
+    for problem in error.errors():
+        name = prefix + delimiter.join(str(part) for part in problem["loc"]).upper()
+        value = f"={problem['input']!r}" if isinstance(problem["input"], str) else ""
+        said.append(f"{name}{value}: {problem['msg']}")
+    return "; ".join(said)

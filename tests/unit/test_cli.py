@@ -32,6 +32,16 @@ def test_meta_must_be_key_value() -> None:
     assert args.meta == [("sensor", "uav=3")]
 
 
+def test_an_invalid_setting_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SKYEYE_DECODING__STEPS", "bogus")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("[skyeye] error: invalid setting: SKYEYE_DECODING__STEPS='bogus'")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_status_without_a_stack_says_so(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--home", str(tmp_path), "status"]) == 3
     assert "not running" in capsys.readouterr().out

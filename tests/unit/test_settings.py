@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from skyeye.settings import PACKAGED_MODEL, DeploymentSettings, Settings
+from skyeye.settings import PACKAGED_MODEL, DeploymentSettings, Settings, invalid_settings
 
 
 def test_defaults_point_at_the_embedded_stack(tmp_path, monkeypatch) -> None:
@@ -54,3 +54,18 @@ def test_as_env_round_trips_through_the_environment(monkeypatch, tmp_path) -> No
     for name, value in original.as_env().items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+def test_invalid_settings_name_each_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKYEYE_DECODING__STEPS", "bogus")
+    monkeypatch.setenv("SKYEYE_ENCODER__MIN_REPLICAS", "x")
+    with pytest.raises(ValidationError) as failed:
+        Settings()
+    said = invalid_settings(failed.value)
+    assert said is not None
+    assert "SKYEYE_DECODING__STEPS='bogus': Input should be 'eager', 'static' or 'compiled'" in said
+    assert "SKYEYE_ENCODER__MIN_REPLICAS='x'" in said
+    # another model's error is not the settings'
+    with pytest.raises(ValidationError) as other:
+        DeploymentSettings(min_replicas=-1)
+    assert invalid_settings(other.value) is None

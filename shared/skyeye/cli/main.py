@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from skyeye import catalog, samples, telemetry
 from skyeye.adapters import kafka, postgres, s3, serve
 from skyeye.adapters.postgres import Engine
@@ -38,7 +40,7 @@ from skyeye.cli.ingest import (
 )
 from skyeye.cli.output import table
 from skyeye.imagery import clips
-from skyeye.settings import Settings
+from skyeye.settings import Settings, invalid_settings
 from skyeye.stack import (
     ComponentState,
     StackError,
@@ -995,6 +997,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except UsageError as exc:
         _say(f"error: {exc}")
+        return 2
+    except ValidationError as exc:
+        invalid = invalid_settings(exc)
+        if invalid is None:
+            raise
+        _say(f"error: invalid setting: {invalid}")
         return 2
     except KeyboardInterrupt:
         _say("interrupted")
