@@ -232,11 +232,12 @@ class _StaticSteps:
 
 def _view_layer(keys: torch.Tensor, values: torch.Tensor) -> StaticLayer:
     """A transformers static cache layer over the given tensors instead of its own."""
-    layer = StaticLayer(max_cache_len=keys.shape[2])
-    # sets the layer's device, sizes and position counter (allocating a buffer of its own,
-    # which the views replace)
+    # Initialised at length 0, so the buffer it allocates of its own is empty: it sets the
+    # layer's device, sizes and position counter, then takes the views and their length.
+    layer = StaticLayer(max_cache_len=0)
     layer.lazy_initialization(keys[:, :, :0], values[:, :, :0])
     layer.keys, layer.values = keys, values
+    layer.max_cache_len = keys.shape[2]
     # a compiled step's CUDA graphs read and write them in place
     torch._dynamo.mark_static_address(keys)
     torch._dynamo.mark_static_address(values)
